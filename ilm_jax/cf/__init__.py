@@ -1,0 +1,1 @@
+"""Collaborative-filtering embeddings: implicit ALS and the CF table."""

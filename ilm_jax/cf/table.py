@@ -1,0 +1,102 @@
+"""The CF table: one float32 row per entity, users first, then items.
+
+A user is a "special item": downstream code (Q-Former inputs, scorers) indexes
+one table with an *entity* index, ``user`` for users and ``num_users + item``
+for items, and tells the two apart by ``entity_type``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+
+import numpy as np
+
+ITEM_TYPE = 0
+USER_TYPE = 1
+TABLE_FILE = "cf_table.npy"
+META_FILE = "cf_meta.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class CFTable:
+  """CF embeddings of users and items in one space.
+
+  Attributes:
+    embeddings: float32[num_users + num_items, d]; rows [0, num_users) are
+      users, rows [num_users, num_users + num_items) are items.
+    num_users: U.
+    num_items: I.
+  """
+
+  embeddings: np.ndarray
+  num_users: int
+  num_items: int
+
+  def __post_init__(self):
+    rows, _ = self.embeddings.shape
+    if rows != self.num_users + self.num_items:
+      raise ValueError(
+        f"CF table has {rows} rows, expected {self.num_users} users + "
+        f"{self.num_items} items"
+      )
+
+  @property
+  def dim(self) -> int:
+    return int(self.embeddings.shape[1])
+
+  @property
+  def users(self) -> np.ndarray:
+    """float32[U, d]."""
+    return self.embeddings[: self.num_users]
+
+  @property
+  def items(self) -> np.ndarray:
+    """float32[I, d]."""
+    return self.embeddings[self.num_users :]
+
+  def item_entity(self, items):
+    """Entity index of item indices."""
+    return np.asarray(items) + self.num_users
+
+  def user_entity(self, users):
+    """Entity index of user indices."""
+    return np.asarray(users)
+
+  def entity_type(self, entities) -> np.ndarray:
+    """int32 ITEM_TYPE / USER_TYPE per entity index."""
+    entities = np.asarray(entities)
+    return np.where(entities < self.num_users, USER_TYPE, ITEM_TYPE).astype(
+      np.int32
+    )
+
+  def save(self, directory: str | pathlib.Path, config: dict | None = None):
+    """Writes the table and its metadata (incl. the config that made it)."""
+    directory = pathlib.Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / (TABLE_FILE + ".tmp.npy")
+    np.save(tmp, np.asarray(self.embeddings, dtype=np.float32))
+    tmp.replace(directory / TABLE_FILE)  # atomic: never a half-written table
+    meta = {
+      "num_users": self.num_users,
+      "num_items": self.num_items,
+      "dim": self.dim,
+      "config": config or {},
+    }
+    (directory / META_FILE).write_text(json.dumps(meta, indent=2))
+
+
+def load_cf_table(directory: str | pathlib.Path) -> CFTable:
+  """Reads a table written by ``CFTable.save``; errors name the file."""
+  directory = pathlib.Path(directory)
+  meta_path = directory / META_FILE
+  table_path = directory / TABLE_FILE
+  for p in (meta_path, table_path):
+    if not p.exists():
+      raise FileNotFoundError(f"{p}: no CF table here (run the 'cf' stage)")
+  meta = json.loads(meta_path.read_text())
+  emb = np.load(table_path)
+  if emb.ndim != 2 or not np.isfinite(emb).all():
+    raise ValueError(f"{table_path}: CF table must be a finite 2-D array")
+  return CFTable(emb, int(meta["num_users"]), int(meta["num_items"]))

@@ -1,0 +1,90 @@
+"""OpenP5 ``user_sequence.txt`` files with item text joined where it exists."""
+
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+
+from ilm_jax.data import dataset as ds
+from ilm_jax.data.movielens import read_ml100k_items
+from ilm_jax.data.text_files import split_lines
+
+
+def read_user_sequences(path: str | pathlib.Path) -> dict[str, list[str]]:
+  """``user item item ...`` per line, chronological; raw ids as strings."""
+  sequences: dict[str, list[str]] = {}
+  for line_no, fields in split_lines(path, None):
+    if len(fields) < 2:
+      raise ds.DataFormatError(
+        path, line_no, "a user line needs a user id and at least one item"
+      )
+    user = fields[0]
+    if user in sequences:
+      raise ds.DataFormatError(path, line_no, f"user {user!r} appears twice")
+    sequences[user] = fields[1:]
+  if not sequences:
+    raise ds.DataFormatError(path, None, "no user sequences found")
+  return sequences
+
+
+def read_short_text(path: str | pathlib.Path) -> dict[str, str]:
+  """``ASIN short text`` per line (Beauty item text; the text may be empty)."""
+  text = {}
+  for line_no, fields in split_lines(path, None):
+    if fields[0] in text:
+      raise ds.DataFormatError(path, line_no, f"item {fields[0]!r} repeated")
+    text[fields[0]] = " ".join(fields[1:])
+  return text
+
+
+def load_openp5(
+  name: str,
+  sequence_path: str | pathlib.Path,
+  item_text: dict[str, dict[str, str]] | None = None,
+) -> ds.Dataset:
+  """An OpenP5 dataset.
+
+  Args:
+    name: dataset name ("openp5-ml100k", ...).
+    sequence_path: the ``user_sequence.txt`` file.
+    item_text: field -> {raw item id -> text}, or None when items have none.
+
+  Returns:
+    The Dataset; users and items keep OpenP5's raw ids, numbered densely.
+  """
+  seqs = read_user_sequences(sequence_path)
+  users = np.repeat(list(seqs), [len(v) for v in seqs.values()])
+  items = np.concatenate([np.array(v) for v in seqs.values()])
+  order = np.concatenate([np.arange(len(v)) for v in seqs.values()])
+  fields = None
+  catalog_ids = None
+  if item_text:
+    catalog_ids = np.array(sorted(set().union(*map(set, item_text.values()))))
+    fields = {
+      f: np.array([m.get(i, "") for i in catalog_ids], dtype=object)
+      for f, m in item_text.items()
+    }
+  return ds.from_events(name, users, items, order, catalog_ids, fields)
+
+
+def load_openp5_ml100k(openp5_dir, ml100k_dir) -> ds.Dataset:
+  """OpenP5 ML-100K; titles and genres joined through ML-100K's ``u.item``."""
+  ids, titles, genres = read_ml100k_items(pathlib.Path(ml100k_dir) / "u.item")
+  ids = ids.astype(str)
+  text = {"title": dict(zip(ids, titles)), "genres": dict(zip(ids, genres))}
+  path = pathlib.Path(openp5_dir) / "ML100K" / "user_sequence.txt"
+  return load_openp5("openp5-ml100k", path, text)
+
+
+def load_openp5_beauty(openp5_dir, beauty_text_dir) -> ds.Dataset:
+  """OpenP5 Amazon Beauty with its short item text."""
+  text = read_short_text(pathlib.Path(beauty_text_dir) / "item_short_text.txt")
+  path = pathlib.Path(openp5_dir) / "Beauty" / "user_sequence.txt"
+  return load_openp5("openp5-beauty", path, {"text": text})
+
+
+def load_openp5_clothing(openp5_dir) -> ds.Dataset:
+  """OpenP5 Amazon Clothing: no item text (stage 1 uses II/UI only)."""
+  path = pathlib.Path(openp5_dir) / "Clothing" / "user_sequence.txt"
+  return load_openp5("openp5-clothing", path)
