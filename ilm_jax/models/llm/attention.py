@@ -1,0 +1,133 @@
+"""Multi-head self-attention with grouped-query heads, RoPE and a KV cache.
+
+Covers every variant of the supported families: q/k/v biases (Qwen2), q/k
+RMSNorm (Gemma 3), a custom query scale (Gemma's ``query_pre_attn_scalar``),
+soft-capped logits (Gemma 2) and sliding-window layers (through the mask the
+caller passes).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from ilm_jax.models.llm.config import LlmConfig
+from ilm_jax.models.llm.norm import RMSNorm
+from ilm_jax.models.llm.rope import apply_rope
+
+# Masked logits get this instead of -inf so that a fully masked row (a padding
+# query) softmaxes to a harmless uniform distribution rather than NaN.
+_MASKED_LOGIT = -1e30
+
+_KERNEL_INIT = nn.initializers.normal(stddev=0.02)
+
+
+def projection(
+  module: nn.Module, name: str, shape: tuple[int, ...], axes, dtype
+) -> jax.Array:
+  """A kernel parameter annotated with its logical axis names."""
+  init = nn.with_logical_partitioning(_KERNEL_INIT, axes)
+  return module.param(name, init, shape, dtype)
+
+
+class Attention(nn.Module):
+  """Self-attention of one decoder layer.
+
+  Attributes:
+    config: the decoder's config.
+    dtype: compute dtype of the projections (logits/softmax run in float32).
+    param_dtype: dtype of the parameters.
+  """
+
+  config: LlmConfig
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(
+    self,
+    x: jax.Array,
+    cos: jax.Array,
+    sin: jax.Array,
+    mask: jax.Array,
+    kv: tuple[jax.Array, jax.Array] | None = None,
+    write_at: jax.Array | None = None,
+  ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+    """Attends from the T new tokens to themselves and the cached ones.
+
+    Args:
+      x: float[B, T, D], normalised residual stream.
+      cos: float32[B, T, head_dim // 2] RoPE cosines of the new tokens.
+      sin: float32[B, T, head_dim // 2] RoPE sines.
+      mask: bool[B, T, S], allowed (query, key) pairs; S = T without cache.
+      kv: this layer's cached (keys, values), each float[B, S, K, head_dim],
+        or None to attend only within ``x``.
+      write_at: int32[], cache slot of the first new token.
+
+    Returns:
+      (float[B, T, D] attention output, updated (keys, values) or None).
+    """
+    cfg = self.config
+    d, h, k, hd = cfg.embed_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    pd = self.param_dtype
+    x = x.astype(self.dtype)
+
+    def project(name, heads, head_axis):
+      kernel = projection(
+        self, f"{name}_kernel", (d, heads, hd), ("embed", head_axis, "head_dim"), pd
+      )
+      out = jnp.einsum("btd,dhe->bthe", x, kernel.astype(self.dtype))
+      if cfg.qkv_bias:
+        bias_init = nn.with_logical_partitioning(
+          nn.initializers.zeros, (head_axis, "head_dim")
+        )
+        bias = self.param(f"{name}_bias", bias_init, (heads, hd), pd)
+        out = out + bias.astype(self.dtype)
+      return out
+
+    q = project("q", h, "heads")
+    new_k = project("k", k, "kv_heads")
+    new_v = project("v", k, "kv_heads")
+    if cfg.qk_norm:
+      norm = dict(eps=cfg.norm_eps, plus_one=cfg.norm_plus_one)
+      q = RMSNorm(**norm, dtype=self.dtype, param_dtype=pd, name="q_norm")(q)
+      new_k = RMSNorm(**norm, dtype=self.dtype, param_dtype=pd, name="k_norm")(
+        new_k
+      )
+    q = apply_rope(q, cos, sin)
+    new_k = apply_rope(new_k, cos, sin)
+    q = nn.with_logical_constraint(q, ("batch", "length", "heads", "head_dim"))
+
+    if kv is None:
+      keys, values, new_kv = new_k, new_v, None
+    else:
+      cached_k, cached_v = kv
+      keys = jax.lax.dynamic_update_slice(
+        cached_k, new_k.astype(cached_k.dtype), (0, write_at, 0, 0)
+      )
+      values = jax.lax.dynamic_update_slice(
+        cached_v, new_v.astype(cached_v.dtype), (0, write_at, 0, 0)
+      )
+      new_kv = (keys, values)
+      keys, values = keys.astype(self.dtype), values.astype(self.dtype)
+
+    b, t = q.shape[:2]
+    grouped = q.reshape(b, t, k, h // k, hd)
+    logits = jnp.einsum(
+      "btkgd,bskd->bkgts",
+      grouped,
+      keys,
+      preferred_element_type=jnp.float32,
+    )
+    logits = logits * cfg.attention_scale
+    if cfg.attn_softcap is not None:
+      logits = jnp.tanh(logits / cfg.attn_softcap) * cfg.attn_softcap
+    logits = jnp.where(mask[:, None, None, :, :], logits, _MASKED_LOGIT)
+    probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, values).reshape(b, t, h, hd)
+    o_kernel = projection(
+      self, "o_kernel", (h, hd, d), ("heads", "head_dim", "embed"), pd
+    )
+    out = jnp.einsum("bthe,hed->btd", out, o_kernel.astype(self.dtype))
+    return out, new_kv
