@@ -96,14 +96,18 @@ def params_from_hf(
       for ours, theirs in _layer_names(config).items()
     }
     att = {
-      "q_kernel": cast(get(attn + "q_proj.weight", (h * hd, d)).T)
-      .reshape(d, h, hd),
-      "k_kernel": cast(get(attn + "k_proj.weight", (k * hd, d)).T)
-      .reshape(d, k, hd),
-      "v_kernel": cast(get(attn + "v_proj.weight", (k * hd, d)).T)
-      .reshape(d, k, hd),
-      "o_kernel": cast(get(attn + "o_proj.weight", (d, h * hd)).T)
-      .reshape(h, hd, d),
+      "q_kernel": cast(get(attn + "q_proj.weight", (h * hd, d)).T).reshape(
+        d, h, hd
+      ),
+      "k_kernel": cast(get(attn + "k_proj.weight", (k * hd, d)).T).reshape(
+        d, k, hd
+      ),
+      "v_kernel": cast(get(attn + "v_proj.weight", (k * hd, d)).T).reshape(
+        d, k, hd
+      ),
+      "o_kernel": cast(get(attn + "o_proj.weight", (d, h * hd)).T).reshape(
+        h, hd, d
+      ),
     }
     if config.qkv_bias:
       for name, heads in (("q", h), ("k", k), ("v", k)):

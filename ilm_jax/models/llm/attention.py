@@ -75,7 +75,11 @@ class Attention(nn.Module):
 
     def project(name, heads, head_axis):
       kernel = projection(
-        self, f"{name}_kernel", (d, heads, hd), ("embed", head_axis, "head_dim"), pd
+        self,
+        f"{name}_kernel",
+        (d, heads, hd),
+        ("embed", head_axis, "head_dim"),
+        pd,
       )
       out = jnp.einsum("btd,dhe->bthe", x, kernel.astype(self.dtype))
       if cfg.qkv_bias:
