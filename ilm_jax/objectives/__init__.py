@@ -1,0 +1,1 @@
+"""Stage-1 training objectives: ITC, ITM, ITG, item-item and user-item."""
