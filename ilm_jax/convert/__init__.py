@@ -1,0 +1,2 @@
+"""Checkpoint conversion: HF safetensors and GGUF to the Flax LLM, tokenizers,
+offline model packages and orbax checkpoints."""
