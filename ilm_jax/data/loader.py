@@ -139,6 +139,7 @@ def make_loader(
   shard_options: grain.sharding.ShardOptions | None = None,
   pad_final_batch: bool = False,
   worker_count: int = 0,
+  read_threads: int | None = None,
 ) -> grain.DataLoader:
   """A grain DataLoader yielding fixed-shape batches of examples.
 
@@ -158,6 +159,10 @@ def make_loader(
       evaluation); otherwise the remainder that does not fill a batch is
       dropped and every batch has ``mask`` all True.
     worker_count: grain worker processes (0 = read in this process).
+    read_threads: threads prefetching records; None = 0 for ``ExampleArrays``
+      (already in memory: grain's reader threads only add polling, measured
+      10x slower on 2 cores) and grain's default for file-backed sources,
+      whose reads overlap I/O.
 
   Returns:
     A ``grain.DataLoader``; ``iter(loader)`` yields dicts of
@@ -171,6 +176,16 @@ def make_loader(
     raise ValueError(f"source {source!r} has no records")
   if shard_options is None:
     shard_options = host_shard_options()
+  default_read = grain.ReadOptions()
+  if read_threads is None:
+    in_memory = isinstance(source, ExampleArrays)
+    read_threads = 0 if in_memory else default_read.num_threads
+  read_options = grain.ReadOptions(
+    num_threads=read_threads,
+    prefetch_buffer_size=default_read.prefetch_buffer_size
+    if read_threads
+    else 0,
+  )
   if pad_final_batch:
     source = _PaddedSource(source, batch_size * shard_options.shard_count)
   sampler = grain.samplers.IndexSampler(
@@ -189,6 +204,7 @@ def make_loader(
     ],
     shard_options=shard_options,
     worker_count=worker_count,
+    read_options=read_options,
   )
 
 
