@@ -33,7 +33,10 @@ from ilm_jax.data import registry, split
 from ilm_jax.data.split import LeaveOneOutSplit
 
 SPLITS = ("train", "valid", "test")
-EXAMPLE_KEYS = ("user", "history", "target")
+_DESCRIPTION = (
+  "Next-item examples (user, history, target) of an OpenP5 leave-one-out "
+  "split; the catalog with item text is in the metadata."
+)
 
 
 @dataclasses.dataclass(eq=False)
@@ -108,7 +111,7 @@ class IlmSequences(tfds.core.GeneratorBasedBuilder):
       )
     return tfds.core.DatasetInfo(
       builder=self,
-      description=__doc__.split("\n\n")[0],
+      description=_DESCRIPTION,
       features=tfds.features.FeaturesDict(
         {
           "user": np.int32,
