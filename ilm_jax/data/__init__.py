@@ -1,7 +1,7 @@
 """Datasets: parsing, k-core filtering, leave-one-out splits, item indexing."""
 
 from ilm_jax.data.dataset import Catalog, DataFormatError, Dataset
-from ilm_jax.data.registry import DATASETS, load_dataset
+from ilm_jax.data.registry import DATASETS, load_dataset, load_split
 from ilm_jax.data.split import LeaveOneOutSplit, leave_one_out
 
 __all__ = [
@@ -12,4 +12,5 @@ __all__ = [
   "LeaveOneOutSplit",
   "leave_one_out",
   "load_dataset",
+  "load_split",
 ]

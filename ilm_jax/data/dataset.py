@@ -99,6 +99,24 @@ class Dataset:
   def num_interactions(self) -> int:
     return int(sum(len(s) for s in self.sequences))
 
+  def first_users(self, n: int) -> Dataset:
+    """The first n users and only the items they consumed (for CPU runs)."""
+    if n < 0 or n >= self.catalog.num_users:
+      return self
+    seqs = self.sequences[:n]
+    items = np.unique(np.concatenate(seqs))
+    new_item = np.full(self.catalog.num_items, -1, dtype=np.int32)
+    new_item[items] = np.arange(len(items), dtype=np.int32)
+    tags = None
+    if self.tag_events is not None:
+      tu, ti, tt = self.tag_events
+      ok = (tu < n) & (new_item[ti] >= 0)
+      tags = (tu[ok], new_item[ti[ok]], tt[ok])
+    catalog = self.catalog.subset(items, np.arange(n))
+    return Dataset(
+      self.name, catalog, [new_item[s] for s in seqs], tag_events=tags
+    )
+
   def stats(self) -> dict[str, int]:
     return {
       "users": self.catalog.num_users,

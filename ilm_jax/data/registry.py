@@ -16,6 +16,7 @@ from collections.abc import Callable
 from ilm_jax.data import dataset as ds
 from ilm_jax.data import movielens, openp5
 from ilm_jax.data.kcore import kcore
+from ilm_jax.data.split import LeaveOneOutSplit, leave_one_out
 
 ASSETS = pathlib.Path(__file__).resolve().parent / "assets"
 EMBEDDED_LATEST_SMALL = ASSETS / "ml-latest-small.zip"
@@ -88,3 +89,16 @@ def load_dataset(config) -> ds.Dataset:
   k = getattr(config, "kcore", -1)
   data = loader(pathlib.Path(path) if path else None, min_rating)
   return kcore(data, default_k if k is None or k < 0 else k)
+
+
+def load_split(config) -> LeaveOneOutSplit:
+  """The leave-one-out split a dataset config describes.
+
+  Applies k-core filtering, then ``max_users`` (CPU variants keep the first
+  users and the items they consumed), then the OpenP5 split.
+  """
+  data = load_dataset(config)
+  max_users = getattr(config, "max_users", -1)
+  if max_users is not None and max_users > 0:
+    data = data.first_users(max_users)
+  return leave_one_out(data, getattr(config, "max_history", 20))

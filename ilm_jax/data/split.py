@@ -122,7 +122,7 @@ def leave_one_out(
   for u, seq in enumerate(data.sequences):
     if len(seq) < MIN_SEQUENCE:
       raise ValueError(
-        f"{data.name}: user {data.catalog.user_ids[u]!r} has {len(seq)} "
+        f"{data.name}: user {str(data.catalog.user_ids[u])!r} has {len(seq)} "
         f"interactions; leave-one-out needs at least {MIN_SEQUENCE} "
         "(apply k-core filtering with k >= 3)"
       )

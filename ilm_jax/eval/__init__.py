@@ -1,0 +1,1 @@
+"""Ranking metrics, full-ranking evaluation and classic baselines."""

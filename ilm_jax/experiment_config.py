@@ -1,0 +1,67 @@
+"""The shared shape of every experiment config (configs/*.py build on it).
+
+A config is an ``ml_collections.ConfigDict``; every field carries a comment.
+``shrink_for_cpu`` turns any config into a variant that runs in about a minute
+on a laptop CPU (big_vision's ``runlocal`` idea), selected on the command line
+with ``--config=configs/<name>.py:small``.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from ilm_jax.sharding.mesh import DEFAULT_RULES
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Defaults shared by all experiments."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0  # master seed: splits of randomness derive from it
+
+  c.dataset = ml_collections.ConfigDict()
+  c.dataset.name = "ml-latest-small"  # a key of ilm_jax.data.DATASETS
+  c.dataset.path = ""  # file/dir of the raw data; "" = default location
+  c.dataset.kcore = -1  # k-core filter; -1 = the dataset's default (5)
+  c.dataset.min_rating = 0.0  # ratings below this are dropped (0 = keep all)
+  c.dataset.max_history = 20  # history cap in prompts (OpenP5: 20)
+  c.dataset.indexing = "random"  # OpenP5 item ids: "random" | "sequential"
+  c.dataset.max_users = -1  # keep only the first N users (-1 = all); CPU runs
+
+  c.cf = ml_collections.ConfigDict()
+  c.cf.dim = 64  # CF embedding width d
+  c.cf.reg = 0.1  # ALS L2 regularisation
+  c.cf.alpha = 10.0  # ALS confidence slope: c = 1 + alpha * count
+  c.cf.sweeps = 15  # ALS sweeps (users then items)
+  c.cf.solver = "cholesky"  # "cholesky" (exact) | "cg" (implicit-style)
+  c.cf.cg_steps = 3  # conjugate-gradient steps per half-sweep (solver=cg)
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.ks = (5, 10)  # HR@k / NDCG@k cut-offs
+  c.eval.splits = ("valid", "test")  # held-out splits to report
+  c.eval.batch_size = 256  # users per full-ranking batch
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.shape = (-1, 1, 1)  # devices on (data, fsdp, tensor); -1 = rest
+  c.mesh.rules = DEFAULT_RULES  # logical axis -> mesh axes
+  return c
+
+
+def shrink_for_cpu(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The ~1 minute CPU variant of a config (``:small`` on the command line)."""
+  c.dataset.max_users = min(c.dataset.max_users, 300) if (
+    c.dataset.max_users > 0
+  ) else 300  # fmt: skip
+  c.cf.dim = 32
+  c.cf.sweeps = 5
+  return c
+
+
+def get_variant(
+  config: ml_collections.ConfigDict, variant: str | None
+) -> ml_collections.ConfigDict:
+  """Applies a named variant ("" = full size, "small" = CPU minute)."""
+  if not variant:
+    return config
+  if variant == "small":
+    return shrink_for_cpu(config)
+  raise ValueError(f"unknown config variant {variant!r}; known: '', 'small'")

@@ -1,0 +1,1 @@
+"""The stages of an experiment, each reading the previous stage's workdir."""

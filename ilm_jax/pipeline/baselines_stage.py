@@ -1,0 +1,96 @@
+"""Stage "eval": popularity and CF (dot-product) baselines, full ranking."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import ml_collections
+import tensorboardX
+
+from ilm_jax.cf.table import load_cf_table
+from ilm_jax.data import load_split
+from ilm_jax.eval import full_ranking, report
+from ilm_jax.pipeline.cf_stage import CF_DIR
+
+EVAL_DIR = "eval"
+MODES = ("unfiltered", "filtered")
+
+
+def run_baselines(
+  config: ml_collections.ConfigDict, workdir: str | pathlib.Path
+) -> dict:
+  """Evaluates popularity and ALS; writes metrics JSON, tables and plots.
+
+  Returns:
+    {model: {split: {mode: {metric: value}}}}.
+  """
+  workdir = pathlib.Path(workdir)
+  split = load_split(config.dataset)
+  table = load_cf_table(workdir / CF_DIR)
+  if (table.num_users, table.num_items) != (split.num_users, split.num_items):
+    raise ValueError(
+      f"{workdir / CF_DIR}: CF table is for {table.num_users} users / "
+      f"{table.num_items} items but the dataset has {split.num_users} / "
+      f"{split.num_items}; rerun the 'cf' stage"
+    )
+  _, train_items = split.train_interactions()
+  scorers = {
+    "popularity": full_ranking.popularity_scorer(train_items, split.num_items),
+    "als": full_ranking.dot_product_scorer(table.users, table.items),
+  }
+  results: dict = {name: {} for name in scorers}
+  for split_name in config.eval.splits:
+    targets = split.targets(split_name)
+    seen = split.seen_items(split_name)
+    for name, score_fn in scorers.items():
+      results[name][split_name] = {}
+      for mode in MODES:
+        results[name][split_name][mode] = full_ranking.evaluate_scorer(
+          score_fn, targets, split.num_items,
+          seen=seen if mode == "filtered" else None,
+          ks=tuple(config.eval.ks), batch_size=config.eval.batch_size,
+        )  # fmt: skip
+  write_results(results, workdir / EVAL_DIR, "baselines", config)
+  return results
+
+
+def write_results(results: dict, out: pathlib.Path, name: str, config) -> str:
+  """Writes ``<name>.json``, ``<name>.md``, a plot and TensorBoard scalars.
+
+  Returns:
+    The markdown tables (also logged).
+  """
+  out.mkdir(parents=True, exist_ok=True)
+  (out / f"{name}.json").write_text(json.dumps(results, indent=2))
+  text = [f"# {name}: {config.dataset.name}\n"]
+  writer = tensorboardX.SummaryWriter(str(out / "tensorboard"))
+  splits = list(dict.fromkeys(s for r in results.values() for s in r))
+  for split_name in splits:
+    for mode in MODES:
+      rows = {
+        model: by_split[split_name][mode]
+        for model, by_split in results.items()
+        if split_name in by_split and mode in by_split[split_name]
+      }
+      if not rows:
+        continue
+      title = f"{split_name}, {mode}"
+      text.append(report.markdown_table(rows, title))
+      report.bar_plot(
+        rows, out / f"{name}_{split_name}_{mode}.png",
+        f"{config.dataset.name}: {title}",
+      )  # fmt: skip
+      for model, values in rows.items():
+        for metric, value in values.items():
+          tag = f"{name}/{split_name}/{mode}/{model}/{metric}"
+          writer.add_scalar(tag, value, 0)
+  writer.close()
+  markdown = "\n".join(text)
+  (out / f"{name}.md").write_text(markdown)
+  return markdown
+
+
+def summary_rows(results: dict, split_name="test", mode="unfiltered"):
+  """{model: metrics} for one split and mode (for printing)."""
+  return {m: r[split_name][mode] for m, r in results.items() if split_name in r}
