@@ -1,4 +1,4 @@
-"""The launcher: --help, and the small CPU variant of the main job end to end."""
+"""The launcher: --help, and the small CPU variant of the main job."""
 
 import json
 import subprocess

@@ -1,4 +1,4 @@
-"""Implicit-feedback alternating least squares (Hu, Koren & Volinsky 2008) in JAX.
+"""Implicit-feedback ALS (Hu, Koren & Volinsky 2008) in JAX.
 
 Each sweep solves every user, then every item, in closed form:
 

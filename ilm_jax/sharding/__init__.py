@@ -1,1 +1,1 @@
-"""Device mesh and logical-axis sharding rules (the one place that builds a mesh)."""
+"""Device mesh and logical-axis sharding rules."""

@@ -1,9 +1,9 @@
 """Builds the device mesh and turns logical axis names into shardings.
 
 Every module in ilm_jax annotates its parameters and activations with logical
-axis names (``"embed"``, ``"vocab"``, ``"heads"``, ``"batch"`` ...). This file is
-the only place that maps them onto physical mesh axes, so changing a parallelism
-layout is a config edit, never a code edit.
+axis names (``"embed"``, ``"vocab"``, ``"heads"``, ``"batch"`` ...). This file
+is the only place that maps them onto physical mesh axes, so changing a
+parallelism layout is a config edit, never a code edit.
 """
 
 from __future__ import annotations
