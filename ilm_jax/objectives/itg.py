@@ -12,7 +12,7 @@ import jax.numpy as jnp
 
 def decoder_inputs(token_ids: jax.Array, decoder_id: int) -> jax.Array:
   """int32[B, L] ids with the first ([CLS]) token replaced by decoder_id."""
-  return token_ids.at[:, 0].set(decoder_id)
+  return jnp.asarray(token_ids).at[:, 0].set(decoder_id)
 
 
 def itg_loss(

@@ -113,6 +113,7 @@ def stage1_loss(
     (scalar loss, metrics: "loss", "<obj>_loss", "<obj>_acc", temperatures).
   """
   variables = {"params": params}
+  batch = {k: jnp.asarray(v) for k, v in batch.items()}
 
   def apply(method, *args):
     return model.apply(variables, *args, method=method)
