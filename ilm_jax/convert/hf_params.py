@@ -140,3 +140,45 @@ def load_hf_checkpoint(
   """
   config = read_hf_config(directory)
   return config, params_from_hf(config, read_tensors(directory), dtype)
+
+
+def params_to_hf(config: LlmConfig, params) -> dict[str, np.ndarray]:
+  """The inverse map: HF-named float32 tensors from the Decoder's params.
+
+  Lets a reference implementation (or an HF export) run the exact weights
+  that were loaded from another format such as GGUF.
+  """
+  d = config.embed_dim
+
+  def arr(x):
+    return np.asarray(x, np.float32)
+
+  out = {
+    "model.embed_tokens.weight": arr(params["embedding"]),
+    "model.norm.weight": arr(params["final_norm"]["scale"]),
+  }
+  if not config.tie_embeddings:
+    out["lm_head.weight"] = arr(params["lm_head"]).T
+  for i in range(config.num_layers):
+    layer = params[f"layers_{i}"]
+    base = f"model.layers.{i}."
+    for ours, theirs in _layer_names(config).items():
+      out[base + theirs + ".weight"] = arr(layer[ours]["scale"])
+    att = layer["attn"]
+    for name in ("q", "k", "v"):
+      kernel = arr(att[f"{name}_kernel"])
+      out[base + f"self_attn.{name}_proj.weight"] = kernel.reshape(d, -1).T
+      if config.qkv_bias:
+        out[base + f"self_attn.{name}_proj.bias"] = arr(
+          att[f"{name}_bias"]
+        ).reshape(-1)
+    o_kernel = arr(att["o_kernel"]).reshape(-1, d)
+    out[base + "self_attn.o_proj.weight"] = o_kernel.T
+    if config.qk_norm:
+      out[base + "self_attn.q_norm.weight"] = arr(att["q_norm"]["scale"])
+      out[base + "self_attn.k_norm.weight"] = arr(att["k_norm"]["scale"])
+    for name in ("gate", "up", "down"):
+      out[base + f"mlp.{name}_proj.weight"] = arr(
+        layer["mlp"][f"{name}_kernel"]
+      ).T
+  return {k: np.ascontiguousarray(v) for k, v in out.items()}

@@ -1,1 +1,1 @@
-"""Decoding loops over the KV-cached LLM: sampling and constrained beam search."""
+"""Decoding over the KV-cached LLM: sampling and constrained beam search."""

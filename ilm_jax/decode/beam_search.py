@@ -1,0 +1,228 @@
+"""Batched beam search with a hook that restricts each beam's next tokens.
+
+The prompt is prefilled once per row, its cache copied to the row's W beams,
+and then every step extends each beam by one token, keeping the W best of
+the W x V candidates by summed log-probability. A finished beam (it emitted
+an end token) keeps its score and only "extends" by padding.
+
+Constraints: ``allowed_fn(generated, step)`` receives int32[B, W, N], the
+tokens each beam has generated so far (``pad_id`` beyond ``step``), and
+returns bool[B, W, V] (True = allowed) or a float[B, W, V] additive mask. It
+runs inside jit, so it must be written in jax ops; a prefix trie of item
+identifiers stored as arrays plugs in here.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from ilm_jax.decode.prefill import decode_step, prefill
+from ilm_jax.models.llm.decoder import Decoder
+from ilm_jax.models.llm.kv_cache import KVCache
+
+AllowedFn = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+@struct.dataclass
+class Beams:
+  """Finished beams, best first.
+
+  Attributes:
+    tokens: int32[B, W, N] generated tokens (``pad_id`` after the end).
+    scores: float32[B, W] summed log-probabilities, length-normalised when
+      ``length_penalty`` > 0; -inf for beams that had no allowed token.
+    lengths: int32[B, W] tokens per beam, end token included.
+  """
+
+  tokens: jax.Array
+  scores: jax.Array
+  lengths: jax.Array
+
+
+def _apply_constraint(logprobs, allowed):
+  if allowed.dtype == jnp.bool_:
+    return jnp.where(allowed, logprobs, -jnp.inf)
+  return logprobs + allowed.astype(logprobs.dtype)
+
+
+def _select_rows(cache: KVCache, rows: jax.Array) -> KVCache:
+  """The cache of the given batch rows (beams), e.g. after reordering."""
+  return cache.replace(
+    keys=tuple(k[rows] for k in cache.keys),
+    values=tuple(v[rows] for v in cache.values),
+    slot_valid=cache.slot_valid[rows],
+    slot_positions=cache.slot_positions[rows],
+    next_positions=cache.next_positions[rows],
+  )
+
+
+@functools.partial(
+  jax.jit,
+  static_argnames=(
+    "decoder",
+    "num_beams",
+    "max_new_tokens",
+    "eos_ids",
+    "pad_id",
+    "allowed_fn",
+    "length_penalty",
+  ),
+)
+def _beam_search(
+  decoder,
+  params,
+  prompt_tokens,
+  prompt_embeddings,
+  prompt_mask,
+  *,
+  num_beams,
+  max_new_tokens,
+  eos_ids,
+  pad_id,
+  allowed_fn,
+  length_penalty,
+):
+  prompt = prompt_tokens if prompt_tokens is not None else prompt_embeddings
+  batch, length = prompt.shape[:2]
+  width, steps = num_beams, max_new_tokens
+  logits, cache = prefill(
+    decoder,
+    params,
+    prompt_tokens,
+    prompt_embeddings,
+    prompt_mask,
+    cache_size=length + steps,
+  )
+  # Every beam of a row starts as a copy of the row's prompt.
+  cache = _select_rows(cache, jnp.repeat(jnp.arange(batch), width))
+  vocab = logits.shape[-1]
+  eos = jnp.asarray(eos_ids, jnp.int32)
+  # Identical beams would fill the top-W with duplicates: all but one start
+  # at -inf, so the first step picks W distinct tokens of the row.
+  scores = jnp.where(jnp.arange(width) == 0, 0.0, -jnp.inf)
+  state = dict(
+    step=jnp.zeros((), jnp.int32),
+    logits=jnp.repeat(logits, width, axis=0).reshape(batch, width, vocab),
+    cache=cache,
+    scores=jnp.broadcast_to(scores, (batch, width)).astype(jnp.float32),
+    done=jnp.zeros((batch, width), bool),
+    tokens=jnp.full((batch, width, steps), pad_id, jnp.int32),
+    lengths=jnp.zeros((batch, width), jnp.int32),
+  )
+
+  def not_finished(s):
+    return (s["step"] < steps) & ~jnp.all(s["done"])
+
+  def step(s):
+    logprobs = jax.nn.log_softmax(s["logits"], axis=-1)
+    if allowed_fn is not None:
+      logprobs = _apply_constraint(logprobs, allowed_fn(s["tokens"], s["step"]))
+    # A finished beam has exactly one continuation, padding, at no cost.
+    finished_row = jnp.where(jnp.arange(vocab) == pad_id, 0.0, -jnp.inf)
+    logprobs = jnp.where(s["done"][..., None], finished_row, logprobs)
+    candidates = (s["scores"][..., None] + logprobs).reshape(batch, -1)
+    scores, flat = jax.lax.top_k(candidates, width)
+    parent = flat // vocab
+    token = (flat % vocab).astype(jnp.int32)
+
+    def pick(x):
+      return jnp.take_along_axis(
+        x, parent.reshape(batch, width, *[1] * (x.ndim - 2)), axis=1
+      )
+
+    was_done = pick(s["done"])
+    tokens = pick(s["tokens"])
+    tokens = jax.lax.dynamic_update_slice(
+      tokens, token[..., None], (0, 0, s["step"])
+    )
+    lengths = pick(s["lengths"]) + (~was_done).astype(jnp.int32)
+    done = was_done | jnp.isin(token, eos)
+    rows = (jnp.arange(batch)[:, None] * width + parent).reshape(-1)
+    cache = _select_rows(s["cache"], rows)
+    logits, cache = decode_step(
+      decoder, params, token.reshape(-1), ~was_done.reshape(-1), cache
+    )
+    return dict(
+      step=s["step"] + 1,
+      logits=logits.reshape(batch, width, vocab),
+      cache=cache,
+      scores=scores,
+      done=done,
+      tokens=tokens,
+      lengths=lengths,
+    )
+
+  state = jax.lax.while_loop(not_finished, step, state)
+  scores = state["scores"]
+  if length_penalty > 0:
+    norm = jnp.maximum(state["lengths"], 1).astype(jnp.float32)
+    scores = scores / norm**length_penalty
+  order = jnp.argsort(-scores, axis=1)
+  take = lambda x: jnp.take_along_axis(
+    x, order.reshape(batch, width, *[1] * (x.ndim - 2)), axis=1
+  )
+  return Beams(
+    tokens=take(state["tokens"]),
+    scores=take(scores),
+    lengths=take(state["lengths"]),
+  )
+
+
+def beam_search(
+  decoder: Decoder,
+  params,
+  prompt_tokens: jax.Array | None = None,
+  *,
+  prompt_embeddings: jax.Array | None = None,
+  prompt_mask: jax.Array | None = None,
+  num_beams: int = 4,
+  max_new_tokens: int = 16,
+  allowed_fn: AllowedFn | None = None,
+  length_penalty: float = 0.0,
+  eos_ids: Sequence[int] | None = None,
+  pad_id: int | None = None,
+) -> Beams:
+  """The ``num_beams`` best continuations of each prompt.
+
+  Args:
+    decoder: the Decoder module.
+    params: its parameters.
+    prompt_tokens: int32[B, T] prompt ids; or ``prompt_embeddings``
+      float[B, T, D].
+    prompt_mask: bool[B, T] real prompt tokens; left or right padding.
+    num_beams: W beams per prompt (at most the vocabulary size).
+    max_new_tokens: N, most tokens per beam.
+    allowed_fn: optional constraint hook, see the module docstring. It must
+      be hashable (a function or a frozen dataclass), since it is static.
+    length_penalty: final scores are divided by ``length ** length_penalty``
+      (0: raw summed log-probabilities).
+    eos_ids: ids that end a beam (default: the config's ``eos_ids``).
+    pad_id: fills a beam after its end (default: the config's ``pad_id``).
+
+  Returns:
+    Beams (tokens int32[B, W, N], scores float32[B, W], lengths int32[B, W]),
+    sorted best first.
+  """
+  if (prompt_tokens is None) == (prompt_embeddings is None):
+    raise ValueError("beam_search: pass exactly one of tokens or embeddings")
+  config = decoder.config
+  if not 1 <= num_beams <= config.vocab_size:
+    raise ValueError(f"beam_search: num_beams={num_beams} out of range")
+  return _beam_search(
+    decoder,
+    params,
+    prompt_tokens,
+    prompt_embeddings,
+    prompt_mask,
+    num_beams=num_beams,
+    max_new_tokens=max_new_tokens,
+    eos_ids=tuple(config.eos_ids if eos_ids is None else eos_ids),
+    pad_id=int(config.pad_id if pad_id is None else pad_id),
+    allowed_fn=allowed_fn,
+    length_penalty=float(length_penalty),
+  )
