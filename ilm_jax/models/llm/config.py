@@ -155,6 +155,29 @@ class LlmConfig:
   def replace(self, **changes) -> LlmConfig:
     return dataclasses.replace(self, **changes)
 
+  def to_dict(self) -> dict:
+    """A JSON-serialisable dict; ``LlmConfig.from_dict`` inverts it."""
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_dict(cls, data: dict) -> LlmConfig:
+    """Rebuilds a config written by ``to_dict``.
+
+    Raises:
+      ValueError: naming fields the dict has that LlmConfig does not.
+    """
+    data = dict(data)
+    unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+      raise ValueError(f"LlmConfig.from_dict: unknown fields {sorted(unknown)}")
+    for key in ("rope", "local_rope"):
+      if isinstance(data.get(key), dict):
+        data[key] = RopeConfig(**data[key])
+    for key in ("layer_types", "eos_ids"):
+      if data.get(key) is not None:
+        data[key] = tuple(data[key])
+    return cls(**data)
+
 
 def _gemma_style(**kwargs) -> dict:
   """Switches shared by every Gemma generation."""
