@@ -9,11 +9,18 @@ consumed item ``i`` (0 elsewhere, where ``p_ui = 0`` and ``c_ui = 1``). The
 ``Y^T Y`` term covers all unobserved pairs at once, so a half-sweep costs
 O(nnz d^2 + n d^3) and never touches the dense matrix.
 
-Rows are solved in fixed-shape blocks: rows with similar interaction counts are
-padded to the same power-of-two length, so jit compiles a handful of shapes and
-padding wastes at most half of each block. The factor tables are laid out by
-rows over the mesh's data axes (``cf_rows``), so a catalogue of millions of
-items is split across devices; XLA gathers the rows a block needs.
+Layout: each row's interactions are cut into fixed-length *segments* (a long
+row spans several), and segments are processed in fixed-size chunks by
+``lax.scan``; per-segment partial sums are added into their row. Every array
+has one static shape, so the whole fit (all sweeps, both sides) is a single
+jitted program compiled once, and padding wastes less than one segment per
+row. The factor tables are laid out by rows over the mesh's data axes
+(``cf_rows``) so a large catalogue is split across devices.
+
+Two solvers: "cholesky" forms and solves each row's d x d normal equations
+exactly; "cg" takes a few conjugate-gradient steps warm-started from the
+previous sweep, as the ``implicit`` library does by default, which costs
+O(nnz d) per step instead of O(nnz d^2).
 """
 
 from __future__ import annotations
@@ -29,8 +36,6 @@ import numpy as np
 from ilm_jax.cf.table import CFTable
 from ilm_jax.sharding import mesh as mesh_lib
 
-MIN_BLOCK_LENGTH = 8
-
 
 @dataclasses.dataclass(frozen=True)
 class ALSConfig:
@@ -43,13 +48,12 @@ class ALSConfig:
     sweeps: full user+item sweeps.
     init_scale: std of the random initial factors.
     seed: PRNG seed of the initial factors.
-    solver: "cholesky" solves each row's normal equations exactly (closed
-      form); "cg" takes ``cg_steps`` conjugate-gradient steps warm-started
-      from the previous sweep (as the ``implicit`` library does by default),
-      O(nnz d) instead of O(nnz d^2) per sweep.
+    solver: "cholesky" (exact, closed form) or "cg" (``cg_steps`` warm-started
+      conjugate-gradient steps per half-sweep).
     cg_steps: conjugate-gradient steps per row and half-sweep.
-    block_entries: padded interactions per solve block (rows x length);
-      bounds the gathered block at block_entries * dim floats.
+    segment_length: interactions per segment (rows are cut into segments).
+    chunk_segments: segments per scan step; bounds the gathered block at
+      chunk_segments * segment_length * dim floats.
   """
 
   dim: int = 64
@@ -60,7 +64,8 @@ class ALSConfig:
   seed: int = 0
   solver: str = "cholesky"
   cg_steps: int = 3
-  block_entries: int = 1 << 16
+  segment_length: int = 16
+  chunk_segments: int = 2048
 
   def __post_init__(self):
     if self.solver not in ("cholesky", "cg"):
@@ -72,140 +77,165 @@ class ALSConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Blocks:
-  """Rows grouped into fixed-shape blocks for one side of the matrix.
+class Segments:
+  """One side's interactions, cut into fixed-shape segments.
 
-  Each entry of ``blocks`` is (rows int32[B], cols int32[B, L], counts
-  float32[B, L]); padding has col 0 and count 0; padded rows repeat row index
-  ``num_rows`` (dropped when written back).
+  Attributes:
+    rows: int32[T, C] row of each segment (padding: ``num_rows``, a sink).
+    cols: int32[T, C, L] interacted columns (padding: column 0).
+    counts: float32[T, C, L] interaction counts r_ui (padding: 0).
+    num_rows: rows on this side.
   """
 
+  rows: np.ndarray
+  cols: np.ndarray
+  counts: np.ndarray
   num_rows: int
-  blocks: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
-  empty_rows: np.ndarray  # rows without interactions: their solution is 0
 
 
-def _group_rows(rows, cols, num_rows, block_entries) -> _Blocks:
-  """Groups the (row, col) interactions by row into padded blocks."""
-  # Aggregate repeats: r_ui is a count.
-  keys = rows.astype(np.int64) * (cols.max() + 1 if len(cols) else 1) + cols
-  uniq, counts = np.unique(keys, return_counts=True)
-  ncols = cols.max() + 1 if len(cols) else 1
-  r, c = uniq // ncols, uniq % ncols
-  bounds = np.searchsorted(r, np.arange(num_rows + 1))
-  lengths = np.diff(bounds)
-  bucket = np.maximum(
-    MIN_BLOCK_LENGTH, 2 ** np.ceil(np.log2(np.maximum(lengths, 1)))
-  ).astype(np.int64)
-  blocks = []
-  for length in np.unique(bucket[lengths > 0]):
-    members = np.flatnonzero((bucket == length) & (lengths > 0))
-    per_block = max(1, block_entries // int(length))
-    for start in range(0, len(members), per_block):
-      chunk = members[start : start + per_block]
-      rows_out = np.full(per_block, num_rows, dtype=np.int32)
-      rows_out[: len(chunk)] = chunk
-      col_mat = np.zeros((per_block, length), dtype=np.int32)
-      cnt_mat = np.zeros((per_block, length), dtype=np.float32)
-      for j, row in enumerate(chunk):
-        lo, hi = bounds[row], bounds[row + 1]
-        col_mat[j, : hi - lo] = c[lo:hi]
-        cnt_mat[j, : hi - lo] = counts[lo:hi]
-      blocks.append((rows_out, col_mat, cnt_mat))
-  return _Blocks(num_rows, blocks, np.flatnonzero(lengths == 0))
-
-
-def _normal_equations(fixed, cols, counts, alpha):
-  """Gathered factors and right-hand side of one block's normal equations.
-
-  Returns:
-    (y float32[B, L, d], c_minus_1 float32[B, L], b float32[B, d]) with
-    ``b = Y_u^T C_u p_u``; padding entries have zero weight.
-  """
-  y = fixed[cols]
-  extra = alpha * counts  # c_ui - 1, zero on padding
-  observed = (counts > 0).astype(y.dtype)
-  b = jnp.einsum("bl,bld->bd", (1.0 + extra) * observed, y)
-  return y, extra, b
-
-
-@functools.partial(jax.jit, static_argnames=("alpha",), donate_argnums=0)
-def _cholesky_block(out, fixed, gram, rows, cols, counts, *, alpha):
-  """Exact solve of one block of rows, written into ``out``.
+def make_segments(
+  rows: np.ndarray, cols: np.ndarray, num_rows: int, num_cols: int,
+  segment_length: int, chunk_segments: int,
+) -> Segments:  # fmt: skip
+  """Aggregates repeated (row, col) pairs into counts and cuts rows up.
 
   Args:
-    out: float32[R + 1, d] the factors being solved (last row: padding sink).
-    fixed: float32[M, d], the other side's factors.
-    gram: float32[d, d], ``fixed^T fixed + reg I``.
-    rows: int32[B] rows of the block (padding: R).
-    cols: int32[B, L] interacted columns (padding: any column, count 0).
-    counts: float32[B, L] interaction counts r_ui (0 on padding).
-    alpha: confidence slope.
-
-  Returns:
-    ``out`` with the block's rows replaced.
+    rows: int[N] row index of each interaction.
+    cols: int[N] column index of each interaction.
+    num_rows: R.
+    num_cols: number of columns.
+    segment_length: L.
+    chunk_segments: C; the number of segments is padded to a multiple of C.
   """
-  y, extra, b = _normal_equations(fixed, cols, counts, alpha)
-  a = gram + jnp.einsum("bld,ble->bde", y * extra[..., None], y)
-  chol = jnp.linalg.cholesky(a)
-  x = jax.scipy.linalg.cho_solve((chol, True), b[..., None])[..., 0]
-  return out.at[rows].set(x)
+  keys = np.unique(rows.astype(np.int64) * num_cols + cols, return_counts=True)
+  r, c = keys[0] // num_cols, keys[0] % num_cols
+  counts = keys[1].astype(np.float32)
+  row_start = np.searchsorted(r, np.arange(num_rows + 1))
+  lengths = np.diff(row_start)
+  segs_per_row = -(-lengths // segment_length)  # ceil
+  num_segments = int(segs_per_row.sum())
+  total = max(1, -(-num_segments // chunk_segments)) * chunk_segments
+  seg_row = np.full(total, num_rows, dtype=np.int32)
+  seg_row[:num_segments] = np.repeat(np.arange(num_rows), segs_per_row)
+  # Position of every interaction inside its row -> (segment, slot).
+  pos_in_row = np.arange(len(r)) - row_start[r]
+  first_seg = np.concatenate([[0], np.cumsum(segs_per_row)[:-1]])
+  seg = first_seg[r] + pos_in_row // segment_length
+  slot = pos_in_row % segment_length
+  seg_cols = np.zeros((total, segment_length), dtype=np.int32)
+  seg_counts = np.zeros((total, segment_length), dtype=np.float32)
+  seg_cols[seg, slot] = c
+  seg_counts[seg, slot] = counts
+  shape = (total // chunk_segments, chunk_segments)
+  return Segments(
+    seg_row.reshape(shape),
+    seg_cols.reshape(*shape, segment_length),
+    seg_counts.reshape(*shape, segment_length),
+    num_rows,
+  )
 
 
-@functools.partial(
-  jax.jit, static_argnames=("alpha", "steps"), donate_argnums=0
-)
-def _cg_block(out, fixed, gram, rows, cols, counts, *, alpha, steps):
-  """A few conjugate-gradient steps from the current factors (warm start).
+def _scan_rows(fn, segs: Segments, out_init):
+  """Sums ``fn(rows, cols, counts)`` per chunk into rows of ``out_init``."""
 
-  Same arguments as ``_cholesky_block``; never forms the d x d matrices, so
-  a step costs O(L d) per row instead of O(L d^2).
-  """
-  y, extra, b = _normal_equations(fixed, cols, counts, alpha)
+  def body(acc, chunk):
+    rows, cols, counts = chunk
+    return jax.tree.map(
+      lambda a, part: a.at[rows].add(part), acc, fn(rows, cols, counts)
+    ), None
 
-  def matvec(p):
-    weighted = extra * jnp.einsum("bld,bd->bl", y, p)
-    return p @ gram + jnp.einsum("bl,bld->bd", weighted, y)
+  acc, _ = jax.lax.scan(body, out_init, (segs.rows, segs.cols, segs.counts))
+  return acc
 
-  x = out[rows]
-  r = b - matvec(x)
+
+def _solve_cholesky(current, fixed, segs: Segments, cfg: ALSConfig):
+  """Exact solution for every row of one side. current: float32[R, d]."""
+  del current
+  d = fixed.shape[1]
+  gram = fixed.T @ fixed + cfg.reg * jnp.eye(d, dtype=fixed.dtype)
+
+  def partial_sums(rows, cols, counts):
+    y = fixed[cols]  # [C, L, d]
+    extra = cfg.alpha * counts  # c_ui - 1, zero on padding
+    observed = (counts > 0).astype(y.dtype)
+    a = jnp.einsum("cld,cle->cde", y * extra[..., None], y)
+    b = jnp.einsum("cl,cld->cd", (1.0 + extra) * observed, y)
+    return a, b
+
+  r = segs.num_rows + 1  # + sink row for padding segments
+  zeros = (jnp.zeros((r, d, d), fixed.dtype), jnp.zeros((r, d), fixed.dtype))
+  a, b = _scan_rows(partial_sums, segs, zeros)
+  chol = jnp.linalg.cholesky(a[:-1] + gram)
+  return jax.scipy.linalg.cho_solve((chol, True), b[:-1, :, None])[..., 0]
+
+
+def _solve_cg(current, fixed, segs: Segments, cfg: ALSConfig):
+  """Warm-started conjugate gradient for every row of one side."""
+  d = fixed.shape[1]
+  gram = fixed.T @ fixed + cfg.reg * jnp.eye(d, dtype=fixed.dtype)
+  sink = jnp.zeros((1, d), fixed.dtype)
+
+  def rows_times(p, with_rhs):
+    """Y^T (C_u - I) Y p_u per row (and Y^T C_u p_u when with_rhs)."""
+    p_ext = jnp.concatenate([p, sink])
+
+    def partial_sums(rows, cols, counts):
+      y = fixed[cols]
+      extra = cfg.alpha * counts
+      y_dot_p = jnp.einsum("cld,cd->cl", y, p_ext[rows])
+      ap = jnp.einsum("cl,cld->cd", extra * y_dot_p, y)
+      if not with_rhs:
+        return (ap,)
+      observed = (counts > 0).astype(y.dtype)
+      b = jnp.einsum("cl,cld->cd", (1.0 + extra) * observed, y)
+      return ap, b
+
+    init = (jnp.zeros_like(p_ext),) * (2 if with_rhs else 1)
+    return [t[:-1] for t in _scan_rows(partial_sums, segs, init)]
+
+  x = current
+  ax, b = rows_times(x, with_rhs=True)
+  r = b - (x @ gram + ax)
   p = r
   rs = jnp.sum(r * r, axis=-1, keepdims=True)
   tiny = jnp.finfo(x.dtype).tiny
-  for _ in range(steps):
-    ap = matvec(p)
+  for _ in range(cfg.cg_steps):
+    (ap,) = rows_times(p, with_rhs=False)
+    ap = ap + p @ gram
     step = rs / jnp.maximum(jnp.sum(p * ap, axis=-1, keepdims=True), tiny)
     x = x + step * p
     r = r - step * ap
     rs_new = jnp.sum(r * r, axis=-1, keepdims=True)
     p = r + (rs_new / jnp.maximum(rs, tiny)) * p
     rs = rs_new
-  return out.at[rows].set(x)
+  return x
 
 
-@jax.jit
-def _gram(fixed, reg):
-  d = fixed.shape[1]
-  return fixed.T @ fixed + reg * jnp.eye(d, dtype=fixed.dtype)
+# The progress hook of the fit in flight: the jitted loop reports each sweep
+# through a host callback, which cannot take a Python callable as an argument.
+_progress_hook = None
 
 
-def _half_sweep(current, fixed, blocks: _Blocks, cfg: ALSConfig):
-  """Solves every row of one side given the other side's factors."""
-  gram = _gram(fixed, cfg.reg)
-  # One extra last row absorbs the writes of padded block rows.
-  pad = jnp.zeros((1, cfg.dim), current.dtype)
-  out = jnp.concatenate([current, pad], axis=0).at[blocks.empty_rows].set(0.0)
-  for rows, cols, counts in blocks.blocks:
-    if cfg.solver == "cholesky":
-      out = _cholesky_block(
-        out, fixed, gram, rows, cols, counts, alpha=cfg.alpha
-      )
-    else:
-      out = _cg_block(
-        out, fixed, gram, rows, cols, counts, alpha=cfg.alpha,
-        steps=cfg.cg_steps,
-      )  # fmt: skip
-  return out[: blocks.num_rows]
+def _report_sweep(sweep):
+  if _progress_hook is not None:
+    _progress_hook(int(sweep) + 1)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "num_users", "num_items"))
+def _fit(x, y, user_segs, item_segs, *, cfg, num_users, num_items):
+  """All sweeps as one program. x: float32[U, d], y: float32[I, d]."""
+  solve = _solve_cholesky if cfg.solver == "cholesky" else _solve_cg
+  users = Segments(*user_segs, num_users)
+  items = Segments(*item_segs, num_items)
+
+  def sweep(i, xy):
+    x, y = xy
+    x = solve(x, y, users, cfg)
+    y = solve(y, x, items, cfg)
+    jax.debug.callback(_report_sweep, i, ordered=False)
+    return x, y
+
+  return jax.lax.fori_loop(0, cfg.sweeps, sweep, (x, y))
 
 
 def train_als(
@@ -226,10 +256,11 @@ def train_als(
     num_items: I.
     config: hyper-parameters.
     mesh: optional mesh; factor tables are sharded by rows over it.
-    progress: optional callable(sweep, seconds) called after every sweep.
+    progress: optional callable(sweeps_done, seconds), called after each
+      sweep.
 
   Returns:
-    (the CF table, {"seconds": wall time of the sweeps, "compile_seconds"...}).
+    (the CF table, {"seconds": wall time of the fit incl. compilation}).
   """
   users = np.asarray(users, dtype=np.int64)
   items = np.asarray(items, dtype=np.int64)
@@ -239,30 +270,34 @@ def train_als(
     raise ValueError(f"user index out of range [0, {num_users})")
   if items.min() < 0 or items.max() >= num_items:
     raise ValueError(f"item index out of range [0, {num_items})")
-  order = np.lexsort((items, users))
-  user_blocks = _group_rows(
-    users[order], items[order], num_users, config.block_entries
-  )
-  order = np.lexsort((users, items))
-  item_blocks = _group_rows(
-    items[order], users[order], num_items, config.block_entries
-  )
+  start = time.perf_counter()
+  seg_args = (config.segment_length, config.chunk_segments)
+  user_segs = make_segments(users, items, num_users, num_items, *seg_args)
+  item_segs = make_segments(items, users, num_items, num_users, *seg_args)
   key_u, key_i = jax.random.split(jax.random.PRNGKey(config.seed))
-  shape_u, shape_i = (num_users, config.dim), (num_items, config.dim)
-  x = config.init_scale * jax.random.normal(key_u, shape_u, jnp.float32)
-  y = config.init_scale * jax.random.normal(key_i, shape_i, jnp.float32)
+  x = config.init_scale * jax.random.normal(
+    key_u, (num_users, config.dim), jnp.float32
+  )
+  y = config.init_scale * jax.random.normal(
+    key_i, (num_items, config.dim), jnp.float32
+  )
   if mesh is not None:
     rows = mesh_lib.logical_to_sharding(("cf_rows", "cf_dim"), mesh)
     x, y = jax.device_put(x, rows), jax.device_put(y, rows)
-  start = time.perf_counter()
-  for sweep in range(config.sweeps):
-    x = _half_sweep(x, y, user_blocks, config)
-    y = _half_sweep(y, x, item_blocks, config)
-    jax.block_until_ready(y)
-    if progress is not None:
-      progress(sweep, time.perf_counter() - start)
+  global _progress_hook
+  if progress is not None:
+    _progress_hook = lambda done: progress(done, time.perf_counter() - start)
+  try:
+    x, y = _fit(
+      x, y,
+      (user_segs.rows, user_segs.cols, user_segs.counts),
+      (item_segs.rows, item_segs.cols, item_segs.counts),
+      cfg=config, num_users=num_users, num_items=num_items,
+    )  # fmt: skip
+    table = np.concatenate([np.asarray(x), np.asarray(y)], axis=0)
+  finally:
+    _progress_hook = None
   seconds = time.perf_counter() - start
-  table = np.concatenate([np.asarray(x), np.asarray(y)], axis=0)
   if not np.isfinite(table).all():
     raise FloatingPointError(
       "ALS produced non-finite factors; raise `reg` or lower `alpha`"

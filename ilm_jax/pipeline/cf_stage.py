@@ -52,7 +52,7 @@ def run_cf(
   with tqdm.tqdm(total=cfg.sweeps, desc="ALS sweeps", unit="sweep") as bar:
     table, info = train_als(
       users, items, split.num_users, split.num_items, cfg, mesh=mesh,
-      progress=lambda sweep, seconds: bar.update(1),
+      progress=lambda done, seconds: bar.update(done - bar.n),
     )  # fmt: skip
   table.save(out, config=_provenance(config))
   stats = {
