@@ -112,6 +112,25 @@ class Tokenizer:
       eos_token=special(self.eos_ids[0] if self.eos_ids else None),
     )
 
+  def save(self, directory: str | pathlib.Path) -> None:
+    """Writes tokenizer.json and tokenizer_config.json (HF layout), so that
+    ``load_tokenizer_json(directory)`` gives this tokenizer back."""
+    directory = pathlib.Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    self.backend.save(str(directory / "tokenizer.json"))
+    token = lambda i: None if i is None else self.id_to_token(i)
+    config = {
+      "bos_token": token(self.bos_id),
+      "eos_token": token(self.eos_ids[0]) if self.eos_ids else None,
+      "pad_token": token(self.pad_id),
+      "add_bos_token": self.add_bos,
+      "additional_eos_tokens": [token(i) for i in self.eos_ids[1:]],
+      "chat_template": self.chat_template,
+    }
+    (directory / "tokenizer_config.json").write_text(
+      json.dumps(config, indent=2, ensure_ascii=False)
+    )
+
   def encode_chat(
     self, messages: Sequence[dict], add_generation_prompt: bool = True
   ) -> list[int]:
@@ -143,8 +162,15 @@ def load_tokenizer_json(directory_or_file: str | pathlib.Path) -> Tokenizer:
   config_path = path.with_name("tokenizer_config.json")
   config = json.loads(config_path.read_text()) if config_path.exists() else {}
   eos = _special_id(config, "eos_token", backend)
-  extra_eos = [backend.token_to_id(t) for t in ("<end_of_turn>", "<|eot_id|>")]
-  eos_ids = [i for i in [eos, *extra_eos] if i is not None]
+  extra = config.get("additional_eos_tokens") or [
+    "<end_of_turn>",
+    "<|eot_id|>",
+    "<|im_end|>",
+  ]
+  eos_ids = []
+  for token_id in [eos, *(backend.token_to_id(t) for t in extra)]:
+    if token_id is not None and token_id not in eos_ids:
+      eos_ids.append(token_id)
   pad = _special_id(config, "pad_token", backend)
   template = config.get("chat_template")
   if template is None and path.with_name("chat_template.jinja").exists():
