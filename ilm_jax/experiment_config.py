@@ -29,7 +29,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.cf = ml_collections.ConfigDict()
   c.cf.dim = 64  # CF embedding width d
-  c.cf.reg = 0.1  # ALS L2 regularisation
+  c.cf.reg = 1.0  # ALS L2 regularisation (chosen on ML-100K validation)
   c.cf.alpha = 10.0  # ALS confidence slope: c = 1 + alpha * count
   c.cf.sweeps = 15  # ALS sweeps (users then items)
   c.cf.solver = "cholesky"  # "cholesky" (exact) | "cg" (implicit-style)

@@ -38,7 +38,7 @@ _DATASET = flags.DEFINE_string("dataset", "ml-1m", "A dataset name.")
 _PATH = flags.DEFINE_string("path", "", "Raw data path ('' = default).")
 _DIM = flags.DEFINE_integer("dim", 64, "Embedding width.")
 _SWEEPS = flags.DEFINE_integer("sweeps", 15, "ALS sweeps.")
-_REG = flags.DEFINE_float("reg", 0.1, "L2 regularisation.")
+_REG = flags.DEFINE_float("reg", 1.0, "L2 regularisation.")
 _ALPHA = flags.DEFINE_float("alpha", 10.0, "Confidence slope.")
 _SOLVERS = flags.DEFINE_list(
   "solvers", ["cg", "cholesky"], "Solvers to compare (cg, cholesky)."

@@ -57,7 +57,7 @@ class ALSConfig:
   """
 
   dim: int = 64
-  reg: float = 0.1
+  reg: float = 1.0
   alpha: float = 10.0
   sweeps: int = 15
   init_scale: float = 0.01
