@@ -1,0 +1,1 @@
+"""Checkpointing: orbax managers for train state, data position and config."""

@@ -1,0 +1,157 @@
+"""Orbax checkpoints of a training run: state, data position and config.
+
+One checkpoint per saved step holds three items:
+
+* ``state``: the train state (params, optimiser state, step), restored into
+  abstract arrays that carry their shardings, so a run resumes sharded;
+* ``data``: the data iterator's position (JSON), so a resumed run sees the
+  batches it would have seen;
+* ``config``: the run's config (JSON), for provenance.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers
+
+STATE = "state"
+DATA = "data"
+CONFIG = "config"
+
+
+def make_manager(
+  directory: str | pathlib.Path, save_every: int, keep: int
+) -> ocp.CheckpointManager:
+  """A CheckpointManager saving every ``save_every`` steps, keeping ``keep``.
+
+  Args:
+    directory: where step directories go (created if needed).
+    save_every: FixedIntervalPolicy interval (>= 1).
+    keep: LatestN: how many recent checkpoints survive (>= 1).
+  """
+  if save_every < 1 or keep < 1:
+    raise ValueError(
+      f"checkpoint_every ({save_every}) and keep_checkpoints ({keep}) must "
+      "be >= 1"
+    )
+  directory = pathlib.Path(directory).absolute()
+  options = ocp.CheckpointManagerOptions(
+    save_decision_policy=checkpoint_managers.FixedIntervalPolicy(save_every),
+    preservation_policy=checkpoint_managers.LatestN(keep),
+    create=True,
+  )
+  return ocp.CheckpointManager(
+    directory, item_names=(STATE, DATA, CONFIG), options=options
+  )
+
+
+def save(
+  manager: ocp.CheckpointManager,
+  step: int,
+  state: Any,
+  data_state: dict,
+  config: dict,
+  force: bool = False,
+) -> bool:
+  """Saves if the policy says so (or ``force``); returns whether it did."""
+  return manager.save(
+    step,
+    args=ocp.args.Composite(
+      **{
+        STATE: ocp.args.StandardSave(state),
+        DATA: ocp.args.JsonSave(data_state),
+        CONFIG: ocp.args.JsonSave(config),
+      }
+    ),
+    force=force,
+  )
+
+
+def abstract_like(tree: Any) -> Any:
+  """ShapeDtypeStructs (with shardings) of a tree of arrays."""
+  return jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+    tree,
+  )
+
+
+def restore(
+  manager: ocp.CheckpointManager, abstract_state: Any, step: int | None = None
+) -> tuple[Any, dict, dict]:
+  """Restores (state, data position, config) of ``step`` (default: latest).
+
+  Args:
+    manager: the run's manager.
+    abstract_state: the state's structure as ShapeDtypeStructs with
+      shardings (see ``abstract_like``); arrays come back sharded so.
+    step: which step; None = latest.
+
+  Raises:
+    FileNotFoundError: no checkpoint in the manager's directory.
+  """
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f"{manager.directory}: no checkpoint to restore")
+  restored = manager.restore(
+    step,
+    args=ocp.args.Composite(
+      **{
+        STATE: ocp.args.StandardRestore(abstract_state),
+        DATA: ocp.args.JsonRestore(),
+        CONFIG: ocp.args.JsonRestore(),
+      }
+    ),
+  )
+  return restored[STATE], restored[DATA], restored[CONFIG]
+
+
+def load_params(
+  directory: str | pathlib.Path, step: int | None = None
+) -> tuple[Any, dict]:
+  """Trained params and config of a finished run, without its train state.
+
+  For a later stage starting from this one (stage 2 from stage 1): arrays
+  come back as host numpy arrays in the saved nested-dict layout.
+
+  Args:
+    directory: the run's checkpoint directory.
+    step: which step; None = latest.
+
+  Returns:
+    (params tree, config dict).
+  """
+  directory = pathlib.Path(directory).absolute()
+  if not directory.exists():
+    raise FileNotFoundError(f"{directory}: no checkpoints here")
+  with ocp.CheckpointManager(
+    directory,
+    item_names=(STATE, DATA, CONFIG),
+    options=ocp.CheckpointManagerOptions(read_only=True),
+  ) as manager:
+    step = manager.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"{directory}: no checkpoint to load")
+    meta = manager.item_metadata(step)[STATE]
+    target = jax.tree.map(
+      lambda m: jax.ShapeDtypeStruct(
+        m.shape,
+        m.dtype,
+        sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0]),
+      ),
+      meta,
+    )
+    restored = manager.restore(
+      step,
+      args=ocp.args.Composite(
+        **{
+          STATE: ocp.args.StandardRestore(target),
+          CONFIG: ocp.args.JsonRestore(),
+        }
+      ),
+    )
+  params = jax.tree.map(lambda x: jax.device_get(x), restored[STATE]["params"])
+  return params, restored[CONFIG]

@@ -1,0 +1,1 @@
+"""Training loops: the generic sharded loop and the per-stage entry points."""

@@ -1,0 +1,364 @@
+"""The generic sharded training loop, shared by stage 1 and stage 2.
+
+A stage supplies a loss function of the *trainable* params, a frozen tree that
+never enters the optimiser (the CF table; in stage 2 also the LLM), and a
+checkpointable iterator of global host batches. The loop places params by
+their logical axis names on a (data, fsdp, tensor) mesh, jits one update with
+explicit in/out shardings, and on the way saves checkpoints (train state, data
+position, config), TensorBoard scalars and a metrics JSON, resuming from the
+latest checkpoint when one exists.
+
+Because the loss is computed on the *global* batch inside one jitted function,
+contrastive in-batch negatives span every device of the data-parallel batch;
+XLA inserts the gathers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import pathlib
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import linen as nn
+from flax import struct
+from tqdm import tqdm
+
+from ilm_jax.checkpoint import manager as ckpt
+from ilm_jax.sharding import mesh as mesh_lib
+from ilm_jax.train import optimizer as optim
+from ilm_jax.train.summaries import MetricsLog
+
+CHECKPOINT_DIR = "checkpoints"
+# loss_fn(params, frozen, batch, rng) -> (scalar loss, metrics)
+LossFn = Callable[[Any, Any, dict, jax.Array], tuple[jax.Array, dict]]
+
+
+def loop_config() -> ml_collections.ConfigDict:
+  """Defaults for the loop fields every stage config carries."""
+  c = ml_collections.ConfigDict()
+  c.num_steps = 1000  # optimiser updates in the whole run
+  c.learning_rate = 1e-4  # peak learning rate after warmup
+  c.warmup_steps = 100  # linear warmup from 0
+  c.end_learning_rate_ratio = 0.1  # cosine decays to this fraction of peak
+  c.weight_decay = 0.05  # AdamW decay (not on biases, norms, temperatures)
+  c.adam_b1 = 0.9  # AdamW first-moment decay
+  c.adam_b2 = 0.999  # AdamW second-moment decay
+  c.grad_clip_norm = 1.0  # global-norm clipping; 0 = off
+  c.freeze_regex = ""  # params whose path matches get no updates
+  c.seed = 0  # seeds init, data order and per-step randomness
+  c.log_every = 10  # steps between TensorBoard / metrics.json records
+  c.eval_every = 0  # steps between evaluations; 0 = only at the end
+  c.checkpoint_every = 100  # FixedIntervalPolicy interval
+  c.keep_checkpoints = 2  # LatestN: checkpoints kept on disk
+  c.progress_bar = True  # tqdm progress bar on stderr
+  return c
+
+
+class CheckpointableIterator(Protocol):
+  """Yields global host batches; its position can be saved and restored."""
+
+  def __next__(self) -> dict[str, np.ndarray]: ...
+
+  def get_state(self) -> dict: ...
+
+  def set_state(self, state: dict) -> None: ...
+
+
+@struct.dataclass
+class TrainState:
+  """What a checkpoint holds: completed steps, params, optimiser state."""
+
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+class NonFiniteLossError(RuntimeError):
+  """The loss or gradient became NaN/inf; the run stopped before saving."""
+
+
+class Trainer:
+  """One jitted, sharded update step and the placement of its inputs.
+
+  Args:
+    loss_fn: ``loss_fn(params, frozen, batch, rng) -> (loss, metrics)``.
+    config: loop config (see ``loop_config``).
+    params: trainable params (host or device arrays, unboxed).
+    param_specs: the same tree of logical PartitionSpecs
+      (``nn.get_partition_spec`` of the boxed params).
+    mesh: the device mesh; default: every device on the ``data`` axis.
+    rules: logical-to-mesh axis rules.
+    frozen_specs: logical specs of the frozen tree; None = replicated.
+  """
+
+  def __init__(
+    self,
+    loss_fn: LossFn,
+    config,
+    params,
+    param_specs,
+    mesh: jax.sharding.Mesh | None = None,
+    rules=mesh_lib.DEFAULT_RULES,
+    frozen_specs=None,
+  ):
+    self.config = config
+    self.mesh = mesh if mesh is not None else mesh_lib.make_mesh()
+    self.rules = rules
+    self.optimizer = optim.make_optimizer(config, params)
+    self.schedule = optim.learning_rate_schedule(config)
+    self.param_shardings = mesh_lib.tree_shardings(
+      param_specs, self.mesh, rules
+    )
+    self.frozen_specs = frozen_specs
+    self._loss_fn = loss_fn
+    self._step_fn = None
+
+  @property
+  def data_parallelism(self) -> int:
+    shape = dict(self.mesh.shape)
+    return shape.get("data", 1) * shape.get("fsdp", 1)
+
+  def _context(self):
+    stack = _Contexts(
+      jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules)
+    )
+    return stack
+
+  def init_state(self, params) -> TrainState:
+    """Places params by their shardings and builds the optimiser state."""
+    with self._context():
+      # Via host copies: the step donates its state, and device_put may
+      # reuse the caller's buffers, which donation would then delete.
+      host = jax.tree.map(np.asarray, jax.device_get(params))
+      params = jax.device_put(host, self.param_shardings)
+      opt_state = jax.jit(self.optimizer.init)(params)
+      step = jax.device_put(
+        jnp.zeros((), jnp.int32), mesh_lib.replicated(self.mesh)
+      )
+    return TrainState(step=step, params=params, opt_state=opt_state)
+
+  def place_frozen(self, frozen):
+    """Puts the frozen tree on devices (replicated unless specs say)."""
+    if frozen is None:
+      return None
+    if self.frozen_specs is None:
+      shardings = jax.tree.map(lambda _: mesh_lib.replicated(self.mesh), frozen)
+    else:
+      shardings = mesh_lib.tree_shardings(
+        self.frozen_specs, self.mesh, self.rules
+      )
+    return jax.device_put(frozen, shardings)
+
+  def place_batch(self, batch: dict[str, np.ndarray]):
+    """Shards a global host batch along its leading axis."""
+    n = self.data_parallelism
+    for name, value in batch.items():
+      if value.shape[0] % n:
+        raise ValueError(
+          f"batch field {name!r} has {value.shape[0]} rows, not divisible by "
+          f"the {n} data-parallel devices of mesh {dict(self.mesh.shape)}"
+        )
+    return {
+      k: jax.device_put(v, mesh_lib.batch_sharding(self.mesh, v.ndim))
+      for k, v in batch.items()
+    }
+
+  def _build(self, state, frozen, batch):
+    state_shardings = jax.tree.map(lambda x: x.sharding, state)
+    frozen_shardings = jax.tree.map(lambda x: x.sharding, frozen)
+    batch_shardings = jax.tree.map(lambda x: x.sharding, batch)
+    seed = int(self.config.seed)
+
+    def step_fn(state: TrainState, frozen, batch):
+      rng = jax.random.fold_in(jax.random.key(seed), state.step)
+      grad_fn = jax.value_and_grad(self._loss_fn, has_aux=True)
+      (loss, metrics), grads = grad_fn(state.params, frozen, batch, rng)
+      updates, opt_state = self.optimizer.update(
+        grads, state.opt_state, state.params
+      )
+      params = optax.apply_updates(state.params, updates)
+      metrics = dict(metrics)
+      metrics["loss"] = loss
+      metrics["grad_norm"] = optax.global_norm(grads)
+      metrics["learning_rate"] = self.schedule(state.step)
+      new_state = TrainState(state.step + 1, params, opt_state)
+      return new_state, metrics
+
+    return jax.jit(
+      step_fn,
+      in_shardings=(state_shardings, frozen_shardings, batch_shardings),
+      out_shardings=(state_shardings, mesh_lib.replicated(self.mesh)),
+      donate_argnums=(0,),
+    )
+
+  def step(self, state: TrainState, frozen, batch) -> tuple[TrainState, dict]:
+    """One update on a placed batch (see ``place_batch``)."""
+    with self._context():
+      if self._step_fn is None:
+        self._step_fn = self._build(state, frozen, batch)
+      return self._step_fn(state, frozen, batch)
+
+
+class _Contexts:
+  """Enters several context managers as one."""
+
+  def __init__(self, *managers):
+    self._managers = managers
+
+  def __enter__(self):
+    for m in self._managers:
+      m.__enter__()
+    return self
+
+  def __exit__(self, *exc):
+    for m in reversed(self._managers):
+      m.__exit__(*exc)
+    return False
+
+
+@dataclasses.dataclass
+class TrainResult:
+  """What ``train`` returns.
+
+  Attributes:
+    state: the final train state (sharded device arrays).
+    metrics: the last logged train metrics plus the last evaluation.
+    start_step: the step the run started or resumed from.
+  """
+
+  state: TrainState
+  metrics: dict[str, float]
+  start_step: int
+
+
+def _check_finite(step: int, metrics: dict, manager) -> None:
+  bad = {
+    k: float(metrics[k])
+    for k in ("loss", "grad_norm")
+    if not np.isfinite(float(metrics[k]))
+  }
+  if bad:
+    manager.wait_until_finished()
+    last = manager.latest_step()
+    kept = f"step {last}" if last is not None else "none saved yet"
+    raise NonFiniteLossError(
+      f"non-finite {bad} at step {step}; training stopped without saving "
+      f"this state. Last good checkpoint: {kept} in {manager.directory}. "
+      "Lower the learning rate or check the inputs, then rerun to resume."
+    )
+
+
+def train(
+  loss_fn: LossFn,
+  params,
+  param_specs,
+  data: CheckpointableIterator,
+  config,
+  workdir: str | pathlib.Path,
+  *,
+  mesh: jax.sharding.Mesh | None = None,
+  rules=mesh_lib.DEFAULT_RULES,
+  frozen=None,
+  frozen_specs=None,
+  run_config: dict | None = None,
+  eval_fn: Callable[[Any, int], dict] | None = None,
+  desc: str = "train",
+) -> TrainResult:
+  """Trains to ``config.num_steps``, resuming from the latest checkpoint.
+
+  Args:
+    loss_fn: ``loss_fn(params, frozen, batch, rng) -> (loss, metrics)``.
+    params: initial trainable params (ignored when resuming).
+    param_specs: logical PartitionSpecs of params.
+    data: checkpointable iterator of global host batches.
+    config: loop config (``loop_config`` fields).
+    workdir: this stage's directory: checkpoints/, tensorboard/,
+      metrics.json.
+    mesh: device mesh (default: all devices data-parallel).
+    rules: logical axis rules.
+    frozen: untrained inputs of the loss (never in the optimiser state).
+    frozen_specs: their logical specs (None = replicated).
+    run_config: the full config as a dict, saved in each checkpoint.
+    eval_fn: ``eval_fn(params, step) -> metrics`` run every
+      ``config.eval_every`` steps (if > 0) and at the end.
+    desc: progress bar label.
+
+  Returns:
+    A TrainResult.
+
+  Raises:
+    NonFiniteLossError: a NaN/inf loss or gradient (last good checkpoint is
+      kept).
+  """
+  workdir = pathlib.Path(workdir)
+  trainer = Trainer(
+    loss_fn, config, params, param_specs, mesh, rules, frozen_specs
+  )
+  manager = ckpt.make_manager(
+    workdir / CHECKPOINT_DIR,
+    int(config.checkpoint_every),
+    int(config.keep_checkpoints),
+  )
+  log = MetricsLog(workdir)
+  run_config = run_config or {}
+  num_steps = int(config.num_steps)
+  state = trainer.init_state(params)
+  start = 0
+  if manager.latest_step() is not None:
+    state, data_state, _ = ckpt.restore(manager, ckpt.abstract_like(state))
+    data.set_state(data_state)
+    start = int(state.step)
+    log.truncate(start)
+    logging.info("%s: resumed from step %d in %s", desc, start, workdir)
+  frozen = trainer.place_frozen(frozen)
+  last_metrics: dict[str, float] = {}
+  window: list[dict] = []
+  log_every = max(int(config.log_every), 1)
+  eval_every = int(config.get("eval_every", 0))
+  bar = tqdm(
+    total=num_steps,
+    initial=start,
+    desc=desc,
+    disable=not config.get("progress_bar", True),
+  )
+  try:
+    for step in range(start + 1, num_steps + 1):
+      batch = trainer.place_batch(next(data))
+      state, metrics = trainer.step(state, frozen, batch)
+      metrics = jax.device_get(metrics)
+      _check_finite(step, metrics, manager)
+      window.append(metrics)
+      bar.update(1)
+      if step % log_every == 0 or step == num_steps:
+        last_metrics = {
+          k: float(np.mean([m[k] for m in window])) for k in window[0]
+        }
+        window = []
+        log.write("train", step, last_metrics)
+        bar.set_postfix(loss=f"{last_metrics['loss']:.4f}")
+      if eval_fn is not None and eval_every > 0 and step % eval_every == 0:
+        log.write("eval", step, eval_fn(state.params, step))
+      ckpt.save(manager, step, state, data.get_state(), run_config)
+    if manager.latest_step() != num_steps and num_steps > start:
+      ckpt.save(
+        manager, num_steps, state, data.get_state(), run_config, force=True
+      )
+    manager.wait_until_finished()
+    if eval_fn is not None:
+      final_eval = eval_fn(state.params, num_steps)
+      log.write("eval", num_steps, final_eval)
+      last_metrics = {**last_metrics, **final_eval}
+    log.write_final(last_metrics)
+  finally:
+    bar.close()
+    manager.wait_until_finished()
+    manager.close()
+    log.close()
+  return TrainResult(state=state, metrics=last_metrics, start_step=start)

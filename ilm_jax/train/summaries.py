@@ -1,0 +1,67 @@
+"""Where a run's numbers go: TensorBoard event files and a metrics JSON."""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+
+import numpy as np
+from tensorboardX import SummaryWriter
+
+METRICS_FILE = "metrics.json"
+TENSORBOARD_DIR = "tensorboard"
+
+
+def _plain(value):
+  value = float(np.asarray(value))
+  return value if math.isfinite(value) else str(value)
+
+
+class MetricsLog:
+  """Scalar summaries for TensorBoard plus a JSON history in the workdir.
+
+  The JSON file (``metrics.json``) holds ``{"train": [{"step": s, ...}],
+  "eval": [...], "final": {...}}`` and is rewritten atomically, so a resumed
+  run continues the history of the interrupted one.
+  """
+
+  def __init__(self, workdir: str | pathlib.Path):
+    self.workdir = pathlib.Path(workdir)
+    self.workdir.mkdir(parents=True, exist_ok=True)
+    self.path = self.workdir / METRICS_FILE
+    if self.path.exists():
+      self.history = json.loads(self.path.read_text())
+    else:
+      self.history = {"train": [], "eval": [], "final": {}}
+    self._writer = SummaryWriter(str(self.workdir / TENSORBOARD_DIR))
+
+  def truncate(self, step: int):
+    """Drops records after ``step`` (they belong to an unsaved future)."""
+    for split in ("train", "eval"):
+      self.history[split] = [
+        r for r in self.history[split] if r["step"] <= step
+      ]
+
+  def write(self, split: str, step: int, metrics: dict):
+    """Records scalars under ``split/`` at ``step``."""
+    record = {"step": int(step)}
+    for name, value in sorted(metrics.items()):
+      record[name] = _plain(value)
+      if isinstance(record[name], float):
+        self._writer.add_scalar(f"{split}/{name}", record[name], step)
+    self.history.setdefault(split, []).append(record)
+    self._flush()
+
+  def write_final(self, metrics: dict):
+    self.history["final"] = {k: _plain(v) for k, v in metrics.items()}
+    self._flush()
+
+  def _flush(self):
+    tmp = self.path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(self.history, indent=1))
+    tmp.replace(self.path)
+    self._writer.flush()
+
+  def close(self):
+    self._writer.close()

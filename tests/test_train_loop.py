@@ -1,0 +1,163 @@
+"""The generic training loop: sharding equivalence, resume, NaN stop."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+
+from ilm_jax.checkpoint import manager as ckpt
+from ilm_jax.sharding.mesh import make_mesh
+from ilm_jax.train import loop, optimizer
+
+
+class Toy(nn.Module):
+  """A linear scorer with sharded params, enough to exercise the loop."""
+
+  @nn.compact
+  def __call__(self, x):
+    return nn.Dense(
+      4,
+      kernel_init=nn.with_logical_partitioning(
+        nn.initializers.normal(0.5), ("embed", "mlp")
+      ),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("mlp",)),
+    )(x)
+
+
+def _toy_loss(params, frozen, batch, rng):
+  del rng
+  pred = Toy().apply({"params": params}, batch["x"]) @ frozen
+  loss = jnp.mean((pred - batch["y"]) ** 2)
+  return loss, {"mse": loss}
+
+
+class ToyData:
+  """Deterministic batches from (seed, position); NaN at ``nan_at``."""
+
+  def __init__(self, nan_at=-1, crash_at=-1):
+    self.position = 0
+    self.nan_at, self.crash_at = nan_at, crash_at
+
+  def __next__(self):
+    self.position += 1
+    if self.position == self.crash_at:
+      raise KeyboardInterrupt("simulated interruption")
+    r = np.random.default_rng(self.position)
+    x = r.normal(size=(8, 4)).astype(np.float32)
+    y = x[:, :2] * 2.0
+    if self.position == self.nan_at:
+      x[0, 0] = np.nan
+    return {"x": x, "y": y}
+
+  def get_state(self):
+    return {"position": self.position}
+
+  def set_state(self, state):
+    self.position = int(state["position"])
+
+
+def _toy_setup():
+  boxed = Toy().init(jax.random.key(0), jnp.ones((1, 4)))
+  params = nn.unbox(boxed)["params"]
+  specs = nn.get_partition_spec(boxed)["params"]
+  frozen = np.eye(4, 2, dtype=np.float32)
+  return params, specs, frozen
+
+
+def _config(**kw):
+  c = loop.loop_config()
+  c.num_steps = 10
+  c.warmup_steps = 2
+  c.learning_rate = 0.05
+  c.log_every = 1
+  c.checkpoint_every = 2
+  c.keep_checkpoints = 3
+  c.progress_bar = False
+  c.update(kw)
+  return c
+
+
+def _mesh():
+  return make_mesh((2, 4, 1))
+
+
+def test_schedule_warms_up_then_decays():
+  sched = optimizer.learning_rate_schedule(_config(num_steps=100))
+  assert float(sched(0)) == 0.0
+  assert float(sched(2)) == pytest.approx(0.05)
+  assert float(sched(100)) == pytest.approx(0.005)
+  assert float(sched(50)) < 0.05
+
+
+def test_resume_after_interruption_matches_uninterrupted(tmp_path):
+  params, specs, frozen = _toy_setup()
+  full = loop.train(
+    _toy_loss, params, specs, ToyData(), _config(), tmp_path / "full",
+    mesh=_mesh(), frozen=frozen,
+  )  # fmt: skip
+  with pytest.raises(KeyboardInterrupt):
+    loop.train(
+      _toy_loss, params, specs, ToyData(crash_at=6), _config(),
+      tmp_path / "cut", mesh=_mesh(), frozen=frozen,
+    )  # fmt: skip
+  resumed = loop.train(
+    _toy_loss, params, specs, ToyData(), _config(), tmp_path / "cut",
+    mesh=_mesh(), frozen=frozen,
+  )  # fmt: skip
+  assert resumed.start_step == 4  # last checkpoint before the crash
+  assert int(resumed.state.step) == 10
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
+    full.state.params,
+    resumed.state.params,
+  )
+  history = json.loads((tmp_path / "cut" / "metrics.json").read_text())
+  steps = [r["step"] for r in history["train"]]
+  assert steps == list(range(1, 11))
+  assert list((tmp_path / "cut" / "tensorboard").iterdir())
+  # Losses of the resumed run equal those of the uninterrupted one.
+  full_history = json.loads((tmp_path / "full" / "metrics.json").read_text())
+  np.testing.assert_allclose(
+    [r["loss"] for r in history["train"]],
+    [r["loss"] for r in full_history["train"]],
+    rtol=1e-5,
+  )
+  assert full_history["train"][-1]["loss"] < full_history["train"][0]["loss"]
+
+
+def test_non_finite_loss_stops_keeping_last_good_checkpoint(tmp_path):
+  params, specs, frozen = _toy_setup()
+  with pytest.raises(loop.NonFiniteLossError, match="at step 5.*step 4"):
+    loop.train(
+      _toy_loss, params, specs, ToyData(nan_at=5), _config(), tmp_path,
+      mesh=_mesh(), frozen=frozen,
+    )  # fmt: skip
+  saved, config = ckpt.load_params(tmp_path / loop.CHECKPOINT_DIR)
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(saved))
+  assert config == {}
+  manager = ckpt.make_manager(tmp_path / loop.CHECKPOINT_DIR, 2, 3)
+  assert manager.latest_step() == 4
+  manager.close()
+
+
+def test_freeze_regex_keeps_matching_params(tmp_path):
+  params, specs, frozen = _toy_setup()
+  result = loop.train(
+    _toy_loss, params, specs, ToyData(), _config(num_steps=3,
+    freeze_regex="bias"), tmp_path, mesh=_mesh(), frozen=frozen,
+  )  # fmt: skip
+  final = jax.device_get(result.state.params)
+  np.testing.assert_array_equal(final["Dense_0"]["bias"], 0.0)
+  assert np.abs(final["Dense_0"]["kernel"] - params["Dense_0"]["kernel"]).max()
+  with pytest.raises(ValueError, match="matches no parameter"):
+    optimizer.make_optimizer(_config(freeze_regex="nothing"), params)
+
+
+def test_batch_not_divisible_by_data_devices_is_named():
+  params, specs, _ = _toy_setup()
+  trainer = loop.Trainer(_toy_loss, _config(), params, specs, _mesh())
+  with pytest.raises(ValueError, match="'x' has 6 rows"):
+    trainer.place_batch({"x": np.zeros((6, 4))})
