@@ -1,0 +1,488 @@
+"""Stage-2 examples: prompts from a split, token ids, slot maps, batches.
+
+An encoded prompt is a token sequence in which some positions are *soft*:
+their input embedding is not the token's word embedding but soft token
+``slot_query`` of entity ``slot_entity`` (a CF-table row: users first, then
+items), or, for the text-only baseline, soft-prompt vector ``slot_query``.
+The answer (an item identifier or text, then end-of-sequence) follows the
+prompt; the loss is taken on the answer tokens only.
+
+Batches have fixed shapes: each example goes to the shortest length bucket it
+fits, so jit compiles once per bucket. The distinct entities of a batch are
+listed once (``entities``) and positions refer to them by local index, so the
+item encoder runs once per distinct entity.
+
+Training prompts come from training prefixes only (``sequential_examples``
+and ``train_sequences``); evaluation prompts use ``split.history``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from ilm_jax.data import prompts as P
+from ilm_jax.data.indexing import ItemIndex
+from ilm_jax.data.split import LeaveOneOutSplit
+
+WORD = -1  # slot_entity of a position that holds a plain word embedding
+SOFT_PROMPT = -2  # slot_entity of a trainable soft-prompt position
+PROMPT_SUFFIX = "\nAnswer:"
+USER_PREFIX = "user_"
+
+
+@dataclasses.dataclass(frozen=True)
+class EntityCoding:
+  """How entities and the prompt appear to the LLM.
+
+  Attributes:
+    soft_tokens: S soft tokens per entity (K for the ILM, 1 for the MLP
+      baseline, 0 for text-only prompts).
+    ids_as_text: write an entity's identifier (``item_1234`` /
+      ``user_12``) as text before its soft tokens.
+    soft_prompt: trainable soft-prompt tokens before the prompt (text-only
+      baseline); 0 for none.
+  """
+
+  soft_tokens: int
+  ids_as_text: bool = True
+  soft_prompt: int = 0
+
+  def __post_init__(self):
+    if self.soft_tokens < 0 or self.soft_prompt < 0:
+      raise ValueError("soft_tokens and soft_prompt must be >= 0")
+    if not self.soft_tokens and not self.ids_as_text:
+      raise ValueError("entities need soft tokens or ids as text (or both)")
+
+
+@dataclasses.dataclass(frozen=True)
+class Encoded:
+  """One tokenised prompt (plus answer when training).
+
+  Attributes:
+    tokens: int32[n] token ids (pad id at soft positions).
+    slot_entity: int32[n] CF-table row, WORD or SOFT_PROMPT per position.
+    slot_query: int32[n] which soft token of the entity / soft prompt.
+    answer_start: index of the first answer token (== n without answer).
+    target_item: item asked for (-1 for text tasks).
+    user: user the prompt is about (-1 if none).
+    task: the task.
+  """
+
+  tokens: np.ndarray
+  slot_entity: np.ndarray
+  slot_query: np.ndarray
+  answer_start: int
+  target_item: int = -1
+  user: int = -1
+  task: str = ""
+
+  @property
+  def num_entities(self) -> int:
+    return len(np.unique(self.slot_entity[self.slot_entity >= 0]))
+
+
+class PromptEncoder:
+  """Turns Prompts into Encoded token sequences.
+
+  Args:
+    tokenizer: the LLM's tokenizer (``ilm_jax.convert.tokenizer.Tokenizer``).
+    item_index: identifiers of items.
+    num_users: U, so item i is CF row ``U + i``.
+    coding: how entities appear.
+    max_answer_tokens: answers are cut to this many tokens (EOS included).
+  """
+
+  def __init__(
+    self,
+    tokenizer,
+    item_index: ItemIndex,
+    num_users: int,
+    coding: EntityCoding,
+    max_answer_tokens: int = 16,
+  ):
+    self.tokenizer = tokenizer
+    self.item_index = item_index
+    self.num_users = num_users
+    self.coding = coding
+    self.max_answer_tokens = max_answer_tokens
+    self.eos_id = int(tokenizer.eos_ids[0])
+    self.pad_id = int(tokenizer.pad_id)
+    self._cache: dict[tuple[str, bool], list[int]] = {}
+
+  def _text(self, text: str, first: bool) -> list[int]:
+    key = (text, first)
+    ids = self._cache.get(key)
+    if ids is None:
+      ids = self.tokenizer.encode(text, add_bos=None if first else False)
+      self._cache[key] = ids
+    return ids
+
+  def answer_tokens(self, answer: str) -> list[int]:
+    """Token ids of an answer, EOS last (also the item trie's sequences)."""
+    ids = self._text(" " + answer, first=False)[: self.max_answer_tokens - 1]
+    return ids + [self.eos_id]
+
+  def entity_text(self, kind: str, index: int) -> str:
+    if kind == "user":
+      return f"{USER_PREFIX}{index}"
+    return self.item_index.identifier(index)
+
+  def entity_row(self, kind: str, index: int) -> int:
+    return index if kind == "user" else self.num_users + index
+
+  def encode(self, prompt: P.Prompt, with_answer: bool) -> Encoded:
+    """Tokenises a prompt (and its answer when ``with_answer``)."""
+    coding = self.coding
+    tokens: list[int] = []
+    entity: list[int] = []
+    query: list[int] = []
+
+    def add(ids, ent, qs):
+      tokens.extend(ids)
+      entity.extend([ent] * len(ids) if isinstance(ent, int) else ent)
+      query.extend(qs)
+
+    if coding.soft_prompt:
+      add(
+        [self.pad_id] * coding.soft_prompt,
+        SOFT_PROMPT,
+        range(coding.soft_prompt),
+      )
+    pending = ""  # text is tokenised in runs, as the LLM would read it
+    for kind, value in (*prompt.segments, ("text", PROMPT_SUFFIX)):
+      if kind == "text":
+        pending += str(value)
+        continue
+      if coding.ids_as_text:
+        pending += self.entity_text(kind, int(value))
+      if coding.soft_tokens:
+        if pending:
+          ids = self._text(pending, first=not tokens)
+          add(ids, WORD, [0] * len(ids))
+          pending = ""
+        add(
+          [self.pad_id] * coding.soft_tokens,
+          self.entity_row(kind, int(value)),
+          range(coding.soft_tokens),
+        )
+    ids = self._text(pending, first=not tokens)
+    add(ids, WORD, [0] * len(ids))
+    answer_start = len(tokens)
+    if with_answer:
+      if prompt.answer is None:
+        raise ValueError(f"{prompt.task} prompt has no answer to train on")
+      ids = self.answer_tokens(prompt.answer)
+      add(ids, WORD, [0] * len(ids))
+    return Encoded(
+      tokens=np.asarray(tokens, np.int32),
+      slot_entity=np.asarray(entity, np.int32),
+      slot_query=np.asarray(query, np.int32),
+      answer_start=answer_start,
+      target_item=prompt.target_item,
+      user=prompt.user,
+      task=prompt.task,
+    )
+
+
+def training_prompts(
+  split: LeaveOneOutSplit,
+  item_index: ItemIndex,
+  tasks,
+  per_task: int,
+  max_history: int,
+  seed: int = 0,
+) -> list[P.Prompt]:
+  """A multitask mixture of training prompts from training prefixes only.
+
+  Args:
+    split: the leave-one-out split.
+    item_index: item identifiers (answers of item tasks).
+    tasks: task names (``prompts.TASKS``).
+    per_task: at most this many prompts per task (drawn at random).
+    max_history: history cap of sequential / conversational prompts.
+    seed: seeds sampling and template choice.
+
+  Returns:
+    Prompts with answers, shuffled.
+  """
+  rng = np.random.default_rng(seed)
+  catalog = split.catalog
+  users, histories, targets = split.sequential_examples()
+  out: list[P.Prompt] = []
+
+  def pick(n):
+    return rng.permutation(n)[:per_task]
+
+  for task in tasks:
+    seen = P.templates(task, seen=True)
+
+    def tpl(choices=seen):
+      return choices[rng.integers(len(choices))]
+
+    made = []
+    if task in (P.SEQUENTIAL, P.CONVERSATIONAL):
+      for row in rng.permutation(len(users)):
+        if len(made) >= per_task:
+          break
+        hist = histories[row][histories[row] >= 0][-max_history:]
+        target = int(targets[row])
+        wish = ""
+        if task == P.CONVERSATIONAL:
+          wish = P.wish_text(catalog, target, rng)
+          if not wish:
+            continue
+        made.append(
+          P.render(
+            tpl(),
+            user=int(users[row]),
+            history=hist,
+            wish=wish,
+            answer=item_index.identifier(target),
+            target_item=target,
+          )
+        )
+    elif task == P.STRAIGHTFORWARD:
+      for u in pick(split.num_users):
+        seq = split.train_sequences[u]
+        target = int(seq[rng.integers(len(seq))])
+        made.append(
+          P.render(
+            tpl(),
+            user=int(u),
+            answer=item_index.identifier(target),
+            target_item=target,
+          )
+        )
+    elif task == P.DESCRIPTION:
+      consumed = np.unique(np.concatenate(split.train_sequences))
+      for i in consumed[pick(len(consumed))]:
+        text = catalog.item_text(int(i))
+        if text:
+          made.append(P.render(tpl(), item=int(i), answer=text))
+    elif task == P.PROFILE:
+      for u in pick(split.num_users):
+        text = P.profile_text(catalog, split.train_sequences[u])
+        if text:
+          made.append(P.render(tpl(), user=int(u), answer=text))
+    else:
+      raise ValueError(f"unknown stage-2 task {task!r}; known: {P.TASKS}")
+    out.extend(made)
+  return [out[i] for i in rng.permutation(len(out))]
+
+
+def evaluation_prompts(
+  split: LeaveOneOutSplit,
+  split_name: str,
+  seen: bool,
+  users,
+  task: str = P.SEQUENTIAL,
+  max_history: int | None = None,
+) -> list[P.Prompt]:
+  """Next-item prompts of held-out users, templates rotated over users.
+
+  Args:
+    split: the split.
+    split_name: "valid" or "test" (decides the history and the target).
+    seen: use training templates (True) or held-out ones (False).
+    users: user indices to evaluate.
+    task: SEQUENTIAL or STRAIGHTFORWARD.
+    max_history: history cap (default: the split's).
+
+  Returns:
+    Prompts without answers whose ``target_item`` is the held-out item.
+  """
+  if task not in (P.SEQUENTIAL, P.STRAIGHTFORWARD):
+    raise ValueError(
+      f"item evaluation supports sequential/straightforward, not {task!r}"
+    )
+  choices = P.templates(task, seen)
+  targets = split.targets(split_name)
+  out = []
+  for n, u in enumerate(users):
+    u = int(u)
+    hist = split.history(u, split_name)
+    if max_history:
+      hist = hist[-max_history:]
+    out.append(
+      P.render(
+        choices[n % len(choices)],
+        user=u,
+        history=hist,
+        target_item=int(targets[u]),
+      )
+    )
+  return out
+
+
+def encode_fitting(
+  encoder: PromptEncoder, prompt: P.Prompt, max_length: int, with_answer: bool
+) -> Encoded | None:
+  """Encodes, dropping the oldest history items until it fits ``max_length``.
+
+  Returns None when even the shortest form does not fit.
+  """
+  while True:
+    enc = encoder.encode(prompt, with_answer)
+    if len(enc.tokens) <= max_length:
+      return enc
+    items = [i for i, (k, _) in enumerate(prompt.segments) if k == "item"]
+    if prompt.task not in (P.SEQUENTIAL, P.CONVERSATIONAL) or len(items) < 2:
+      return None
+    # Drop the oldest history item and the separator that follows it.
+    first = items[0]
+    segments = prompt.segments[:first] + prompt.segments[first + 2 :]
+    prompt = dataclasses.replace(prompt, segments=segments)
+
+
+def bucket_of(length: int, buckets) -> int:
+  """Index of the shortest bucket holding ``length`` tokens."""
+  for b, size in enumerate(buckets):
+    if length <= size:
+      return b
+  raise ValueError(f"{length} tokens exceed the largest bucket {buckets[-1]}")
+
+
+def collate(
+  examples: list[Encoded],
+  length: int,
+  num_targets: int,
+  num_entities: int,
+  pad_id: int,
+  with_answer: bool = True,
+) -> dict[str, np.ndarray]:
+  """Pads examples into one fixed-shape batch.
+
+  Args:
+    examples: B encoded examples, each at most ``length`` tokens.
+    length: L, the bucket length.
+    num_targets: P, answer positions per row.
+    num_entities: E, rows of ``entities`` (>= distinct entities, >= 1).
+    pad_id: token id of padding.
+    with_answer: the examples carry answers (training) or not (decoding).
+
+  Returns:
+    tokens int32[B, L], input_mask bool[B, L], slot_entity int32[B, L]
+    (local index into ``entities``, WORD or SOFT_PROMPT), slot_query
+    int32[B, L], entities int32[E] (CF rows, each distinct one once, padded
+    by repeating the first), and when ``with_answer``: target_positions
+    int32[B, P] (positions whose logits predict the answer), target_tokens
+    int32[B, P], target_mask bool[B, P].
+  """
+  b = len(examples)
+  rows = np.unique(
+    np.concatenate(
+      [e.slot_entity[e.slot_entity >= 0] for e in examples]
+      + [np.zeros(0, np.int32)]
+    )
+  ).astype(np.int32)
+  if len(rows) > num_entities:
+    raise ValueError(
+      f"{len(rows)} distinct entities > num_entities {num_entities}"
+    )
+  entities = np.full(num_entities, rows[0] if len(rows) else 0, np.int32)
+  entities[: len(rows)] = rows
+  out = {
+    "tokens": np.full((b, length), pad_id, np.int32),
+    "input_mask": np.zeros((b, length), bool),
+    "slot_entity": np.full((b, length), WORD, np.int32),
+    "slot_query": np.zeros((b, length), np.int32),
+    "entities": entities,
+  }
+  if with_answer:
+    out["target_positions"] = np.zeros((b, num_targets), np.int32)
+    out["target_tokens"] = np.full((b, num_targets), pad_id, np.int32)
+    out["target_mask"] = np.zeros((b, num_targets), bool)
+  for r, e in enumerate(examples):
+    n = len(e.tokens)
+    if n > length:
+      raise ValueError(f"example of {n} tokens does not fit length {length}")
+    out["tokens"][r, :n] = e.tokens
+    out["input_mask"][r, :n] = True
+    local = np.where(
+      e.slot_entity >= 0, np.searchsorted(rows, e.slot_entity), e.slot_entity
+    )
+    out["slot_entity"][r, :n] = local
+    out["slot_query"][r, :n] = e.slot_query
+    if with_answer:
+      m = min(n - e.answer_start, num_targets)
+      out["target_positions"][r, :m] = e.answer_start - 1 + np.arange(m)
+      out["target_tokens"][r, :m] = e.tokens[
+        e.answer_start : e.answer_start + m
+      ]
+      out["target_mask"][r, :m] = True
+  return out
+
+
+class BucketBatches:
+  """Endless, deterministic, resumable training batches from length buckets.
+
+  Each epoch shuffles every bucket, cuts it into batches (the last one of a
+  bucket topped up with random members of that bucket) and shuffles the
+  batch order; the state is (epoch, batch within epoch).
+
+  Args:
+    examples: encoded training examples (with answers).
+    batch_size: B.
+    buckets: ascending bucket lengths.
+    num_targets: P answer positions per row.
+    pad_id: padding token id.
+    seed: shuffling seed.
+  """
+
+  def __init__(
+    self, examples, batch_size, buckets, num_targets, pad_id, seed=0
+  ):
+    if not examples:
+      raise ValueError("no stage-2 training examples")
+    self.examples = examples
+    self.batch_size = int(batch_size)
+    self.buckets = tuple(int(b) for b in buckets)
+    self.num_targets = int(num_targets)
+    self.pad_id = int(pad_id)
+    self.seed = int(seed)
+    self.num_entities = self.batch_size * max(
+      1, max(e.num_entities for e in examples)
+    )
+    self.members: list[list[int]] = [[] for _ in self.buckets]
+    for n, e in enumerate(examples):
+      self.members[bucket_of(len(e.tokens), self.buckets)].append(n)
+    self.epoch, self.position = 0, 0
+    self._plan = self._epoch_plan(0)
+
+  def _epoch_plan(self, epoch: int) -> list[tuple[int, np.ndarray]]:
+    rng = np.random.default_rng([self.seed, epoch])
+    plan = []
+    for b, members in enumerate(self.members):
+      if not members:
+        continue
+      order = rng.permutation(np.asarray(members))
+      extra = -len(order) % self.batch_size
+      order = np.concatenate([order, rng.choice(order, extra)])
+      plan += [(b, chunk) for chunk in order.reshape(-1, self.batch_size)]
+    return [plan[i] for i in rng.permutation(len(plan))]
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    if self.position >= len(self._plan):
+      self.epoch, self.position = self.epoch + 1, 0
+      self._plan = self._epoch_plan(self.epoch)
+    bucket, rows = self._plan[self.position]
+    self.position += 1
+    return collate(
+      [self.examples[i] for i in rows],
+      self.buckets[bucket],
+      self.num_targets,
+      self.num_entities,
+      self.pad_id,
+    )
+
+  def get_state(self) -> dict:
+    return {"epoch": self.epoch, "position": self.position}
+
+  def set_state(self, state: dict) -> None:
+    self.epoch, self.position = int(state["epoch"]), int(state["position"])
+    self._plan = self._epoch_plan(self.epoch)
