@@ -315,8 +315,10 @@ def train(
     state, data_state, _ = ckpt.restore(manager, ckpt.abstract_like(state))
     data.set_state(data_state)
     start = int(state.step)
-    log.truncate(start)
     logging.info("%s: resumed from step %d in %s", desc, start, workdir)
+  # Records past the restored step (or any train records of a run that never
+  # checkpointed) belong to a future that did not happen.
+  log.truncate(start)
   frozen = trainer.place_frozen(frozen)
   last_metrics: dict[str, float] = {}
   window: list[dict] = []

@@ -1,0 +1,405 @@
+"""Stage 2: train the soft-token encoder on a frozen LLM, then evaluate.
+
+``run(config, workdir)`` (the ``--stage=stage2`` entry point):
+
+1. reads the split, the CF table (``workdir/cf``, trained if missing) and
+   the LLM named by ``stage2.llm``;
+2. builds the encoder of ``stage2.variant``; for ``"ilm"`` with
+   ``stage2.init = "stage1"`` the Q-Former starts from the latest stage-1
+   checkpoint in ``workdir/stage1/checkpoints`` when there is one (else it
+   starts random, which is also ILM-rand's ``init = "random"``);
+3. trains the encoder only on the multitask prompt mixture with the shared
+   loop (the LLM and the CF table are the loop's frozen inputs, so they never
+   enter the optimiser state), checkpointing to ``workdir/stage2``;
+4. ranks items for held-out users by trie-constrained beam search with seen
+   and unseen templates and writes ``workdir/stage2/results.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pathlib
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import linen as nn
+from jax.sharding import PartitionSpec
+
+from ilm_jax.checkpoint import manager as ckpt
+from ilm_jax.data import load_split
+from ilm_jax.data import prompts as P
+from ilm_jax.data import stage2_examples as S2
+from ilm_jax.data.indexing import make_index
+from ilm_jax.decode.item_trie import build_item_trie
+from ilm_jax.eval import generative
+from ilm_jax.models import bert
+from ilm_jax.models.ilm import ItemLanguageModel, SoftTokenEncoder
+from ilm_jax.models.llm.decoder import Decoder
+from ilm_jax.models.qformer import QFormerConfig
+from ilm_jax.pipeline.cf_stage import run_cf
+from ilm_jax.sharding.mesh import make_mesh
+from ilm_jax.train import loop
+from ilm_jax.train.stage2_llm import load_stage2_llm
+
+STAGE_DIR = "stage2"
+STAGE1_CHECKPOINTS = pathlib.Path("stage1") / loop.CHECKPOINT_DIR
+RESULTS_FILE = "results.json"
+
+
+def stage2_config() -> ml_collections.ConfigDict:
+  """The ``config.stage2`` fields (the lead composes them into configs)."""
+  c = ml_collections.ConfigDict()
+  c.variant = "ilm"  # "ilm" | "mlp" (CoLLM) | "text" (ids + soft prompt)
+  c.init = "stage1"  # "stage1" (checkpoint when present) | "random"
+  c.llm = "smollm2"  # LLM source (load_llm) or "tiny" (random, tests)
+  c.tasks = P.TASKS  # multitask mixture
+  c.examples_per_task = 2000  # training prompts per task (sampled)
+  c.max_history = 10  # items in a prompt's history
+  c.length_buckets = (128, 256, 384)  # padded prompt+answer lengths
+  c.max_answer_tokens = 32  # answer tokens incl. EOS (longer text is cut)
+  c.batch_size = 8  # global batch (divisible by data-parallel devices)
+  c.ids_as_text = True  # write item/user ids as text before soft tokens
+  c.soft_prompt = 8  # "text" variant: trainable soft-prompt vectors
+  c.mlp_hidden = 256  # "mlp" variant: hidden width
+  # Q-Former shape when it does not come from a stage-1 checkpoint.
+  c.qformer = ml_collections.ConfigDict()
+  c.qformer.hidden_size = 384  # width (all-MiniLM-L6-v2's)
+  c.qformer.num_layers = 6  # BERT layers
+  c.qformer.num_heads = 12  # attention heads
+  c.qformer.intermediate_size = 1536  # feed-forward width
+  c.qformer.num_queries = 8  # K soft tokens per entity
+  c.qformer.num_cf_tokens = 4  # CF vector -> this many tokens
+  c.qformer.cross_attention_freq = 2  # cross-attend every n-th layer
+  c.train = loop.loop_config()
+  c.train.num_steps = 500
+  c.train.warmup_steps = 50
+  c.train.learning_rate = 1e-4
+  c.train.checkpoint_every = 100
+  c.eval = ml_collections.ConfigDict()
+  c.eval.num_beams = 10  # beams = length of the ranked list
+  c.eval.max_users = 200  # held-out users evaluated (-1 = all)
+  c.eval.batch_size = 8  # prompts per beam-search call
+  c.eval.splits = ("valid", "test")  # held-out splits
+  c.eval.templates = ("seen", "unseen")  # template sets to report
+  return c
+
+
+def shrink_stage2_for_cpu(c: ml_collections.ConfigDict):
+  """The CPU-minutes variant of ``stage2_config`` fields (in place)."""
+  c.examples_per_task = 200
+  c.max_history = 5
+  c.length_buckets = (64, 128)
+  c.max_answer_tokens = 16
+  c.qformer.num_layers = 2
+  c.qformer.num_queries = 2
+  c.train.num_steps = 30
+  c.train.warmup_steps = 5
+  c.train.log_every = 5
+  c.train.checkpoint_every = 30
+  c.eval.max_users = 20
+  c.eval.templates = ("unseen",)
+  return c
+
+
+def _find_key(tree, key):
+  """First value of ``key`` anywhere in a nested dict (None if absent)."""
+  if isinstance(tree, dict):
+    if key in tree:
+      return tree[key]
+    for value in tree.values():
+      found = _find_key(value, key)
+      if found is not None:
+        return found
+  return None
+
+
+def qformer_config_from_params(qparams, run_config, fallback) -> QFormerConfig:
+  """The shape of a saved Q-Former, read off its parameter shapes.
+
+  Head count is not visible in shapes: it comes from the stage-1 run config
+  (any ``num_attention_heads`` field) or else from ``fallback.num_heads``.
+  """
+  k, width = np.shape(qparams["query_tokens"])
+  cf_dim, cf_out = np.shape(qparams["cf_proj"]["kernel"])
+  layers = sorted(
+    int(n.split("_")[1]) for n in qparams if n.startswith("layer_")
+  )
+  cross = [i for i in layers if "cross_attention" in qparams[f"layer_{i}"]]
+  freq = cross[1] - cross[0] if len(cross) > 1 else len(layers)
+  inter = np.shape(qparams["layer_0"]["ffn_query"]["intermediate"]["kernel"])[1]
+  heads = (
+    _find_key(run_config or {}, "num_attention_heads") or fallback.num_heads
+  )
+  emb = qparams.get("embeddings", {})
+  extra = {}
+  if "word_embeddings" in emb:
+    extra["vocab_size"] = np.shape(emb["word_embeddings"]["embedding"])[0]
+  if "position_embeddings" in emb:
+    extra["max_position_embeddings"] = np.shape(
+      emb["position_embeddings"]["embedding"]
+    )[0]
+  bcfg = bert.BertConfig(
+    hidden_size=int(width),
+    num_hidden_layers=len(layers),
+    num_attention_heads=int(heads),
+    intermediate_size=int(inter),
+    **extra,
+  )
+  return QFormerConfig(
+    bert=bcfg,
+    num_queries=int(k),
+    num_cf_tokens=int(cf_out // width),
+    cf_dim=int(cf_dim),
+    cross_attention_freq=int(freq),
+    num_entity_types=int(
+      np.shape(qparams["entity_type_embed"]["embedding"])[0]
+    ),
+  )
+
+
+def _fresh_qformer_config(c, cf_dim: int) -> QFormerConfig:
+  q = c.qformer
+  bcfg = bert.BertConfig(
+    hidden_size=q.hidden_size,
+    num_hidden_layers=q.num_layers,
+    num_attention_heads=q.num_heads,
+    intermediate_size=q.intermediate_size,
+  )
+  return QFormerConfig(
+    bert=bcfg,
+    num_queries=q.num_queries,
+    num_cf_tokens=q.num_cf_tokens,
+    cf_dim=cf_dim,
+    cross_attention_freq=q.cross_attention_freq,
+  )
+
+
+def load_stage1_qformer(workdir: pathlib.Path):
+  """(Q-Former params, run config) of the latest stage-1 checkpoint or None."""
+  directory = workdir / STAGE1_CHECKPOINTS
+  if not directory.exists():
+    return None
+  try:
+    params, run_config = ckpt.load_params(directory)
+  except FileNotFoundError:
+    return None
+  if "qformer" not in params:
+    raise ValueError(f"{directory}: stage-1 params have no 'qformer' subtree")
+  return params["qformer"], run_config
+
+
+def _overlay(boxed, saved, where: str):
+  """Values of ``saved`` in the structure (and boxes) of ``boxed``."""
+
+  def pick(path, leaf):
+    node = saved
+    for key in path:
+      name = getattr(key, "key", key)
+      if not isinstance(node, dict) or name not in node:
+        raise ValueError(
+          f"{where}: missing parameter {loop.optim.param_path(path)}"
+        )
+      node = node[name]
+    value = np.asarray(node)
+    if value.shape != leaf.value.shape:
+      raise ValueError(
+        f"{where}: {loop.optim.param_path(path)} has shape {value.shape}, "
+        f"expected {leaf.value.shape}"
+      )
+    return leaf.replace_boxed(jnp.asarray(value, leaf.value.dtype))
+
+  return jax.tree_util.tree_map_with_path(
+    pick, boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned)
+  )
+
+
+def build_model(config, workdir, num_users, cf_dim, llm_config, seed=0):
+  """(ItemLanguageModel, boxed encoder params, init description)."""
+  c = config.stage2
+  stage1 = None
+  if c.variant == "ilm" and c.init == "stage1":
+    stage1 = load_stage1_qformer(pathlib.Path(workdir))
+  elif c.init not in ("stage1", "random"):
+    raise ValueError(
+      f"stage2.init must be 'stage1' or 'random', got {c.init!r}"
+    )
+  if stage1 is not None:
+    qcfg = qformer_config_from_params(stage1[0], stage1[1], c.qformer)
+  else:
+    qcfg = _fresh_qformer_config(c, cf_dim)
+  encoder = SoftTokenEncoder(
+    variant=c.variant,
+    llm_width=llm_config.embed_dim,
+    qformer_config=qcfg if c.variant == "ilm" else None,
+    mlp_hidden=c.mlp_hidden,
+    soft_prompt=c.soft_prompt,
+  )
+  model = ItemLanguageModel(Decoder(llm_config), encoder, num_users)
+  boxed = model.init_encoder(jax.random.key(seed), cf_dim)
+  init = "random"
+  if stage1 is not None:
+    boxed = dict(boxed)
+    boxed["qformer"] = _overlay(boxed["qformer"], stage1[0], "stage-1 Q-Former")
+    init = "stage1"
+  elif c.variant == "ilm" and c.init == "stage1":
+    logging.warning(
+      "stage2: no stage-1 checkpoint in %s; the Q-Former starts random",
+      pathlib.Path(workdir) / STAGE1_CHECKPOINTS,
+    )
+  return model, boxed, init
+
+
+def coding_of(c, encoder: SoftTokenEncoder) -> S2.EntityCoding:
+  if c.variant == "text":
+    return S2.EntityCoding(0, ids_as_text=True, soft_prompt=c.soft_prompt)
+  return S2.EntityCoding(encoder.tokens_per_entity, ids_as_text=c.ids_as_text)
+
+
+def build_trie(prompt_encoder: S2.PromptEncoder, vocab_size: int):
+  sequences = [
+    prompt_encoder.answer_tokens(s)
+    for s in prompt_encoder.item_index.identifiers
+  ]
+  return build_item_trie(sequences, vocab_size)
+
+
+def training_examples(c, split, index, prompt_encoder, seed):
+  prompts = S2.training_prompts(
+    split, index, tuple(c.tasks), c.examples_per_task, c.max_history, seed
+  )
+  examples = []
+  for p in prompts:
+    enc = S2.encode_fitting(prompt_encoder, p, c.length_buckets[-1], True)
+    if enc is not None:
+      examples.append(enc)
+  return examples
+
+
+def evaluate(
+  c, split, model, encoder_params, llm_params, cf, prompt_encoder, trie, seed=0
+) -> dict:
+  """Generative metrics per split and template set."""
+  rng = np.random.default_rng(seed)
+  users = np.arange(split.num_users)
+  if 0 < c.eval.max_users < len(users):
+    users = np.sort(rng.choice(users, c.eval.max_users, replace=False))
+  out = {}
+  for split_name in c.eval.splits:
+    targets = split.targets(split_name)[users]
+    seen_items = [split.history_all(int(u), split_name) for u in users]
+    for templates in c.eval.templates:
+      prompts = S2.evaluation_prompts(
+        split,
+        split_name,
+        templates == "seen",
+        users,
+        P.SEQUENTIAL,
+        c.max_history,
+      )
+      start = time.time()
+      ranked = generative.rank_items(
+        model,
+        encoder_params,
+        llm_params,
+        cf,
+        prompt_encoder,
+        prompts,
+        trie,
+        batch_size=c.eval.batch_size,
+        buckets=tuple(c.length_buckets),
+        num_beams=c.eval.num_beams,
+      )
+      metrics = generative.list_metrics(ranked, targets, seen_items)
+      metrics["seconds"] = time.time() - start
+      metrics["users"] = len(users)
+      out[f"{split_name}/{templates}"] = metrics
+  return out
+
+
+def run(config: ml_collections.ConfigDict, workdir) -> dict:
+  """Trains and evaluates stage 2 under ``workdir/stage2``; returns results."""
+  workdir = pathlib.Path(workdir)
+  c = config.stage2
+  out_dir = workdir / STAGE_DIR
+  out_dir.mkdir(parents=True, exist_ok=True)
+  table = run_cf(config, workdir)
+  split = load_split(config.dataset)
+  index = make_index(split, config.dataset.indexing, config.seed)
+  llm_config, llm_params, tokenizer = load_stage2_llm(c.llm, config.seed)
+  model, boxed, init = build_model(
+    config, workdir, split.num_users, table.dim, llm_config, config.seed
+  )
+  prompt_encoder = S2.PromptEncoder(
+    tokenizer,
+    index,
+    split.num_users,
+    coding_of(c, model.encoder),
+    c.max_answer_tokens,
+  )
+  trie = build_trie(prompt_encoder, llm_config.vocab_size)
+  start = time.time()
+  examples = training_examples(c, split, index, prompt_encoder, config.seed)
+  data = S2.BucketBatches(
+    examples,
+    c.batch_size,
+    c.length_buckets,
+    c.max_answer_tokens,
+    prompt_encoder.pad_id,
+    config.seed,
+  )
+  prep_seconds = time.time() - start
+
+  llm_specs = nn.get_partition_spec(
+    jax.eval_shape(
+      lambda: Decoder(llm_config).init(
+        jax.random.key(0), jnp.zeros((1, 1), jnp.int32)
+      )
+    )["params"]
+  )
+  frozen = {"llm": llm_params, "cf": np.asarray(table.embeddings)}
+  frozen_specs = {"llm": llm_specs, "cf": PartitionSpec(None, None)}
+  start = time.time()
+  result = loop.train(
+    model.loss,
+    nn.unbox(boxed),
+    nn.get_partition_spec(boxed),
+    data,
+    c.train,
+    out_dir,
+    mesh=make_mesh(tuple(config.mesh.shape)),
+    rules=config.mesh.rules,
+    frozen=frozen,
+    frozen_specs=frozen_specs,
+    run_config=json.loads(config.to_json_best_effort()),
+    desc="stage2",
+  )
+  train_seconds = time.time() - start
+  encoder_params = jax.tree.map(np.asarray, jax.device_get(result.state.params))
+  metrics = evaluate(
+    c,
+    split,
+    model,
+    encoder_params,
+    llm_params,
+    frozen["cf"],
+    prompt_encoder,
+    trie,
+    config.seed,
+  )
+  results = {
+    "variant": c.variant,
+    "init": init,
+    "llm": c.llm,
+    "train_examples": len(examples),
+    "steps": int(c.train.num_steps),
+    "prep_seconds": prep_seconds,
+    "train_seconds": train_seconds,
+    "train": result.metrics,
+    "eval": metrics,
+  }
+  (out_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2))
+  return results
