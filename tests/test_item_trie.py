@@ -1,0 +1,138 @@
+"""Item-identifier trie: allowed tokens, and constrained beam search on a tiny
+random LLM against exhaustive scoring of every identifier."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ilm_jax.decode.beam_search import beam_search
+from ilm_jax.decode.item_trie import build_item_trie, ranked_items
+from ilm_jax.models.llm import Decoder
+from ilm_jax.train.stage2_llm import char_tokenizer, tiny_config
+
+TOK = char_tokenizer()
+EOS = TOK.eos_ids[0]
+
+
+def _sequences(identifiers):
+  return [TOK.encode(s, add_bos=False) + [EOS] for s in identifiers]
+
+
+def test_allowed_tokens_match_prefix_sets():
+  ids = ["item_1001", "item_1002", "item_1010", "item_2345", "item_23"]
+  seqs = _sequences(ids)
+  trie = build_item_trie(seqs, 128)
+  allowed_fn = jax.jit(trie.__call__)
+  for seq in seqs:
+    for t in range(len(seq) + 1):
+      prefix = seq[:t]
+      expected = {s[t] for s in seqs if len(s) > t and s[:t] == prefix}
+      generated = np.zeros((1, 1, 12), np.int32)
+      generated[0, 0, :t] = prefix
+      allowed = np.asarray(allowed_fn(generated, jnp.int32(t)))[0, 0]
+      assert set(np.flatnonzero(allowed)) == expected
+  # off-trie prefixes allow nothing
+  bad = np.zeros((1, 1, 12), np.int32)
+  bad[0, 0, :2] = TOK.encode("xx", add_bos=False)
+  assert not np.asarray(trie(jnp.asarray(bad), jnp.int32(2))).any()
+  for item, seq in enumerate(seqs):
+    assert trie.item_of(seq + [0, 0]) == item
+  assert trie.item_of(seqs[0][:-1]) == -1
+
+
+def test_rejects_duplicates_and_bad_tokens():
+  with pytest.raises(ValueError, match="share token sequence"):
+    build_item_trie([[5, 6, 2], [5, 6, 2]], 16)
+  with pytest.raises(ValueError, match="prefix"):
+    build_item_trie([[5, 6], [5, 6, 7]], 16)
+  with pytest.raises(ValueError, match="must lie in"):
+    build_item_trie([[5, 99]], 16)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  config = tiny_config()
+  decoder = Decoder(config)
+  params = jax.jit(decoder.init)(
+    jax.random.key(1), jnp.zeros((1, 4), jnp.int32)
+  )
+  # Sharper distributions than init's, so scores differ clearly.
+  params = jax.tree.map(lambda p: p * 6.0, params["params"])
+  return decoder, params
+
+
+def _exhaustive(decoder, params, prompt, seqs):
+  """Summed log-probability of every identifier sequence after prompt."""
+  length = len(prompt) + max(len(s) for s in seqs)
+  tokens = np.zeros((len(seqs), length), np.int32)
+  for r, seq in enumerate(seqs):
+    tokens[r, : len(prompt) + len(seq)] = prompt + seq
+  logits = jax.jit(decoder.apply)({"params": params}, tokens).logits
+  logp = np.asarray(jax.nn.log_softmax(logits, axis=-1))
+  scores = []
+  for r, seq in enumerate(seqs):
+    pos = np.arange(len(prompt) - 1, len(prompt) - 1 + len(seq))
+    scores.append(float(np.sum(logp[r, pos, np.asarray(seq)])))
+  return np.asarray(scores)
+
+
+def test_constrained_beams_equal_exhaustive_top_k(tiny):
+  decoder, params = tiny
+  rng = np.random.default_rng(0)
+  # Eight identifiers of different lengths: with 10 beams nothing is pruned,
+  # so beam search must reproduce the exhaustive ranking exactly.
+  codes = rng.choice(np.arange(10, 10000), 8, replace=False)
+  seqs = _sequences([f"item_{c}" for c in codes])
+  trie = build_item_trie(seqs, 128)
+  prompts = [
+    TOK.encode("User 7 watched item_12, item_345.\nAnswer:"),
+    TOK.encode("Next?"),
+  ]
+  width = max(len(p) for p in prompts)
+  tokens = np.zeros((2, width), np.int32)
+  mask = np.zeros((2, width), bool)
+  for r, p in enumerate(prompts):
+    tokens[r, : len(p)] = p  # right padding
+    mask[r, : len(p)] = True
+  beams = beam_search(
+    decoder,
+    params,
+    jnp.asarray(tokens),
+    prompt_mask=jnp.asarray(mask),
+    num_beams=10,
+    max_new_tokens=trie.max_length,
+    allowed_fn=trie,
+  )
+  ranked = ranked_items(trie, np.asarray(beams.tokens))
+  for r, p in enumerate(prompts):
+    exact = _exhaustive(decoder, params, p, seqs)
+    order = np.argsort(-exact)
+    assert list(ranked[r, :8]) == list(order)
+    assert list(ranked[r, 8:]) == [-1, -1]  # only 8 identifiers exist
+    np.testing.assert_allclose(
+      np.asarray(beams.scores)[r, :8], exact[order], rtol=1e-4, atol=1e-4
+    )
+
+
+def test_constrained_beams_only_spell_valid_identifiers(tiny):
+  decoder, params = tiny
+  codes = np.arange(1001, 1301)  # more identifiers than beams
+  seqs = _sequences([f"item_{c}" for c in codes])
+  trie = build_item_trie(seqs, 128)
+  prompt = jnp.asarray([TOK.encode("Recommend an item:")] * 3)
+  beams = beam_search(
+    decoder,
+    params,
+    prompt,
+    num_beams=10,
+    max_new_tokens=trie.max_length,
+    allowed_fn=trie,
+  )
+  ranked = ranked_items(trie, np.asarray(beams.tokens))
+  assert (ranked >= 0).all()  # every beam is an existing item, no repeats
+  assert all(len(set(row)) == 10 for row in ranked)
+  for row_tokens, row in zip(np.asarray(beams.tokens), ranked):
+    for toks, item in zip(row_tokens, row):
+      n = len(seqs[item])
+      assert list(toks[:n]) == seqs[item]
