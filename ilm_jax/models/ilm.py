@@ -1,0 +1,220 @@
+"""The Item-Language Model: soft entity tokens spliced into a frozen LLM.
+
+Each entity (a CF-table row: user or item) of a batch is encoded once into S
+soft tokens of the LLM's width; every prompt position whose ``slot_entity``
+names an entity takes soft token ``slot_query`` of it instead of its word
+embedding. Encoders (one per variant, same interface):
+
+* ``"ilm"``: Q-Former query outputs float32[E, K, Dq] -> linear adapter ->
+  float32[E, K, D]. From the stage-1 checkpoint, or random (ILM-rand).
+* ``"mlp"``: CoLLM-style CF vector -> 2-layer MLP -> one soft token.
+* ``"text"``: no entity tokens (identifiers are written as text); a
+  trainable soft prompt of ``soft_prompt`` vectors instead.
+
+The LLM's parameters are an input, never part of the trainable tree, so the
+gradient is taken only with respect to the encoder and the LLM cannot move.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from ilm_jax.cf.table import ITEM_TYPE, USER_TYPE
+from ilm_jax.data.stage2_examples import SOFT_PROMPT
+from ilm_jax.models.llm.decoder import Decoder
+from ilm_jax.models.qformer import QFormer, QFormerConfig
+
+VARIANTS = ("ilm", "mlp", "text")
+
+
+def _dense(features: int, axes, name: str) -> nn.Dense:
+  return nn.Dense(
+    features,
+    kernel_init=nn.with_logical_partitioning(
+      nn.initializers.lecun_normal(), axes
+    ),
+    bias_init=nn.with_logical_partitioning(
+      nn.initializers.zeros_init(), (axes[1],)
+    ),
+    name=name,
+  )
+
+
+class SoftTokenEncoder(nn.Module):
+  """Entities -> soft tokens of the LLM's width, per variant.
+
+  Attributes:
+    variant: one of VARIANTS.
+    llm_width: D, the LLM's embedding width.
+    qformer_config: Q-Former shape ("ilm").
+    mlp_hidden: hidden width of the MLP ("mlp").
+    soft_prompt: P trainable prompt vectors ("text"); at least 1 there.
+  """
+
+  variant: str
+  llm_width: int
+  qformer_config: QFormerConfig | None = None
+  mlp_hidden: int = 256
+  soft_prompt: int = 0
+
+  @property
+  def tokens_per_entity(self) -> int:
+    if self.variant == "ilm":
+      return self.qformer_config.num_queries
+    return 1 if self.variant == "mlp" else 0
+
+  @nn.compact
+  def __call__(
+    self, cf: jax.Array, types: jax.Array
+  ) -> tuple[jax.Array, jax.Array]:
+    """Soft tokens of E entities and the soft prompt.
+
+    Args:
+      cf: float32[E, d] CF vectors of the batch's distinct entities.
+      types: int32[E] entity types (ITEM_TYPE / USER_TYPE).
+
+    Returns:
+      (float32[E, S, D] entity tokens (S = 0 for "text"), float32[P, D]
+      soft prompt (P = 0 unless "text")).
+    """
+    d = self.llm_width
+    empty_prompt = jnp.zeros((0, d), jnp.float32)
+    if self.variant == "ilm":
+      if self.qformer_config is None:
+        raise ValueError("the 'ilm' variant needs a qformer_config")
+      queries = QFormer(self.qformer_config, name="qformer").encode_entities(
+        cf, types
+      )
+      soft = _dense(d, (None, "embed"), "adapter")(queries)
+      return soft, empty_prompt
+    if self.variant == "mlp":
+      h = nn.gelu(_dense(self.mlp_hidden, ("cf_dim", "mlp"), "mlp_in")(cf))
+      soft = _dense(d, ("mlp", "embed"), "mlp_out")(h)
+      return soft[:, None, :], empty_prompt
+    if self.variant == "text":
+      prompt = self.param(
+        "soft_prompt",
+        nn.with_logical_partitioning(
+          nn.initializers.normal(0.02), (None, "embed")
+        ),
+        (max(self.soft_prompt, 1), d),
+      )
+      return jnp.zeros((cf.shape[0], 0, d), jnp.float32), prompt
+    raise ValueError(f"stage2.variant {self.variant!r} not in {VARIANTS}")
+
+
+def splice_soft_tokens(
+  words: jax.Array,
+  soft: jax.Array,
+  prompt: jax.Array,
+  slot_entity: jax.Array,
+  slot_query: jax.Array,
+) -> jax.Array:
+  """Input embeddings with soft tokens at their slot positions.
+
+  Args:
+    words: float[B, L, D] word embeddings of the tokens.
+    soft: float[E, S, D] soft tokens of the batch's entities.
+    prompt: float[P, D] soft-prompt vectors.
+    slot_entity: int32[B, L] local entity index, WORD (-1) or SOFT_PROMPT.
+    slot_query: int32[B, L] which soft token (or prompt vector).
+
+  Returns:
+    float[B, L, D]: ``soft[e, q]`` where slot_entity = e >= 0,
+    ``prompt[q]`` where it is SOFT_PROMPT, ``words`` elsewhere.
+  """
+  e, s, d = soft.shape
+  table = jnp.concatenate(
+    [soft.reshape(e * s, d), prompt, jnp.zeros((1, d), soft.dtype)]
+  ).astype(words.dtype)
+  blank = e * s + prompt.shape[0]  # the zero row, for word positions
+  index = jnp.where(
+    slot_entity >= 0,
+    slot_entity * s + slot_query,
+    jnp.where(slot_entity == SOFT_PROMPT, e * s + slot_query, blank),
+  )
+  picked = jnp.take(table, index, axis=0)
+  return jnp.where((slot_entity == -1)[..., None], words, picked)
+
+
+@dataclasses.dataclass(frozen=True)
+class ItemLanguageModel:
+  """A frozen decoder plus a trainable soft-token encoder.
+
+  Attributes:
+    decoder: the LLM (its params are passed in, frozen).
+    encoder: the soft-token encoder (its params are what trains).
+    num_users: U; CF rows below it are users (entity type USER_TYPE).
+  """
+
+  decoder: Decoder
+  encoder: SoftTokenEncoder
+  num_users: int
+
+  def init_encoder(self, rng: jax.Array, cf_dim: int):
+    """Boxed (logically partitioned) encoder params."""
+    cf = jnp.zeros((2, cf_dim), jnp.float32)
+    types = jnp.zeros((2,), jnp.int32)
+    return self.encoder.init(rng, cf, types)["params"]
+
+  def entity_types(self, rows: jax.Array) -> jax.Array:
+    return jnp.where(rows < self.num_users, USER_TYPE, ITEM_TYPE).astype(
+      jnp.int32
+    )
+
+  def soft_tokens(self, encoder_params, cf_table: jax.Array, entities):
+    """(float32[E, S, D], float32[P, D]) of CF rows int32[E]."""
+    cf = jnp.take(cf_table, entities, axis=0)
+    return self.encoder.apply(
+      {"params": encoder_params}, cf, self.entity_types(entities)
+    )
+
+  def prompt_embeddings(
+    self, encoder_params, llm_params, cf_table, batch
+  ) -> jax.Array:
+    """float[B, L, D] input embeddings of a collated batch."""
+    soft, prompt = self.soft_tokens(encoder_params, cf_table, batch["entities"])
+    words = self.decoder.apply(
+      {"params": llm_params}, batch["tokens"], method=Decoder.embed
+    )
+    return splice_soft_tokens(
+      words, soft, prompt, batch["slot_entity"], batch["slot_query"]
+    )
+
+  def loss(self, encoder_params, frozen, batch, rng=None):
+    """Mean next-token cross-entropy over the answer tokens.
+
+    Args:
+      encoder_params: trainable params.
+      frozen: {"llm": decoder params, "cf": float32[rows, d] CF table}.
+      batch: a collated training batch (``stage2_examples.collate``).
+      rng: unused (no dropout); kept for the loop's loss signature.
+
+    Returns:
+      (scalar loss, {"token_accuracy", "answer_tokens"}).
+    """
+    del rng
+    x = self.prompt_embeddings(
+      encoder_params, frozen["llm"], frozen["cf"], batch
+    )
+    out = self.decoder.apply(
+      {"params": frozen["llm"]},
+      embeddings=x,
+      input_mask=batch["input_mask"],
+      logits_at=batch["target_positions"],
+    )
+    logprobs = jax.nn.log_softmax(out.logits, axis=-1)
+    target = batch["target_tokens"]
+    nll = -jnp.take_along_axis(logprobs, target[..., None], axis=-1)[..., 0]
+    mask = batch["target_mask"].astype(jnp.float32)
+    count = jnp.maximum(mask.sum(), 1.0)
+    correct = (jnp.argmax(logprobs, axis=-1) == target).astype(jnp.float32)
+    metrics = {
+      "token_accuracy": (correct * mask).sum() / count,
+      "answer_tokens": mask.sum(),
+    }
+    return (nll * mask).sum() / count, metrics

@@ -1,0 +1,138 @@
+"""ILM composition: soft tokens land exactly at the slot positions."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+
+from ilm_jax.data import prompts as P
+from ilm_jax.data import stage2_examples as S2
+from ilm_jax.data.indexing import random_indexing
+from ilm_jax.models.bert import BertConfig
+from ilm_jax.models.ilm import ItemLanguageModel, SoftTokenEncoder
+from ilm_jax.models.llm import Decoder
+from ilm_jax.models.qformer import QFormerConfig
+from ilm_jax.train.stage2_llm import char_tokenizer, tiny_llm
+
+NUM_USERS, NUM_ITEMS, CF_DIM = 5, 9, 8
+QCFG = QFormerConfig(
+  bert=BertConfig(
+    vocab_size=32,
+    hidden_size=16,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=32,
+  ),
+  num_queries=3,
+  num_cf_tokens=2,
+  cf_dim=CF_DIM,
+)
+
+
+@pytest.fixture(scope="module")
+def llm():
+  config, params, _ = tiny_llm(0)
+  return config, params
+
+
+def _model(llm, variant, soft_prompt=0):
+  config, _ = llm
+  encoder = SoftTokenEncoder(
+    variant,
+    config.embed_dim,
+    QCFG if variant == "ilm" else None,
+    mlp_hidden=12,
+    soft_prompt=soft_prompt,
+  )
+  return ItemLanguageModel(Decoder(config), encoder, NUM_USERS)
+
+
+def _batch(coding):
+  index = random_indexing(NUM_ITEMS)
+  enc = S2.PromptEncoder(char_tokenizer(), index, NUM_USERS, coding, 12)
+  seq = P.templates(P.SEQUENTIAL, True)[0]
+  desc = P.templates(P.DESCRIPTION, True)[0]
+  prompts = [
+    P.render(seq, user=1, history=[2, 7, 2], answer="item_1001"),
+    P.render(desc, item=7, answer="A film."),
+    P.render(seq, user=4, history=[0], answer="item_1002"),
+  ]
+  ex = [enc.encode(p, True) for p in prompts]
+  return ex, S2.collate(ex, 160, 12, 12, enc.pad_id)
+
+
+def _cf():
+  rng = np.random.default_rng(0)
+  return rng.normal(size=(NUM_USERS + NUM_ITEMS, CF_DIM)).astype(np.float32)
+
+
+@pytest.mark.parametrize("variant", ["ilm", "mlp"])
+def test_soft_tokens_land_at_slot_positions(llm, variant):
+  model = _model(llm, variant)
+  s = model.encoder.tokens_per_entity
+  assert s == (3 if variant == "ilm" else 1)
+  enc_params = model.init_encoder(jax.random.key(1), CF_DIM)
+  enc_params = nn.unbox(enc_params)
+  cf = _cf()
+  examples, batch = _batch(S2.EntityCoding(s))
+  # each distinct entity once: user 1, user 4, items 0, 2, 7
+  rows = [1, 4, NUM_USERS + 0, NUM_USERS + 2, NUM_USERS + 7]
+  assert list(batch["entities"][:5]) == rows
+  x = np.asarray(
+    jax.jit(model.prompt_embeddings)(enc_params, llm[1], cf, batch)
+  )
+  words = np.asarray(
+    model.decoder.apply(
+      {"params": llm[1]}, batch["tokens"], method=Decoder.embed
+    )
+  )
+  alone = {}  # each entity encoded on its own, in a batch of one
+  for row in rows:
+    soft, _ = model.soft_tokens(enc_params, cf, jnp.asarray([row]))
+    alone[row] = np.asarray(soft)[0]
+  checked = 0
+  for r, e in enumerate(examples):
+    for t in range(batch["tokens"].shape[1]):
+      row = e.slot_entity[t] if t < len(e.tokens) else S2.WORD
+      if row >= 0:
+        # the entity encoded on its own gives the same vector
+        np.testing.assert_allclose(
+          x[r, t], alone[row][e.slot_query[t]], atol=1e-5
+        )
+        checked += 1
+      else:
+        np.testing.assert_array_equal(x[r, t], words[r, t])
+  assert checked == s * (1 + 3 + 1 + 1 + 1)
+
+
+def test_text_variant_soft_prompt_positions(llm):
+  model = _model(llm, "text", soft_prompt=4)
+  enc_params = nn.unbox(model.init_encoder(jax.random.key(2), CF_DIM))
+  examples, batch = _batch(S2.EntityCoding(0, soft_prompt=4))
+  x = np.asarray(model.prompt_embeddings(enc_params, llm[1], _cf(), batch))
+  prompt = np.asarray(enc_params["soft_prompt"])
+  for r in range(3):
+    np.testing.assert_array_equal(x[r, :4], prompt)
+  words = np.asarray(
+    model.decoder.apply(
+      {"params": llm[1]}, batch["tokens"], method=Decoder.embed
+    )
+  )
+  np.testing.assert_array_equal(x[:, 4:], words[:, 4:])
+
+
+def test_loss_counts_answer_tokens_only(llm):
+  model = _model(llm, "mlp")
+  enc_params = nn.unbox(model.init_encoder(jax.random.key(3), CF_DIM))
+  examples, batch = _batch(S2.EntityCoding(1))
+  frozen = {"llm": llm[1], "cf": _cf()}
+  loss, metrics = model.loss(enc_params, frozen, batch)
+  answers = sum(len(e.tokens) - e.answer_start for e in examples)
+  assert float(metrics["answer_tokens"]) == answers
+  assert np.isfinite(float(loss)) and float(loss) > 0
+  # the loss reads the answer tokens
+  b2 = dict(batch)
+  b2["target_tokens"] = batch["target_tokens"].copy()
+  b2["target_tokens"][0, 0] = (b2["target_tokens"][0, 0] + 1) % 100
+  assert float(model.loss(enc_params, frozen, b2)[0]) != float(loss)
