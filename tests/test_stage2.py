@@ -1,0 +1,195 @@
+"""Stage-2 training: frozen LLM, stage-1 start, and an end-to-end tiny run."""
+
+import copy
+import json
+
+import jax
+import numpy as np
+import pytest
+from flax import linen as nn
+
+from ilm_jax.cf.table import CFTable
+from ilm_jax.checkpoint import manager as ckpt
+from ilm_jax.data import load_split
+from ilm_jax.data import prompts as P
+from ilm_jax.data import stage2_examples as S2
+from ilm_jax.data.indexing import random_indexing
+from ilm_jax.experiment_config import base_config
+from ilm_jax.models.bert import BertConfig
+from ilm_jax.models.ilm import ItemLanguageModel, SoftTokenEncoder
+from ilm_jax.models.llm import Decoder
+from ilm_jax.models.qformer import QFormerConfig
+from ilm_jax.models.stage1_model import Stage1Model
+from ilm_jax.pipeline import cf_stage
+from ilm_jax.train import loop, stage2
+from ilm_jax.train.stage2_llm import tiny_llm
+from tests.test_prompts import _split
+
+QCFG = QFormerConfig(
+  bert=BertConfig(
+    vocab_size=40,
+    hidden_size=16,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=32,
+    max_position_embeddings=64,
+  ),
+  num_queries=2,
+  num_cf_tokens=2,
+  cf_dim=8,
+)
+
+
+def _size(tree):
+  return sum(np.size(x) for x in jax.tree.leaves(tree))
+
+
+def test_frozen_llm_unchanged_and_absent_from_optimiser_state(tmp_path):
+  llm_config, llm_params, tok = tiny_llm(0)
+  split = _split()
+  index = random_indexing(split.num_items)
+  encoder = SoftTokenEncoder("ilm", llm_config.embed_dim, QCFG)
+  model = ItemLanguageModel(Decoder(llm_config), encoder, split.num_users)
+  boxed = model.init_encoder(jax.random.key(0), 8)
+  enc = S2.PromptEncoder(tok, index, split.num_users, S2.EntityCoding(2))
+  prompts = S2.training_prompts(split, index, P.TASKS, 8, 3)
+  ex = [S2.encode_fitting(enc, p, 256, True) for p in prompts]
+  data = S2.BucketBatches(ex, 8, (128, 256), 16, enc.pad_id)
+  cfg = loop.loop_config()
+  cfg.learning_rate, cfg.warmup_steps, cfg.num_steps = 1e-2, 0, 3
+  trainer = loop.Trainer(
+    model.loss, cfg, nn.unbox(boxed), nn.get_partition_spec(boxed)
+  )
+  cf = np.random.default_rng(0).normal(size=(18, 8)).astype(np.float32)
+  before = copy.deepcopy(llm_params)
+  start = jax.tree.map(np.asarray, nn.unbox(boxed))
+  state = trainer.init_state(nn.unbox(boxed))
+  frozen = trainer.place_frozen({"llm": llm_params, "cf": cf})
+  losses = []
+  for _ in range(3):
+    state, metrics = trainer.step(
+      state, frozen, trainer.place_batch(next(data))
+    )
+    losses.append(float(metrics["loss"]))
+  assert np.all(np.isfinite(losses))
+  # the LLM (host copy and the placed copy) is bit-identical
+  for a, b, c in zip(
+    jax.tree.leaves(before),
+    jax.tree.leaves(llm_params),
+    jax.tree.leaves(jax.device_get(frozen["llm"])),
+  ):
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a, c)
+  # the optimiser holds Adam moments of the encoder only
+  n_enc, n_llm = _size(start), _size(llm_params)
+  n_opt = _size(state.opt_state)
+  assert 2 * n_enc <= n_opt < 2 * n_enc + 16
+  assert n_llm > 16
+  # ... and the encoder did train (both Q-Former and adapter moved)
+  trained = jax.device_get(state.params)
+  assert not np.allclose(
+    trained["adapter"]["kernel"], start["adapter"]["kernel"]
+  )
+  assert not np.allclose(
+    trained["qformer"]["query_tokens"], start["qformer"]["query_tokens"]
+  )
+
+
+def _save_stage1(workdir):
+  model = Stage1Model(QCFG, embed_dim=8)
+  cf = np.zeros((2, 8), np.float32)
+  ids = np.zeros((2, 5), np.int32)
+  params = nn.unbox(
+    model.init(
+      jax.random.key(5),
+      cf,
+      np.zeros(2, np.int32),
+      ids,
+      np.ones((2, 5), np.int32),
+    )["params"]
+  )
+  state = loop.TrainState(step=np.int32(7), params=params, opt_state={})
+  manager = ckpt.make_manager(workdir / "stage1" / loop.CHECKPOINT_DIR, 1, 1)
+  run_config = {"stage1": {"bert": {"num_attention_heads": 2}}}
+  ckpt.save(manager, 7, state, {}, run_config, force=True)
+  manager.wait_until_finished()
+  manager.close()
+  return params
+
+
+def _config(**stage2_fields):
+  c = base_config()
+  c.dataset.max_users = 24
+  c.cf.dim, c.cf.sweeps = 8, 2
+  c.stage2 = stage2.shrink_stage2_for_cpu(stage2.stage2_config())
+  s = c.stage2
+  s.llm = "tiny"
+  s.examples_per_task = 16
+  s.length_buckets = (128, 256)
+  s.qformer.hidden_size, s.qformer.num_heads = 16, 2
+  s.qformer.intermediate_size = 32
+  s.batch_size = 8  # the 8 fake devices of the data axis
+  s.train.num_steps = 3
+  s.train.checkpoint_every = 3
+  s.train.progress_bar = False
+  s.eval.max_users = 4
+  s.eval.batch_size = 4
+  s.eval.splits = ("valid",)
+  for key, value in stage2_fields.items():
+    setattr(s, key, value)
+  return c
+
+
+def test_stage2_starts_from_stage1_checkpoint(tmp_path):
+  saved = _save_stage1(tmp_path)
+  config = _config()
+  llm_config, _, _ = tiny_llm(0)
+  model, boxed, init = stage2.build_model(config, tmp_path, 5, 8, llm_config)
+  assert init == "stage1"
+  assert model.encoder.qformer_config == QCFG
+  q = nn.unbox(boxed)["qformer"]
+  np.testing.assert_array_equal(
+    q["query_tokens"], saved["qformer"]["query_tokens"]
+  )
+  np.testing.assert_array_equal(
+    q["layer_0"]["cross_attention"]["query"]["kernel"],
+    saved["qformer"]["layer_0"]["cross_attention"]["query"]["kernel"],
+  )
+  # the text-only heads of stage 1 are not carried into stage 2
+  assert "ffn" not in q["layer_0"] and "word_embeddings" not in q.get(
+    "embeddings", {}
+  )
+  config.stage2.init = "random"
+  _, _, init = stage2.build_model(config, tmp_path, 5, 8, llm_config)
+  assert init == "random"
+
+
+def _write_cf_table(config, workdir):
+  """A random CF table the cf stage accepts as up to date.
+
+  (The ALS stage itself is tested elsewhere; here it would only cost time.)
+  """
+  split = load_split(config.dataset)
+  rows = split.num_users + split.num_items
+  emb = np.random.default_rng(0).normal(size=(rows, config.cf.dim))
+  CFTable(emb.astype(np.float32), split.num_users, split.num_items).save(
+    workdir / cf_stage.CF_DIR, config=cf_stage._provenance(config)
+  )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["ilm", "mlp", "text"])
+def test_run_end_to_end_on_tiny_llm(tmp_path, variant):
+  _write_cf_table(_config(), tmp_path)
+  results = stage2.run(_config(variant=variant), tmp_path)
+  assert results["variant"] == variant and results["steps"] == 3
+  metrics = results["eval"]["valid/unseen"]
+  assert metrics["valid_rate"] == 1.0  # every beam is an existing item
+  for key in ("HR@5", "HR@10", "NDCG@5", "NDCG@10"):
+    for kind in ("filtered", "unfiltered"):
+      assert 0.0 <= metrics[f"{kind}/{key}"] <= 1.0
+  saved = json.loads((tmp_path / "stage2" / "results.json").read_text())
+  assert saved["eval"] == results["eval"]
+  # a rerun resumes from the final checkpoint instead of training again
+  again = stage2.run(_config(variant=variant), tmp_path)
+  assert again["eval"]["valid/unseen"]["valid_rate"] == 1.0
