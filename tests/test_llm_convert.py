@@ -224,3 +224,61 @@ def test_convert_command_has_help():
   )
   # absl exits with status 1 after printing --help; the text is the check.
   assert "--source" in result.stdout and "--output" in result.stdout
+
+
+def test_pre_transformers5_config_files_parse():
+  """Checkpoints in the wild carry rope_theta / rope_scaling (4.x layout)."""
+  from ilm_jax.convert.hf_config import config_from_hf
+  from ilm_jax.models.llm import preset
+
+  llama31 = {
+    "model_type": "llama",
+    "vocab_size": 128256,
+    "hidden_size": 4096,
+    "intermediate_size": 14336,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 500000.0,
+    "rope_scaling": {
+      "rope_type": "llama3",
+      "factor": 8.0,
+      "low_freq_factor": 1.0,
+      "high_freq_factor": 4.0,
+      "original_max_position_embeddings": 8192,
+    },
+    "tie_word_embeddings": False,
+    "bos_token_id": 128000,
+    "eos_token_id": [128001, 128008, 128009],
+  }
+  config = config_from_hf(llama31)
+  expected = preset("llama3-8b")
+  assert config.rope == expected.rope
+  assert config.head_dim == 128 and not config.tie_embeddings
+  assert config.eos_ids == expected.eos_ids
+
+  gemma3 = {
+    "model_type": "gemma3_text",
+    "vocab_size": 262144,
+    "hidden_size": 640,
+    "intermediate_size": 2048,
+    "num_hidden_layers": 18,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 1,
+    "head_dim": 256,
+    "query_pre_attn_scalar": 256,
+    "sliding_window": 512,
+    "sliding_window_pattern": 6,
+    "rope_theta": 1000000.0,
+    "rope_local_base_freq": 10000.0,
+    "rope_scaling": None,
+  }
+  config = config_from_hf(gemma3)
+  expected = preset("gemma3-270m")
+  assert config.layer_types == expected.layer_types
+  assert config.local_rope == expected.local_rope
+  assert config.rope == expected.rope
+  assert config.query_scale == expected.query_scale
+  with pytest.raises(ValueError, match="model_type"):
+    config_from_hf({"model_type": "bert"})

@@ -203,17 +203,16 @@ VALID = np.asarray(
 )
 
 
-def allowed_by_catalogue(generated, step):
-  """bool[B, W, V]: next tokens that keep a beam a prefix of VALID."""
-  valid = jnp.asarray(VALID)
-  positions = jnp.arange(VALID.shape[1])
+def allowed_by_catalogue(generated, step, valid):
+  """bool[B, W, V]: next tokens that keep a beam a prefix of ``valid``."""
+  positions = jnp.arange(valid.shape[1])
   # [B, W, M]: identifier m agrees with the beam on every generated token.
   agree = jnp.all(
     (generated[:, :, None, :] == valid[None, None, :, :])
     | (positions >= step)[None, None, None, :],
     axis=-1,
   )
-  next_token = jnp.take(valid, jnp.minimum(step, VALID.shape[1] - 1), axis=1)
+  next_token = jnp.take(valid, jnp.minimum(step, valid.shape[1] - 1), axis=1)
   one_hot = jax.nn.one_hot(next_token, VOCAB, dtype=bool)  # [M, V]
   return jnp.any(agree[..., None] & one_hot[None, None], axis=2)
 
@@ -228,6 +227,7 @@ def test_constrained_beam_search_returns_top_valid_identifiers(params):
     num_beams=len(VALID),
     max_new_tokens=3,
     allowed_fn=allowed_by_catalogue,
+    constraint_data=jnp.asarray(VALID),
     eos_ids=(),
   )
   valid = {tuple(v) for v in VALID.tolist()}
@@ -252,6 +252,7 @@ def test_constrained_beam_search_prunes_to_valid_prefixes(params):
     num_beams=2,
     max_new_tokens=3,
     allowed_fn=allowed_by_catalogue,
+    constraint_data=jnp.asarray(VALID),
     eos_ids=(),
   )
   valid = {tuple(v) for v in VALID.tolist()}

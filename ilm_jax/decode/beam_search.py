@@ -5,10 +5,12 @@ and then every step extends each beam by one token, keeping the W best of
 the W x V candidates by summed log-probability. A finished beam (it emitted
 an end token) keeps its score and only "extends" by padding.
 
-Constraints: ``allowed_fn(generated, step)`` receives int32[B, W, N], the
-tokens each beam has generated so far (``pad_id`` beyond ``step``), and
-returns bool[B, W, V] (True = allowed) or a float[B, W, V] additive mask. It
-runs inside jit, so it must be written in jax ops; a prefix trie of item
+Constraints: ``allowed_fn(generated, step, data)`` receives int32[B, W, N],
+the tokens each beam has generated so far (``pad_id`` beyond ``step``), the
+step int32[], and ``constraint_data`` (any pytree of arrays, passed through
+jit as a traced argument, so a new catalogue does not recompile), and returns
+bool[B, W, V] (True = allowed) or a float[B, W, V] additive mask. It runs
+inside jit, so it must be written in jax ops; a prefix trie of item
 identifiers stored as arrays plugs in here.
 """
 
@@ -25,7 +27,7 @@ from ilm_jax.decode.prefill import decode_step, prefill
 from ilm_jax.models.llm.decoder import Decoder
 from ilm_jax.models.llm.kv_cache import KVCache
 
-AllowedFn = Callable[[jax.Array, jax.Array], jax.Array]
+AllowedFn = Callable[[jax.Array, jax.Array, object], jax.Array]
 
 
 @struct.dataclass
@@ -79,6 +81,7 @@ def _beam_search(
   prompt_tokens,
   prompt_embeddings,
   prompt_mask,
+  constraint_data,
   *,
   num_beams,
   max_new_tokens,
@@ -121,7 +124,9 @@ def _beam_search(
   def step(s):
     logprobs = jax.nn.log_softmax(s["logits"], axis=-1)
     if allowed_fn is not None:
-      logprobs = _apply_constraint(logprobs, allowed_fn(s["tokens"], s["step"]))
+      logprobs = _apply_constraint(
+        logprobs, allowed_fn(s["tokens"], s["step"], constraint_data)
+      )
     # A finished beam has exactly one continuation, padding, at no cost.
     finished_row = jnp.where(jnp.arange(vocab) == pad_id, 0.0, -jnp.inf)
     logprobs = jnp.where(s["done"][..., None], finished_row, logprobs)
@@ -183,6 +188,7 @@ def beam_search(
   num_beams: int = 4,
   max_new_tokens: int = 16,
   allowed_fn: AllowedFn | None = None,
+  constraint_data=None,
   length_penalty: float = 0.0,
   eos_ids: Sequence[int] | None = None,
   pad_id: int | None = None,
@@ -197,8 +203,10 @@ def beam_search(
     prompt_mask: bool[B, T] real prompt tokens; left or right padding.
     num_beams: W beams per prompt (at most the vocabulary size).
     max_new_tokens: N, most tokens per beam.
-    allowed_fn: optional constraint hook, see the module docstring. It must
-      be hashable (a function or a frozen dataclass), since it is static.
+    allowed_fn: optional constraint hook, see the module docstring. It is a
+      static argument: pass the same (hashable) function to reuse the
+      compiled search.
+    constraint_data: pytree of arrays handed to ``allowed_fn``.
     length_penalty: final scores are divided by ``length ** length_penalty``
       (0: raw summed log-probabilities).
     eos_ids: ids that end a beam (default: the config's ``eos_ids``).
@@ -219,6 +227,7 @@ def beam_search(
     prompt_tokens,
     prompt_embeddings,
     prompt_mask,
+    constraint_data,
     num_beams=num_beams,
     max_new_tokens=max_new_tokens,
     eos_ids=tuple(config.eos_ids if eos_ids is None else eos_ids),
