@@ -72,11 +72,25 @@ def test_sharded_als_equals_single_device():
   )
 
 
-def test_users_without_interactions_get_zero_vectors():
+@pytest.mark.parametrize("solver", ["cholesky", "cg"])
+def test_users_without_interactions_get_zero_vectors(solver):
   table, _ = train_als(
-    np.array([0, 0, 2]), np.array([1, 2, 0]), 4, 3, ALSConfig(dim=2, sweeps=2)
-  )
+    np.array([0, 0, 2]), np.array([1, 2, 0]), 4, 3,
+    ALSConfig(dim=2, sweeps=2, solver=solver),
+  )  # fmt: skip
   np.testing.assert_array_equal(table.users[[1, 3]], 0.0)
+
+
+def test_row_counts_that_do_not_divide_the_mesh():
+  rng = np.random.default_rng(4)
+  users, items = rng.integers(0, 61, 500), rng.integers(0, 37, 500)
+  cfg = ALSConfig(dim=4, sweeps=2)
+  single, _ = train_als(users, items, 61, 37, cfg)
+  sharded, _ = train_als(users, items, 61, 37, cfg, mesh=make_mesh((8, 1, 1)))
+  assert sharded.embeddings.shape == (61 + 37, 4)
+  np.testing.assert_allclose(
+    single.embeddings, sharded.embeddings, rtol=1e-4, atol=1e-5
+  )
 
 
 def test_bad_indices_are_reported():

@@ -238,6 +238,27 @@ def _fit(x, y, user_segs, item_segs, *, cfg, num_users, num_items):
   return jax.lax.fori_loop(0, cfg.sweeps, sweep, (x, y))
 
 
+def _row_shards(sharding: jax.sharding.NamedSharding) -> int:
+  """How many pieces a NamedSharding cuts the leading (row) axis into."""
+  axes = sharding.spec[0] if len(sharding.spec) else None
+  if axes is None:
+    return 1
+  axes = axes if isinstance(axes, tuple) else (axes,)
+  return int(np.prod([sharding.mesh.shape[a] for a in axes]))
+
+
+def _initial_factors(config: ALSConfig, side: int, rows, num_rows):
+  """float32[num_rows, d] small random factors; zero for rows that have no
+  interactions (their exact solution), so every solver keeps them at zero
+  and they add nothing to the other side's Gram matrix."""
+  key = jax.random.fold_in(jax.random.PRNGKey(config.seed), side)
+  init = config.init_scale * jax.random.normal(
+    key, (num_rows, config.dim), jnp.float32
+  )
+  active = np.bincount(rows, minlength=num_rows) > 0
+  return init * jnp.asarray(active, jnp.float32)[:, None]
+
+
 def train_als(
   users: np.ndarray,
   items: np.ndarray,
@@ -271,19 +292,23 @@ def train_als(
   if items.min() < 0 or items.max() >= num_items:
     raise ValueError(f"item index out of range [0, {num_items})")
   start = time.perf_counter()
-  seg_args = (config.segment_length, config.chunk_segments)
-  user_segs = make_segments(users, items, num_users, num_items, *seg_args)
-  item_segs = make_segments(items, users, num_items, num_users, *seg_args)
-  key_u, key_i = jax.random.split(jax.random.PRNGKey(config.seed))
-  x = config.init_scale * jax.random.normal(
-    key_u, (num_users, config.dim), jnp.float32
-  )
-  y = config.init_scale * jax.random.normal(
-    key_i, (num_items, config.dim), jnp.float32
-  )
+  rows_sharding = None
+  multiple = 1
   if mesh is not None:
-    rows = mesh_lib.logical_to_sharding(("cf_rows", "cf_dim"), mesh)
-    x, y = jax.device_put(x, rows), jax.device_put(y, rows)
+    rows_sharding = mesh_lib.logical_to_sharding(("cf_rows", "cf_dim"), mesh)
+    multiple = _row_shards(rows_sharding)
+  # Pad both tables to a multiple of the row shards; padding rows have no
+  # interactions, stay exactly zero and are cut off at the end.
+  padded_users = -(-num_users // multiple) * multiple
+  padded_items = -(-num_items // multiple) * multiple
+  seg_args = (config.segment_length, config.chunk_segments)
+  user_segs = make_segments(users, items, padded_users, padded_items, *seg_args)
+  item_segs = make_segments(items, users, padded_items, padded_users, *seg_args)
+  x = _initial_factors(config, 0, users, padded_users)
+  y = _initial_factors(config, 1, items, padded_items)
+  if rows_sharding is not None:
+    x = jax.device_put(x, rows_sharding)
+    y = jax.device_put(y, rows_sharding)
   global _progress_hook
   if progress is not None:
     _progress_hook = lambda done: progress(done, time.perf_counter() - start)
@@ -292,9 +317,11 @@ def train_als(
       x, y,
       (user_segs.rows, user_segs.cols, user_segs.counts),
       (item_segs.rows, item_segs.cols, item_segs.counts),
-      cfg=config, num_users=num_users, num_items=num_items,
+      cfg=config, num_users=padded_users, num_items=padded_items,
     )  # fmt: skip
-    table = np.concatenate([np.asarray(x), np.asarray(y)], axis=0)
+    table = np.concatenate(
+      [np.asarray(x)[:num_users], np.asarray(y)[:num_items]], axis=0
+    )
   finally:
     _progress_hook = None
   seconds = time.perf_counter() - start
