@@ -40,6 +40,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.splits = ("valid", "test")  # held-out splits to report
   c.eval.batch_size = 256  # users per full-ranking batch
 
+  # The model stages own their fields; imported here so every experiment
+  # config has them (and --config.<stage>.<field> overrides work).
+  from ilm_jax.train import stage1, stage2
+
+  c.qformer = stage1.qformer_config()  # Q-Former shape (stage 1)
+  c.stage1 = stage1.stage1_config()  # stage-1 training
+  c.stage2 = stage2.stage2_config()  # ILM on the frozen LLM
+
   c.mesh = ml_collections.ConfigDict()
   c.mesh.shape = (-1, 1, 1)  # devices on (data, fsdp, tensor); -1 = rest
   c.mesh.rules = DEFAULT_RULES  # logical axis -> mesh axes
@@ -53,6 +61,16 @@ def shrink_for_cpu(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   ) else 300  # fmt: skip
   c.cf.dim = 32
   c.cf.sweeps = 5
+  c.qformer.num_layers = 2
+  c.qformer.num_queries = 4
+  c.qformer.max_text_length = 24
+  c.stage1.num_steps = 30
+  c.stage1.warmup_steps = 5
+  c.stage1.checkpoint_every = 30
+  c.stage1.batch_size = 16
+  from ilm_jax.train import stage2
+
+  stage2.shrink_stage2_for_cpu(c.stage2)
   return c
 
 

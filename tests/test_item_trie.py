@@ -7,7 +7,11 @@ import numpy as np
 import pytest
 
 from ilm_jax.decode.beam_search import beam_search
-from ilm_jax.decode.item_trie import build_item_trie, ranked_items
+from ilm_jax.decode.item_trie import (
+  allowed_by_trie,
+  build_item_trie,
+  ranked_items,
+)
 from ilm_jax.models.llm import Decoder
 from ilm_jax.train.stage2_llm import char_tokenizer, tiny_config
 
@@ -102,7 +106,8 @@ def test_constrained_beams_equal_exhaustive_top_k(tiny):
     prompt_mask=jnp.asarray(mask),
     num_beams=10,
     max_new_tokens=trie.max_length,
-    allowed_fn=trie,
+    allowed_fn=allowed_by_trie,
+    constraint_data=trie.constraint_data,
   )
   ranked = ranked_items(trie, np.asarray(beams.tokens))
   for r, p in enumerate(prompts):
@@ -127,7 +132,8 @@ def test_constrained_beams_only_spell_valid_identifiers(tiny):
     prompt,
     num_beams=10,
     max_new_tokens=trie.max_length,
-    allowed_fn=trie,
+    allowed_fn=allowed_by_trie,
+    constraint_data=trie.constraint_data,
   )
   ranked = ranked_items(trie, np.asarray(beams.tokens))
   assert (ranked >= 0).all()  # every beam is an existing item, no repeats

@@ -1,6 +1,7 @@
 """A prefix trie over the token ids of every valid item identifier.
 
-Plugged into ``beam_search(allowed_fn=trie)``, it lets each beam continue
+Plugged into ``beam_search(allowed_fn=allowed_by_trie,
+constraint_data=trie.constraint_data)``, it lets each beam continue
 only with tokens that extend some identifier's token sequence (which ends in
 EOS), so every finished beam is an existing item and the beams form a ranked
 list over the whole catalogue.
@@ -9,7 +10,8 @@ Identifiers use a handful of distinct tokens (``item``, ``_``, digits, EOS),
 so the trie is a dense table over that small *alphabet*: ``transitions[node,
 column]`` is the next node or -1, and ``column_of_token`` maps the LLM's
 vocabulary onto alphabet columns (tokens outside it map to a column that is
--1 everywhere). Both are constants inside the jitted search.
+-1 everywhere). Both reach the jitted search as traced arguments, so a new
+catalogue of the same table shape reuses the compiled search.
 """
 
 from __future__ import annotations
@@ -47,37 +49,14 @@ class ItemTrie:
   def num_nodes(self) -> int:
     return int(self.transitions.shape[0])
 
+  @property
+  def constraint_data(self) -> tuple[np.ndarray, np.ndarray]:
+    """(transitions, column_of_token): what ``allowed_by_trie`` reads."""
+    return self.transitions, self.column_of_token
+
   def __call__(self, generated: jax.Array, step: jax.Array) -> jax.Array:
-    """The beam-search hook: allowed next tokens of each beam.
-
-    Args:
-      generated: int32[B, W, N] tokens generated so far (only the first
-        ``step`` count).
-      step: int32[] tokens generated so far.
-
-    Returns:
-      bool[B, W, V], True where the token keeps the beam on an identifier.
-    """
-    transitions = jnp.asarray(self.transitions)
-    columns = jnp.asarray(self.column_of_token)
-    node = self.walk(generated, step)
-    rows = transitions[jnp.maximum(node, 0)]  # [B, W, A + 1]
-    allowed = jnp.take(rows, columns, axis=-1) >= 0  # [B, W, V]
-    return allowed & (node >= 0)[..., None]
-
-  def walk(self, generated: jax.Array, step: jax.Array) -> jax.Array:
-    """int32[B, W] node each beam's first ``step`` tokens lead to (-1: off)."""
-    transitions = jnp.asarray(self.transitions)
-    columns = jnp.asarray(self.column_of_token)
-    vocab = columns.shape[0]
-
-    def advance(t, node):
-      token = jnp.clip(generated[..., t], 0, vocab - 1)
-      nxt = transitions[jnp.maximum(node, 0), columns[token]]
-      return jnp.where((t < step) & (node >= 0), nxt, node)
-
-    start = jnp.zeros(generated.shape[:-1], jnp.int32)
-    return jax.lax.fori_loop(0, generated.shape[-1], advance, start)
+    """bool[B, W, V] allowed next tokens (``allowed_by_trie`` on this trie)."""
+    return allowed_by_trie(generated, step, self.constraint_data)
 
   def item_of(self, tokens: Sequence[int]) -> int:
     """The item a generated token sequence spells (-1 if none).
@@ -95,6 +74,45 @@ class ItemTrie:
       if self.item_at_node[node] >= 0:
         return int(self.item_at_node[node])
     return -1
+
+
+def walk_trie(generated: jax.Array, step: jax.Array, data) -> jax.Array:
+  """int32[B, W] node each beam's first ``step`` tokens lead to (-1: off).
+
+  Args:
+    generated: int32[B, W, N] tokens generated so far.
+    step: int32[] how many of them count.
+    data: ``ItemTrie.constraint_data``.
+  """
+  transitions, columns = (jnp.asarray(x) for x in data)
+  vocab = columns.shape[0]
+
+  def advance(t, node):
+    token = jnp.clip(generated[..., t], 0, vocab - 1)
+    nxt = transitions[jnp.maximum(node, 0), columns[token]]
+    return jnp.where((t < step) & (node >= 0), nxt, node)
+
+  start = jnp.zeros(generated.shape[:-1], jnp.int32)
+  return jax.lax.fori_loop(0, generated.shape[-1], advance, start)
+
+
+def allowed_by_trie(generated: jax.Array, step: jax.Array, data) -> jax.Array:
+  """The beam-search hook: allowed next tokens of each beam.
+
+  Args:
+    generated: int32[B, W, N] tokens generated so far (only the first
+      ``step`` count).
+    step: int32[] tokens generated so far.
+    data: ``ItemTrie.constraint_data`` (traced arrays).
+
+  Returns:
+    bool[B, W, V], True where the token keeps the beam on an identifier.
+  """
+  transitions, columns = (jnp.asarray(x) for x in data)
+  node = walk_trie(generated, step, data)
+  rows = transitions[jnp.maximum(node, 0)]  # [B, W, A + 1]
+  allowed = jnp.take(rows, columns, axis=-1) >= 0  # [B, W, V]
+  return allowed & (node >= 0)[..., None]
 
 
 def build_item_trie(sequences: Sequence[Sequence[int]], vocab_size: int):

@@ -16,7 +16,7 @@ import numpy as np
 
 from ilm_jax.data import stage2_examples as S2
 from ilm_jax.decode.beam_search import beam_search
-from ilm_jax.decode.item_trie import ItemTrie, ranked_items
+from ilm_jax.decode.item_trie import ItemTrie, allowed_by_trie, ranked_items
 from ilm_jax.eval.metrics import metrics_from_lists
 from ilm_jax.models.ilm import ItemLanguageModel
 
@@ -88,7 +88,8 @@ def rank_items(
         prompt_mask=batch["input_mask"],
         num_beams=num_beams,
         max_new_tokens=trie.max_length,
-        allowed_fn=trie,
+        allowed_fn=allowed_by_trie,
+        constraint_data=trie.constraint_data,
       )
       ranked = ranked_items(trie, np.asarray(beams.tokens))
       out[chunk] = ranked[: len(chunk)]

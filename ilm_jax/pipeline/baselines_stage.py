@@ -83,7 +83,9 @@ def write_results(results: dict, out: pathlib.Path, name: str, config) -> str:
       )  # fmt: skip
       for model, values in rows.items():
         for metric, value in values.items():
-          tag = f"{name}/{split_name}/{mode}/{model}/{metric}"
+          tag = f"{name}/{split_name}/{mode}/{model}/{metric}".replace(
+            "@", "_at_"
+          )
           writer.add_scalar(tag, value, 0)
   writer.close()
   markdown = "\n".join(text)
