@@ -108,3 +108,16 @@ def test_config_round_trips_through_dict():
     assert LlmConfig.from_dict(config.to_dict()) == config
   with pytest.raises(ValueError, match="unknown fields"):
     LlmConfig.from_dict({"bogus": 1})
+
+
+def test_sharded_generation_equals_unsharded(mesh, params):
+  from ilm_jax.decode.sampling import generate
+
+  decoder = Decoder(CONFIG)
+  tokens = _tokens()
+  expected = generate(decoder, params, tokens, max_new_tokens=5)
+  specs = nn.get_partition_spec(abstract_params(CONFIG))
+  sharded = jax.device_put(params, nn.unbox(tree_shardings(specs, mesh)))
+  with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
+    out = generate(decoder, sharded, tokens, max_new_tokens=5)
+  np.testing.assert_array_equal(out.tokens, expected.tokens)
