@@ -184,7 +184,7 @@ def test_run_resumes_after_interruption(tmp_path, monkeypatch):
   history = json.loads((out / "metrics.json").read_text())
   assert [r["step"] for r in history["train"]] == [1, 2, 3, 4]
   assert [r["step"] for r in history["eval"]] == [0, 4]
-  for key in ("i2t_recall@10", "ii_heldout_acc", "ui_heldout_acc"):
+  for key in ("i2t_recall_at_10", "ii_heldout_acc", "ui_heldout_acc"):
     assert 0.0 <= result[key] <= 1.0 and f"start/{key}" in result
   assert result["objectives"] == "itc,itm,itg,ii,ui"
   assert np.isfinite(result["loss"])
@@ -202,3 +202,24 @@ def test_cf_table_mismatch_is_named(tmp_path):
   CFTable(np.zeros((5, 4), np.float32), 2, 3).save(tmp_path / "cf")
   with pytest.raises(ValueError, match="rerun the cf stage"):
     stage1.run(config, tmp_path)
+
+
+def test_retrieval_metrics_match_brute_force():
+  from ilm_jax.train.stage1_eval import heldout_retrieval, item_to_text_recall
+
+  r = np.random.default_rng(0)
+  unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
+  items = unit(r.normal(size=(30, 2, 4))).astype(np.float32)
+  texts = unit(r.normal(size=(30, 4))).astype(np.float32)
+  sim = np.einsum("ike,je->ijk", items, texts).max(-1)
+  want = np.mean([(sim[i] > sim[i, i]).sum() < 5 for i in range(30)])
+  assert item_to_text_recall(items, texts, 5) == pytest.approx(want)
+  # A query equal to its target item ranks it first.
+  targets = np.array([3, 7, 11])
+  recall, acc = heldout_retrieval(items[targets], targets, items, 1, 10, 0)
+  assert recall == 1.0 and acc == 1.0
+  queries = unit(r.normal(size=(3, 2, 4))).astype(np.float32)
+  pair = np.einsum("qke,ile->qikl", queries, items).max((2, 3))
+  ranks = [(pair[q] > pair[q, t]).sum() for q, t in enumerate(targets)]
+  recall, _ = heldout_retrieval(queries, targets, items, 10, 10, 0)
+  assert recall == pytest.approx(np.mean(np.array(ranks) < 10))

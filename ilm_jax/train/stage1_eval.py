@@ -123,21 +123,21 @@ def evaluate(
   """All stage-1 retrieval metrics for the given params.
 
   Returns:
-    {"i2t_recall@k", "ii_heldout_recall@k", "ii_heldout_acc",
-    "ui_heldout_recall@k", "ui_heldout_acc", "i2t_chance@k",
-    "item_chance@k"} (text metrics only when items have text).
+    {"i2t_recall_at_k", "ii_heldout_recall_at_k", "ii_heldout_acc",
+    "ui_heldout_recall_at_k", "ui_heldout_acc", "i2t_chance_at_k",
+    "item_chance_at_k"} (text metrics only when items have text).
   """
   num_items = cf_table.shape[0] - num_users
   item_feats = encode_entities(
     model, params, cf_table, np.arange(num_items) + num_users,
     np.full(num_items, ITEM_TYPE), batch_size,
   )  # fmt: skip
-  out = {f"item_chance@{k}": k / num_items}
+  out = {f"item_chance_at_{k}": k / num_items}
   if examples.has_text and token_ids is not None:
     text_feats = encode_texts(model, params, token_ids, text_mask, batch_size)
     own = item_feats[examples.text_items]
-    out[f"i2t_recall@{k}"] = item_to_text_recall(own, text_feats, k)
-    out[f"i2t_chance@{k}"] = k / len(examples.text_items)
+    out[f"i2t_recall_at_{k}"] = item_to_text_recall(own, text_feats, k)
+    out[f"i2t_chance_at_{k}"] = k / len(examples.text_items)
   for name, pairs, user_queries in (
     ("ii", examples.heldout_ii, False),
     ("ui", examples.heldout_ui, True),
@@ -154,6 +154,6 @@ def evaluate(
     recall, acc = heldout_retrieval(
       queries, pairs[:, 1], item_feats, k, num_candidates, seed
     )
-    out[f"{name}_heldout_recall@{k}"] = recall
+    out[f"{name}_heldout_recall_at_{k}"] = recall
     out[f"{name}_heldout_acc"] = acc
   return out
