@@ -47,11 +47,24 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   config = _CONFIG.value
   results = pipeline.run(config, _WORKDIR.value, _STAGE.value)
+  name = config.dataset.name
   if "eval" in results:
     for split in config.eval.splits:
       for mode in ("unfiltered", "filtered"):
         rows = summary_rows(results["eval"], split, mode)
-        print(markdown_table(rows, f"{config.dataset.name}: {split}, {mode}"))
+        print(markdown_table(rows, f"{name}: baselines, {split}, {mode}"))
+  if "stage1" in results:
+    metrics = {
+      k: v for k, v in results["stage1"].items()
+      if isinstance(v, float) and ("recall" in k or "chance" in k)
+    }  # fmt: skip
+    print(markdown_table({"stage1": metrics}, f"{name}: stage-1 retrieval"))
+  if "stage2" in results:
+    rows = {
+      f"{results['stage2'].get('variant', 'ilm')} {where}": values
+      for where, values in results["stage2"].get("eval", {}).items()
+    }
+    print(markdown_table(rows, f"{name}: stage 2 (generative, beam search)"))
   logging.info("results written to %s", _WORKDIR.value)
   print(f"results: {os.path.join(_WORKDIR.value, 'results.json')}")
 

@@ -57,7 +57,10 @@ def run(
         raise NotImplementedError(f"stage {name!r} is not available yet")
       module = importlib.import_module(_MODEL_STAGES[name])
       results[name] = module.run(config, workdir)
-  (workdir / "results.json").write_text(
-    json.dumps(results, indent=2, default=str)
-  )
+  # Merge with what earlier invocations wrote, so running stages one at a
+  # time leaves the same results.json as running them all.
+  path = workdir / "results.json"
+  merged = json.loads(path.read_text()) if path.exists() else {}
+  merged.update(json.loads(json.dumps(results, default=str)))
+  path.write_text(json.dumps(merged, indent=2))
   return results
