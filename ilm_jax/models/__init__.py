@@ -1,1 +1,1 @@
-"""Models: the frozen LLM decoder, BERT, the Q-Former and the ILM composition."""
+"""Models: the frozen LLM decoder, BERT, the Q-Former and the ILM."""
