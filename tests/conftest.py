@@ -1,4 +1,4 @@
-"""Test set-up: 8 fake CPU devices so sharded code runs in CI, and data paths."""
+"""Test set-up: 8 fake CPU devices so sharded code runs, and data paths."""
 
 import os
 
