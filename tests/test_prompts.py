@@ -195,3 +195,47 @@ def test_bucket_batches_are_deterministic_and_resume():
   again = S2.BucketBatches(ex, 4, (96, 160, 256), 12, enc.pad_id, seed=3)
   again.set_state(state)
   np.testing.assert_array_equal(next(again)["tokens"], upcoming["tokens"])
+
+
+@pytest.mark.parametrize("task", P.ITEM_TASKS)
+def test_item_evaluation_prompts_target_the_held_out_item(task):
+  split = _split()
+  users = np.arange(split.num_users)
+  for split_name in ("valid", "test"):
+    prompts = S2.evaluation_prompts(split, split_name, False, users, task)
+    assert [p.user for p in prompts] == list(users)
+    targets = split.targets(split_name)
+    for u, p in zip(users, prompts):
+      assert p.task == task and p.answer is None
+      assert p.target_item == targets[u]
+      assert not P.TEMPLATES[p.template].seen
+      items = [v for k, v in p.entities() if k == "item"]
+      if task == P.STRAIGHTFORWARD:
+        assert items == []
+      else:  # the history the split allows, never the target's slot
+        np.testing.assert_array_equal(items, split.history(u, split_name))
+      if task == P.CONVERSATIONAL:
+        text = "".join(v for k, v in p.segments if k == "text")
+        genres = P.item_genres(split.catalog, int(targets[u]))
+        assert any(g in text for g in genres) or S2.GENERIC_WISH in text
+
+
+def test_text_evaluation_prompts_carry_reference_text():
+  split = _split()
+  items = np.arange(split.num_items)
+  prompts = S2.text_evaluation_prompts(split, P.DESCRIPTION, False, items)
+  assert len(prompts) == split.num_items  # every toy item has a title
+  for p in prompts:
+    ((kind, item),) = p.entities()
+    assert kind == "item"
+    assert p.answer == split.catalog.item_text(item)
+    assert p.answer.startswith(f"Film {item}")
+  users = np.arange(split.num_users)
+  prompts = S2.text_evaluation_prompts(split, P.PROFILE, True, users)
+  for p in prompts:
+    assert P.TEMPLATES[p.template].seen
+    assert p.answer == P.profile_text(
+      split.catalog, split.train_sequences[p.user]
+    )
+  with pytest.raises(ValueError, match="description/profile"):
+    S2.text_evaluation_prompts(split, P.SEQUENTIAL, True, users)

@@ -135,6 +135,7 @@ def _config(**stage2_fields):
   s.eval.max_users = 4
   s.eval.batch_size = 4
   s.eval.splits = ("valid",)
+  s.eval.max_text_prompts = 4
   for key, value in stage2_fields.items():
     setattr(s, key, value)
   return c
@@ -183,13 +184,20 @@ def test_run_end_to_end_on_tiny_llm(tmp_path, variant):
   _write_cf_table(_config(), tmp_path)
   results = stage2.run(_config(variant=variant), tmp_path)
   assert results["variant"] == variant and results["steps"] == 3
-  metrics = results["eval"]["valid/unseen"]
-  assert metrics["valid_rate"] == 1.0  # every beam is an existing item
-  for key in ("HR@5", "HR@10", "NDCG@5", "NDCG@10"):
-    for kind in ("filtered", "unfiltered"):
-      assert 0.0 <= metrics[f"{kind}/{key}"] <= 1.0
+  for task in P.ITEM_TASKS:
+    metrics = results["eval"][f"{task}/valid/unseen"]
+    assert metrics["valid_rate"] == 1.0  # every beam is an existing item
+    assert metrics["users"] == 4
+    for key in ("HR@5", "HR@10", "NDCG@5", "NDCG@10"):
+      for kind in ("filtered", "unfiltered"):
+        assert 0.0 <= metrics[f"{kind}/{key}"] <= 1.0
+  for task in (P.DESCRIPTION, P.PROFILE):
+    metrics = results["eval"][f"{task}/unseen"]
+    assert -1.0 <= metrics["SC"] <= 1.0 and metrics["prompts"] > 0
+    assert len(results["text_examples"][f"{task}/unseen"]) > 0
+  assert 0.0 <= results["eval"]["description/unseen"]["title_accuracy"] <= 1
   saved = json.loads((tmp_path / "stage2" / "results.json").read_text())
   assert saved["eval"] == results["eval"]
   # a rerun resumes from the final checkpoint instead of training again
   again = stage2.run(_config(variant=variant), tmp_path)
-  assert again["eval"]["valid/unseen"]["valid_rate"] == 1.0
+  assert again["eval"]["sequential/valid/unseen"]["valid_rate"] == 1.0

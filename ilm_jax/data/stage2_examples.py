@@ -30,6 +30,8 @@ WORD = -1  # slot_entity of a position that holds a plain word embedding
 SOFT_PROMPT = -2  # slot_entity of a trainable soft-prompt position
 PROMPT_SUFFIX = "\nAnswer:"
 USER_PREFIX = "user_"
+# Conversational evaluation wish for a target without genres or tags.
+GENERIC_WISH = "something I will enjoy"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -279,24 +281,27 @@ def evaluation_prompts(
   users,
   task: str = P.SEQUENTIAL,
   max_history: int | None = None,
+  seed: int = 0,
 ) -> list[P.Prompt]:
-  """Next-item prompts of held-out users, templates rotated over users.
+  """Item-task prompts of held-out users, templates rotated over users.
 
   Args:
     split: the split.
     split_name: "valid" or "test" (decides the history and the target).
     seen: use training templates (True) or held-out ones (False).
     users: user indices to evaluate.
-    task: SEQUENTIAL or STRAIGHTFORWARD.
+    task: SEQUENTIAL, STRAIGHTFORWARD or CONVERSATIONAL.
     max_history: history cap (default: the split's).
+    seed: seeds the conversational wish (a genre or tag of the target).
 
   Returns:
-    Prompts without answers whose ``target_item`` is the held-out item.
+    Prompts without answers whose ``target_item`` is the held-out item. A
+    conversational prompt whose target has neither genres nor tags gets a
+    generic wish, so every user keeps a prompt.
   """
-  if task not in (P.SEQUENTIAL, P.STRAIGHTFORWARD):
-    raise ValueError(
-      f"item evaluation supports sequential/straightforward, not {task!r}"
-    )
+  if task not in P.ITEM_TASKS:
+    raise ValueError(f"item evaluation supports {P.ITEM_TASKS}, not {task!r}")
+  rng = np.random.default_rng([seed, split_name == "test"])
   choices = P.templates(task, seen)
   targets = split.targets(split_name)
   out = []
@@ -305,14 +310,52 @@ def evaluation_prompts(
     hist = split.history(u, split_name)
     if max_history:
       hist = hist[-max_history:]
+    wish = ""
+    if task == P.CONVERSATIONAL:
+      wish = P.wish_text(split.catalog, int(targets[u]), rng) or GENERIC_WISH
     out.append(
       P.render(
         choices[n % len(choices)],
         user=u,
         history=hist,
+        wish=wish,
         target_item=int(targets[u]),
       )
     )
+  return out
+
+
+def text_evaluation_prompts(
+  split: LeaveOneOutSplit, task: str, seen: bool, entities
+) -> list[P.Prompt]:
+  """Text-task prompts whose ``answer`` is the reference text.
+
+  Args:
+    split: the split (profiles come from training sequences only).
+    task: DESCRIPTION (``entities`` are items) or PROFILE (users).
+    seen: training templates (True) or held-out ones (False).
+    entities: item or user indices; those without reference text are
+      skipped.
+
+  Returns:
+    Prompts, templates rotated over entities.
+  """
+  if task not in (P.DESCRIPTION, P.PROFILE):
+    raise ValueError(f"text evaluation supports description/profile, {task!r}")
+  choices = P.templates(task, seen)
+  out = []
+  for e in entities:
+    e = int(e)
+    if task == P.DESCRIPTION:
+      text = split.catalog.item_text(e)
+      slot = {"item": e}
+    else:
+      text = P.profile_text(split.catalog, split.train_sequences[e])
+      slot = {"user": e}
+    if text:
+      out.append(
+        P.render(choices[len(out) % len(choices)], answer=text, **slot)
+      )
   return out
 
 

@@ -1,10 +1,14 @@
-"""Generative evaluation: trie-constrained beam search -> HR@k / NDCG@k.
+"""Generative evaluation: beam search -> HR@k / NDCG@k; greedy text -> SC.
 
 Each held-out user's prompt is decoded with ``num_beams`` beams that may
 only spell existing item identifiers; the beams, best first, are the user's
 ranked list over the whole catalogue. "Filtered" drops items the user
 already had from that list before scoring (the full-ranking convention);
 "unfiltered" scores it as generated.
+
+Text tasks (item description, user profile) are decoded greedily and scored
+by semantic consistency with the reference text and, for descriptions, by
+exact match of the generated title (``ilm_jax.eval.semantic``).
 """
 
 from __future__ import annotations
@@ -17,10 +21,57 @@ import numpy as np
 from ilm_jax.data import stage2_examples as S2
 from ilm_jax.decode.beam_search import beam_search
 from ilm_jax.decode.item_trie import ItemTrie, allowed_by_trie, ranked_items
+from ilm_jax.decode.sampling import generate
+from ilm_jax.eval import semantic
 from ilm_jax.eval.metrics import metrics_from_lists
 from ilm_jax.models.ilm import ItemLanguageModel
 
 DEFAULT_BEAMS = 10
+
+
+def _prompt_batches(
+  model,
+  encoder_params,
+  llm_params,
+  cf_table,
+  prompt_encoder,
+  prompts,
+  batch_size,
+  buckets,
+):
+  """Yields (prompt indices, float[B, L, D] embeddings, bool[B, L] mask).
+
+  Prompts are grouped by length bucket and padded to ``batch_size`` rows
+  (repeating the last prompt), so each bucket compiles once.
+  """  # fmt: skip
+  encoded = []
+  for p in prompts:
+    enc = S2.encode_fitting(prompt_encoder, p, buckets[-1], with_answer=False)
+    if enc is None:
+      raise ValueError(
+        f"an evaluation prompt does not fit {buckets[-1]} "
+        "tokens; raise stage2.length_buckets"
+      )
+    encoded.append(enc)
+  per_entity = max([1] + [e.num_entities for e in encoded])
+  groups = collections.defaultdict(list)
+  for n, e in enumerate(encoded):
+    groups[S2.bucket_of(len(e.tokens), buckets)].append(n)
+  embed = jax.jit(model.prompt_embeddings)
+  for bucket, rows in sorted(groups.items()):
+    for start in range(0, len(rows), batch_size):
+      chunk = rows[start : start + batch_size]
+      padded = chunk + [chunk[-1]] * (batch_size - len(chunk))
+      batch = S2.collate(
+        [encoded[i] for i in padded],
+        buckets[bucket],
+        1,
+        batch_size * per_entity,
+        prompt_encoder.pad_id,
+        with_answer=False,
+      )
+      x = embed(encoder_params, llm_params, cf_table, batch)
+      yield chunk, x, batch["input_mask"]
 
 
 def rank_items(
@@ -53,46 +104,88 @@ def rank_items(
   Returns:
     int32[N, W] item indices best first, -1 where a beam spelled no new item.
   """
-  encoded = []
-  for p in prompts:
-    enc = S2.encode_fitting(prompt_encoder, p, buckets[-1], with_answer=False)
-    if enc is None:
-      raise ValueError(
-        f"an evaluation prompt does not fit {buckets[-1]} "
-        "tokens; raise stage2.length_buckets"
-      )
-    encoded.append(enc)
-  per_entity = max([1] + [e.num_entities for e in encoded])
-  groups = collections.defaultdict(list)
-  for n, e in enumerate(encoded):
-    groups[S2.bucket_of(len(e.tokens), buckets)].append(n)
-  embed = jax.jit(model.prompt_embeddings)
   out = np.full((len(prompts), num_beams), -1, np.int32)
-  for bucket, rows in sorted(groups.items()):
-    for start in range(0, len(rows), batch_size):
-      chunk = rows[start : start + batch_size]
-      padded = chunk + [chunk[-1]] * (batch_size - len(chunk))
-      batch = S2.collate(
-        [encoded[i] for i in padded],
-        buckets[bucket],
-        1,
-        batch_size * per_entity,
-        prompt_encoder.pad_id,
-        with_answer=False,
-      )
-      x = embed(encoder_params, llm_params, cf_table, batch)
-      beams = beam_search(
-        model.decoder,
-        llm_params,
-        prompt_embeddings=x,
-        prompt_mask=batch["input_mask"],
-        num_beams=num_beams,
-        max_new_tokens=trie.max_length,
-        allowed_fn=allowed_by_trie,
-        constraint_data=trie.constraint_data,
-      )
-      ranked = ranked_items(trie, np.asarray(beams.tokens))
-      out[chunk] = ranked[: len(chunk)]
+  for chunk, x, mask in _prompt_batches(
+    model, encoder_params, llm_params, cf_table, prompt_encoder, prompts,
+    batch_size, buckets,
+  ):  # fmt: skip
+    beams = beam_search(
+      model.decoder,
+      llm_params,
+      prompt_embeddings=x,
+      prompt_mask=mask,
+      num_beams=num_beams,
+      max_new_tokens=trie.max_length,
+      allowed_fn=allowed_by_trie,
+      constraint_data=trie.constraint_data,
+    )
+    ranked = ranked_items(trie, np.asarray(beams.tokens))
+    out[chunk] = ranked[: len(chunk)]
+  return out
+
+
+def generate_texts(
+  model: ItemLanguageModel,
+  encoder_params,
+  llm_params,
+  cf_table: np.ndarray,
+  prompt_encoder: S2.PromptEncoder,
+  prompts,
+  *,
+  batch_size: int,
+  buckets,
+  max_new_tokens: int,
+) -> list[str]:
+  """Greedy answers of text-task prompts (item description, user profile).
+
+  Args:
+    model, encoder_params, llm_params, cf_table, prompt_encoder: as for
+      ``rank_items``.
+    prompts: evaluation Prompts.
+    batch_size: prompts per generation call.
+    buckets: prompt length buckets.
+    max_new_tokens: most answer tokens (EOS included), as in training.
+
+  Returns:
+    One decoded answer per prompt, stripped of surrounding whitespace.
+  """
+  out = [""] * len(prompts)
+  eos = tuple(int(i) for i in prompt_encoder.tokenizer.eos_ids)
+  for chunk, x, mask in _prompt_batches(
+    model, encoder_params, llm_params, cf_table, prompt_encoder, prompts,
+    batch_size, buckets,
+  ):  # fmt: skip
+    gen = generate(
+      model.decoder,
+      llm_params,
+      prompt_embeddings=x,
+      prompt_mask=mask,
+      max_new_tokens=max_new_tokens,
+      eos_ids=eos,
+      pad_id=prompt_encoder.pad_id,
+    )
+    tokens, lengths = np.asarray(gen.tokens), np.asarray(gen.lengths)
+    for row, n in enumerate(chunk):
+      ids = [int(t) for t in tokens[row, : lengths[row]] if int(t) not in eos]
+      out[n] = prompt_encoder.tokenizer.decode(ids).strip()
+  return out
+
+
+def text_metrics(generated, references, titles=None, embedder=None) -> dict:
+  """{"SC": mean cosine, "SC_std", "title_accuracy" (when titles given)}.
+
+  Args:
+    generated: N generated texts.
+    references: N reference texts.
+    titles: N catalogue titles (item description), or None.
+    embedder: a ``semantic.SentenceEmbedder`` (default: all-MiniLM-L6-v2).
+  """
+  sc = semantic.semantic_consistency(generated, references, embedder)
+  out = {"SC": float(sc.mean()), "SC_std": float(sc.std())}
+  if titles is not None:
+    hits = semantic.title_matches(generated, titles)
+    out["title_accuracy"] = float(hits.mean())
+  out["prompts"] = len(generated)
   return out
 
 

@@ -11,8 +11,11 @@
 3. trains the encoder only on the multitask prompt mixture with the shared
    loop (the LLM and the CF table are the loop's frozen inputs, so they never
    enter the optimiser state), checkpointing to ``workdir/stage2``;
-4. ranks items for held-out users by trie-constrained beam search with seen
-   and unseen templates and writes ``workdir/stage2/results.json``.
+4. ranks items for held-out users by trie-constrained beam search (the
+   sequential, straightforward and conversational tasks), decodes item
+   descriptions and user profiles greedily and scores them by semantic
+   consistency and title accuracy, each with seen and unseen templates,
+   and writes ``workdir/stage2/results.json``.
 """
 
 from __future__ import annotations
@@ -85,6 +88,9 @@ def stage2_config() -> ml_collections.ConfigDict:
   c.eval.batch_size = 8  # prompts per beam-search call
   c.eval.splits = ("valid", "test")  # held-out splits
   c.eval.templates = ("seen", "unseen")  # template sets to report
+  c.eval.tasks = P.TASKS  # tasks evaluated (item tasks rank, text tasks SC)
+  c.eval.max_text_prompts = 50  # items / users per text task (-1 = all)
+  c.eval.keep_examples = 5  # generated texts kept in results.json
   return c
 
 
@@ -101,6 +107,7 @@ def shrink_stage2_for_cpu(c: ml_collections.ConfigDict):
   c.train.log_every = 5
   c.train.checkpoint_every = 30
   c.eval.max_users = 20
+  c.eval.max_text_prompts = 8
   c.eval.templates = ("unseen",)
   return c
 
@@ -268,55 +275,125 @@ def build_trie(prompt_encoder: S2.PromptEncoder, vocab_size: int):
 
 
 def training_examples(c, split, index, prompt_encoder, seed):
+  """(encoded training examples, set of items that descriptions use)."""
   prompts = S2.training_prompts(
     split, index, tuple(c.tasks), c.examples_per_task, c.max_history, seed
   )
-  examples = []
+  examples, described = [], set()
   for p in prompts:
     enc = S2.encode_fitting(prompt_encoder, p, c.length_buckets[-1], True)
     if enc is not None:
       examples.append(enc)
-  return examples
+      if p.task == P.DESCRIPTION:
+        described.add(p.entities()[0][1])
+  return examples, described
 
 
-def evaluate(
-  c, split, model, encoder_params, llm_params, cf, prompt_encoder, trie, seed=0
-) -> dict:
-  """Generative metrics per split and template set."""
+def _eval_users(c, split, seed):
   rng = np.random.default_rng(seed)
   users = np.arange(split.num_users)
   if 0 < c.eval.max_users < len(users):
     users = np.sort(rng.choice(users, c.eval.max_users, replace=False))
+  return users
+
+
+def _text_entities(c, split, task, users, described, seed):
+  """Items (description) or users (profile) whose answers are decoded.
+
+  Descriptions prefer items no training prompt described, so title accuracy
+  measures what the soft tokens carry rather than a memorised answer.
+  """
+  n = c.eval.max_text_prompts
+  if task == P.PROFILE:
+    return users[:n] if n > 0 else users
+  rng = np.random.default_rng([seed, 1])
+  items = rng.permutation(split.num_items)
+  fresh = items[~np.isin(items, np.fromiter(described, np.int64))]
+  order = np.concatenate([fresh, items[np.isin(items, fresh, invert=True)]])
+  return order[:n] if n > 0 else order
+
+
+def evaluate(
+  c,
+  split,
+  model,
+  encoder_params,
+  llm_params,
+  cf,
+  prompt_encoder,
+  trie,
+  seed=0,
+  described=(),
+  examples=None,
+) -> dict:
+  """Generative metrics per task, split and template set.
+
+  Item tasks give ``"{task}/{split}/{templates}"`` -> HR@k / NDCG@k
+  (filtered and unfiltered); text tasks give ``"{task}/{templates}"`` ->
+  semantic consistency (and title accuracy for item descriptions).
+
+  Args:
+    c: ``config.stage2``.
+    split: the leave-one-out split.
+    model, encoder_params, llm_params, cf: the trained ILM and its inputs.
+    prompt_encoder: as in training.
+    trie: item-identifier trie.
+    seed: seeds user / item choice.
+    described: items that training description prompts used.
+    examples: a dict that receives a few generated texts per text task
+      (``"{task}/{templates}"`` -> [{"generated", "reference"}]), or None.
+
+  Returns:
+    {key: {metric: float}}.
+  """
+  users = _eval_users(c, split, seed)
+  tasks = tuple(c.eval.tasks)
   out = {}
-  for split_name in c.eval.splits:
-    targets = split.targets(split_name)[users]
-    seen_items = [split.history_all(int(u), split_name) for u in users]
+  common = dict(batch_size=c.eval.batch_size, buckets=tuple(c.length_buckets))
+  for task in (t for t in tasks if t in P.ITEM_TASKS):
+    for split_name in c.eval.splits:
+      targets = split.targets(split_name)[users]
+      seen_items = [split.history_all(int(u), split_name) for u in users]
+      for templates in c.eval.templates:
+        prompts = S2.evaluation_prompts(
+          split, split_name, templates == "seen", users, task,
+          c.max_history, seed,
+        )  # fmt: skip
+        start = time.time()
+        ranked = generative.rank_items(
+          model, encoder_params, llm_params, cf, prompt_encoder, prompts,
+          trie, num_beams=c.eval.num_beams, **common,
+        )  # fmt: skip
+        metrics = generative.list_metrics(ranked, targets, seen_items)
+        metrics["seconds"] = time.time() - start
+        metrics["users"] = len(users)
+        out[f"{task}/{split_name}/{templates}"] = metrics
+  titles = split.catalog.item_fields.get("title")
+  for task in (t for t in tasks if t in (P.DESCRIPTION, P.PROFILE)):
+    entities = _text_entities(c, split, task, users, described, seed)
     for templates in c.eval.templates:
-      prompts = S2.evaluation_prompts(
-        split,
-        split_name,
-        templates == "seen",
-        users,
-        P.SEQUENTIAL,
-        c.max_history,
+      prompts = S2.text_evaluation_prompts(
+        split, task, templates == "seen", entities
       )
+      if not prompts:
+        continue
       start = time.time()
-      ranked = generative.rank_items(
-        model,
-        encoder_params,
-        llm_params,
-        cf,
-        prompt_encoder,
-        prompts,
-        trie,
-        batch_size=c.eval.batch_size,
-        buckets=tuple(c.length_buckets),
-        num_beams=c.eval.num_beams,
-      )
-      metrics = generative.list_metrics(ranked, targets, seen_items)
+      generated = generative.generate_texts(
+        model, encoder_params, llm_params, cf, prompt_encoder, prompts,
+        max_new_tokens=c.max_answer_tokens, **common,
+      )  # fmt: skip
+      refs = [p.answer for p in prompts]
+      item_titles = None
+      if task == P.DESCRIPTION and titles is not None:
+        item_titles = [str(titles[p.entities()[0][1]]) for p in prompts]
+      metrics = generative.text_metrics(generated, refs, item_titles)
       metrics["seconds"] = time.time() - start
-      metrics["users"] = len(users)
-      out[f"{split_name}/{templates}"] = metrics
+      out[f"{task}/{templates}"] = metrics
+      if examples is not None:
+        examples[f"{task}/{templates}"] = [
+          {"generated": g, "reference": r}
+          for g, r in list(zip(generated, refs))[: c.eval.keep_examples]
+        ]
   return out
 
 
@@ -342,7 +419,9 @@ def run(config: ml_collections.ConfigDict, workdir) -> dict:
   )
   trie = build_trie(prompt_encoder, llm_config.vocab_size)
   start = time.time()
-  examples = training_examples(c, split, index, prompt_encoder, config.seed)
+  examples, described = training_examples(
+    c, split, index, prompt_encoder, config.seed
+  )
   data = S2.BucketBatches(
     examples,
     c.batch_size,
@@ -379,6 +458,7 @@ def run(config: ml_collections.ConfigDict, workdir) -> dict:
   )
   train_seconds = time.time() - start
   encoder_params = jax.tree.map(np.asarray, jax.device_get(result.state.params))
+  text_examples = {}
   metrics = evaluate(
     c,
     split,
@@ -389,6 +469,8 @@ def run(config: ml_collections.ConfigDict, workdir) -> dict:
     prompt_encoder,
     trie,
     config.seed,
+    described,
+    text_examples,
   )
   results = {
     "variant": c.variant,
@@ -400,6 +482,7 @@ def run(config: ml_collections.ConfigDict, workdir) -> dict:
     "train_seconds": train_seconds,
     "train": result.metrics,
     "eval": metrics,
+    "text_examples": text_examples,
   }
   (out_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2))
   return results
