@@ -17,6 +17,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
@@ -34,6 +35,12 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string(
   "workdir", "workdir/default", "Where stages write (and resume from)."
 )
+_CACHE = flags.DEFINE_string(
+  "compilation_cache",
+  os.path.join(os.path.expanduser("~"), ".cache", "ilm_jax", "xla"),
+  "Persistent XLA compilation cache directory, so a resumed or repeated run "
+  "skips recompiling; '' disables it.",
+)
 _STAGE = flags.DEFINE_enum(
   "stage", "all", pipeline.STAGES,
   "Stage to run: cf (ALS embeddings), eval (popularity and CF baselines), "
@@ -46,6 +53,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   config = _CONFIG.value
+  if _CACHE.value:
+    jax.config.update("jax_compilation_cache_dir", _CACHE.value)
   results = pipeline.run(config, _WORKDIR.value, _STAGE.value)
   name = config.dataset.name
   if "eval" in results:
