@@ -201,3 +201,20 @@ def test_run_end_to_end_on_tiny_llm(tmp_path, variant):
   # a rerun resumes from the final checkpoint instead of training again
   again = stage2.run(_config(variant=variant), tmp_path)
   assert again["eval"]["sequential/valid/unseen"]["valid_rate"] == 1.0
+
+
+@pytest.mark.slow
+def test_run_with_retrieval_head_reports_full_ranking(tmp_path):
+  _write_cf_table(_config(), tmp_path)
+  config = _config(retrieval_weight=1.0, tasks=(P.SEQUENTIAL, P.DESCRIPTION))
+  config.stage2.eval.tasks = (P.SEQUENTIAL,)
+  results = stage2.run(config, tmp_path, "stage2_retrieval")
+  assert "retrieval_loss" in results["train"]
+  generative = results["eval"]["sequential/valid/unseen"]
+  full = results["eval"]["retrieval/sequential/valid/unseen"]
+  assert set(generative) >= {k for k in full if k != "seconds"}
+  for key, value in full.items():
+    assert value >= 0.0 and (key == "seconds" or value <= 1.0)
+  assert (tmp_path / "stage2_retrieval" / "results.json").exists()
+  with pytest.raises(ValueError, match="text"):
+    stage2.run(_config(retrieval_weight=1.0, variant="text"), tmp_path, "x")

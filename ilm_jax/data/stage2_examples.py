@@ -70,6 +70,8 @@ class Encoded:
     target_item: item asked for (-1 for text tasks).
     user: user the prompt is about (-1 if none).
     task: the task.
+    target_row: CF row of ``target_item`` (-1 for text tasks); the
+      retrieval head's positive.
   """
 
   tokens: np.ndarray
@@ -79,6 +81,7 @@ class Encoded:
   target_item: int = -1
   user: int = -1
   task: str = ""
+  target_row: int = -1
 
   @property
   def num_entities(self) -> int:
@@ -185,6 +188,11 @@ class PromptEncoder:
       target_item=prompt.target_item,
       user=prompt.user,
       task=prompt.task,
+      target_row=(
+        self.entity_row("item", prompt.target_item)
+        if prompt.target_item >= 0
+        else -1
+      ),
     )
 
 
@@ -394,6 +402,8 @@ def collate(
   num_entities: int,
   pad_id: int,
   with_answer: bool = True,
+  retrieval_targets: bool = False,
+  num_users: int | None = None,
 ) -> dict[str, np.ndarray]:
   """Pads examples into one fixed-shape batch.
 
@@ -404,6 +414,11 @@ def collate(
     num_entities: E, rows of ``entities`` (>= distinct entities, >= 1).
     pad_id: token id of padding.
     with_answer: the examples carry answers (training) or not (decoding).
+    retrieval_targets: also encode each example's target item (the
+      retrieval head's positive) and give ``target_entity`` and
+      ``entity_is_candidate``.
+    num_users: U (CF rows from U on are items); needed with
+      ``retrieval_targets``.
 
   Returns:
     tokens int32[B, L], input_mask bool[B, L], slot_entity int32[B, L]
@@ -411,13 +426,21 @@ def collate(
     int32[B, L], entities int32[E] (CF rows, each distinct one once, padded
     by repeating the first), and when ``with_answer``: target_positions
     int32[B, P] (positions whose logits predict the answer), target_tokens
-    int32[B, P], target_mask bool[B, P].
+    int32[B, P], target_mask bool[B, P]; when ``retrieval_targets``:
+    target_entity int32[B] (local index of the target item, -1 for text
+    tasks) and entity_is_candidate bool[E] (distinct real item rows).
   """
   b = len(examples)
+  if retrieval_targets and num_users is None:
+    raise ValueError("collate: retrieval_targets needs num_users")
+  extra = [
+    np.asarray([e.target_row for e in examples if e.target_row >= 0], np.int32)
+  ]
   rows = np.unique(
     np.concatenate(
       [e.slot_entity[e.slot_entity >= 0] for e in examples]
       + [np.zeros(0, np.int32)]
+      + (extra if retrieval_targets else [])
     )
   ).astype(np.int32)
   if len(rows) > num_entities:
@@ -433,6 +456,18 @@ def collate(
     "slot_query": np.zeros((b, length), np.int32),
     "entities": entities,
   }
+  if retrieval_targets:
+    out["target_entity"] = np.array(
+      [
+        np.searchsorted(rows, e.target_row) if e.target_row >= 0 else -1
+        for e in examples
+      ],
+      np.int32,
+    )
+    # Padding repeats of a row and user rows are no candidates.
+    candidate = np.zeros(num_entities, bool)
+    candidate[: len(rows)] = rows >= num_users
+    out["entity_is_candidate"] = candidate
   if with_answer:
     out["target_positions"] = np.zeros((b, num_targets), np.int32)
     out["target_tokens"] = np.full((b, num_targets), pad_id, np.int32)
@@ -472,10 +507,19 @@ class BucketBatches:
     num_targets: P answer positions per row.
     pad_id: padding token id.
     seed: shuffling seed.
+    num_users: U; when given, batches carry the retrieval head's targets
+      (``collate(..., retrieval_targets=True)``).
   """
 
   def __init__(
-    self, examples, batch_size, buckets, num_targets, pad_id, seed=0
+    self,
+    examples,
+    batch_size,
+    buckets,
+    num_targets,
+    pad_id,
+    seed=0,
+    num_users: int | None = None,
   ):
     if not examples:
       raise ValueError("no stage-2 training examples")
@@ -485,8 +529,10 @@ class BucketBatches:
     self.num_targets = int(num_targets)
     self.pad_id = int(pad_id)
     self.seed = int(seed)
-    self.num_entities = self.batch_size * max(
-      1, max(e.num_entities for e in examples)
+    self.num_users = num_users
+    # The target item may be one more distinct entity per example.
+    self.num_entities = self.batch_size * (
+      max(1, max(e.num_entities for e in examples)) + (num_users is not None)
     )
     self.members: list[list[int]] = [[] for _ in self.buckets]
     for n, e in enumerate(examples):
@@ -521,6 +567,8 @@ class BucketBatches:
       self.num_targets,
       self.num_entities,
       self.pad_id,
+      retrieval_targets=self.num_users is not None,
+      num_users=self.num_users,
     )
 
   def get_state(self) -> dict:

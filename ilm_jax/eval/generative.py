@@ -29,21 +29,15 @@ from ilm_jax.models.ilm import ItemLanguageModel
 DEFAULT_BEAMS = 10
 
 
-def _prompt_batches(
-  model,
-  encoder_params,
-  llm_params,
-  cf_table,
-  prompt_encoder,
-  prompts,
-  batch_size,
-  buckets,
-):
-  """Yields (prompt indices, float[B, L, D] embeddings, bool[B, L] mask).
+def prompt_batches(prompt_encoder, prompts, batch_size, buckets):
+  """Yields (prompt indices, collated prompt batch without answers).
 
   Prompts are grouped by length bucket and padded to ``batch_size`` rows
   (repeating the last prompt), so each bucket compiles once.
-  """  # fmt: skip
+
+  Raises:
+    ValueError: a prompt does not fit the largest bucket.
+  """
   encoded = []
   for p in prompts:
     enc = S2.encode_fitting(prompt_encoder, p, buckets[-1], with_answer=False)
@@ -57,7 +51,6 @@ def _prompt_batches(
   groups = collections.defaultdict(list)
   for n, e in enumerate(encoded):
     groups[S2.bucket_of(len(e.tokens), buckets)].append(n)
-  embed = jax.jit(model.prompt_embeddings)
   for bucket, rows in sorted(groups.items()):
     for start in range(0, len(rows), batch_size):
       chunk = rows[start : start + batch_size]
@@ -70,8 +63,26 @@ def _prompt_batches(
         prompt_encoder.pad_id,
         with_answer=False,
       )
-      x = embed(encoder_params, llm_params, cf_table, batch)
-      yield chunk, x, batch["input_mask"]
+      yield chunk, batch
+
+
+def _embedded_batches(
+  model,
+  encoder_params,
+  llm_params,
+  cf_table,
+  prompt_encoder,
+  prompts,
+  batch_size,
+  buckets,
+):
+  """Yields (prompt indices, float[B, L, D] embeddings, bool[B, L] mask)."""
+  embed = jax.jit(model.prompt_embeddings)
+  for chunk, batch in prompt_batches(
+    prompt_encoder, prompts, batch_size, buckets
+  ):
+    x = embed(encoder_params, llm_params, cf_table, batch)
+    yield chunk, x, batch["input_mask"]
 
 
 def rank_items(
@@ -105,7 +116,7 @@ def rank_items(
     int32[N, W] item indices best first, -1 where a beam spelled no new item.
   """
   out = np.full((len(prompts), num_beams), -1, np.int32)
-  for chunk, x, mask in _prompt_batches(
+  for chunk, x, mask in _embedded_batches(
     model, encoder_params, llm_params, cf_table, prompt_encoder, prompts,
     batch_size, buckets,
   ):  # fmt: skip
@@ -151,7 +162,7 @@ def generate_texts(
   """
   out = [""] * len(prompts)
   eos = tuple(int(i) for i in prompt_encoder.tokenizer.eos_ids)
-  for chunk, x, mask in _prompt_batches(
+  for chunk, x, mask in _embedded_batches(
     model, encoder_params, llm_params, cf_table, prompt_encoder, prompts,
     batch_size, buckets,
   ):  # fmt: skip

@@ -27,6 +27,12 @@ from ilm_jax.cf.table import ITEM_TYPE, USER_TYPE
 from ilm_jax.data.stage2_examples import SOFT_PROMPT
 from ilm_jax.models.llm.decoder import Decoder
 from ilm_jax.models.qformer import QFormer, QFormerConfig
+from ilm_jax.models.retrieval_head import (
+  HEAD_KEY,
+  RetrievalHead,
+  in_batch_softmax_loss,
+  item_vectors,
+)
 
 VARIANTS = ("ilm", "mlp", "text")
 
@@ -149,17 +155,36 @@ class ItemLanguageModel:
     decoder: the LLM (its params are passed in, frozen).
     encoder: the soft-token encoder (its params are what trains).
     num_users: U; CF rows below it are users (entity type USER_TYPE).
+    retrieval_weight: weight of the retrieval head's in-batch softmax loss
+      beside the generative loss; 0 = no head (``retrieval_head``).
   """
 
   decoder: Decoder
   encoder: SoftTokenEncoder
   num_users: int
+  retrieval_weight: float = 0.0
+
+  @property
+  def head(self) -> RetrievalHead:
+    return RetrievalHead(self.decoder.config.embed_dim)
 
   def init_encoder(self, rng: jax.Array, cf_dim: int):
-    """Boxed (logically partitioned) encoder params."""
+    """Boxed (logically partitioned) trainable params.
+
+    The encoder's tree, plus the retrieval head's under ``HEAD_KEY`` when
+    ``retrieval_weight`` > 0.
+    """
     cf = jnp.zeros((2, cf_dim), jnp.float32)
     types = jnp.zeros((2,), jnp.int32)
-    return self.encoder.init(rng, cf, types)["params"]
+    enc_rng, head_rng = jax.random.split(rng)
+    params = self.encoder.init(enc_rng, cf, types)["params"]
+    if self.retrieval_weight > 0:
+      width = self.decoder.config.embed_dim
+      params = dict(params)
+      params[HEAD_KEY] = self.head.init(
+        head_rng, jnp.zeros((1, width), jnp.float32)
+      )["params"]
+    return params
 
   def entity_types(self, rows: jax.Array) -> jax.Array:
     return jnp.where(rows < self.num_users, USER_TYPE, ITEM_TYPE).astype(
@@ -169,21 +194,54 @@ class ItemLanguageModel:
   def soft_tokens(self, encoder_params, cf_table: jax.Array, entities):
     """(float32[E, S, D], float32[P, D]) of CF rows int32[E]."""
     cf = jnp.take(cf_table, entities, axis=0)
+    params = {k: v for k, v in encoder_params.items() if k != HEAD_KEY}
     return self.encoder.apply(
-      {"params": encoder_params}, cf, self.entity_types(entities)
+      {"params": params}, cf, self.entity_types(entities)
     )
+
+  def _spliced(self, encoder_params, llm_params, cf_table, batch):
+    soft, prompt = self.soft_tokens(encoder_params, cf_table, batch["entities"])
+    words = self.decoder.apply(
+      {"params": llm_params}, batch["tokens"], method=Decoder.embed
+    )
+    x = splice_soft_tokens(
+      words, soft, prompt, batch["slot_entity"], batch["slot_query"]
+    )
+    return x, soft
 
   def prompt_embeddings(
     self, encoder_params, llm_params, cf_table, batch
   ) -> jax.Array:
     """float[B, L, D] input embeddings of a collated batch."""
-    soft, prompt = self.soft_tokens(encoder_params, cf_table, batch["entities"])
-    words = self.decoder.apply(
-      {"params": llm_params}, batch["tokens"], method=Decoder.embed
+    return self._spliced(encoder_params, llm_params, cf_table, batch)[0]
+
+  def item_vectors(self, encoder_params, cf_table, rows) -> jax.Array:
+    """float32[E, D] unit adapted embeddings of CF rows int32[E]."""
+    soft, _ = self.soft_tokens(encoder_params, cf_table, rows)
+    return item_vectors(soft)
+
+  def retrieval_queries(
+    self, encoder_params, llm_params, cf_table, batch
+  ) -> jax.Array:
+    """float32[B, D] unit retrieval queries of a collated prompt batch.
+
+    The query reads the final hidden state at each row's last real prompt
+    token (right padding), where the answer's first token is predicted.
+    """
+    x = self.prompt_embeddings(encoder_params, llm_params, cf_table, batch)
+    mask = batch["input_mask"]
+    out = self.decoder.apply(
+      {"params": llm_params},
+      embeddings=x,
+      input_mask=mask,
+      return_logits=False,
     )
-    return splice_soft_tokens(
-      words, soft, prompt, batch["slot_entity"], batch["slot_query"]
+    last = jnp.sum(mask, axis=1).astype(jnp.int32) - 1
+    hidden = jnp.take_along_axis(out.hidden, last[:, None, None], axis=1)
+    queries, _ = self.head.apply(
+      {"params": encoder_params[HEAD_KEY]}, hidden[:, 0]
     )
+    return queries
 
   def loss(self, encoder_params, frozen, batch, rng=None):
     """Mean next-token cross-entropy over the answer tokens.
@@ -195,12 +253,12 @@ class ItemLanguageModel:
       rng: unused (no dropout); kept for the loop's loss signature.
 
     Returns:
-      (scalar loss, {"token_accuracy", "answer_tokens"}).
+      (scalar loss, {"token_accuracy", "answer_tokens"}, plus with the
+      retrieval head "generative_loss", "retrieval_loss",
+      "retrieval_accuracy", "retrieval_rows").
     """
     del rng
-    x = self.prompt_embeddings(
-      encoder_params, frozen["llm"], frozen["cf"], batch
-    )
+    x, soft = self._spliced(encoder_params, frozen["llm"], frozen["cf"], batch)
     out = self.decoder.apply(
       {"params": frozen["llm"]},
       embeddings=x,
@@ -217,4 +275,24 @@ class ItemLanguageModel:
       "token_accuracy": (correct * mask).sum() / count,
       "answer_tokens": mask.sum(),
     }
-    return (nll * mask).sum() / count, metrics
+    loss = (nll * mask).sum() / count
+    if self.retrieval_weight <= 0:
+      return loss, metrics
+    # Hidden state where the first answer token is predicted (the last
+    # prompt token), as ``retrieval_queries`` reads it at evaluation.
+    first = batch["target_positions"][:, :1]
+    hidden = jnp.take_along_axis(out.hidden, first[..., None], axis=1)
+    queries, temperature = self.head.apply(
+      {"params": encoder_params[HEAD_KEY]}, hidden[:, 0]
+    )
+    r_loss, r_metrics = in_batch_softmax_loss(
+      queries,
+      item_vectors(soft),
+      temperature,
+      batch["target_entity"],
+      batch["entity_is_candidate"],
+    )
+    metrics.update(r_metrics)
+    metrics["generative_loss"] = loss
+    metrics["retrieval_loss"] = r_loss
+    return loss + self.retrieval_weight * r_loss, metrics

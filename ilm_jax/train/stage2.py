@@ -38,7 +38,7 @@ from ilm_jax.data import prompts as P
 from ilm_jax.data import stage2_examples as S2
 from ilm_jax.data.indexing import make_index
 from ilm_jax.decode.item_trie import build_item_trie
-from ilm_jax.eval import generative
+from ilm_jax.eval import generative, retrieval
 from ilm_jax.models import bert
 from ilm_jax.models.ilm import ItemLanguageModel, SoftTokenEncoder
 from ilm_jax.models.llm.decoder import Decoder
@@ -68,6 +68,9 @@ def stage2_config() -> ml_collections.ConfigDict:
   c.ids_as_text = True  # write item/user ids as text before soft tokens
   c.soft_prompt = 8  # "text" variant: trainable soft-prompt vectors
   c.mlp_hidden = 256  # "mlp" variant: hidden width
+  # Retrieval head (beyond the paper): in-batch softmax loss weight beside
+  # the generative loss; > 0 adds the head and reports its full ranking.
+  c.retrieval_weight = 0.0
   # Q-Former shape when it does not come from a stage-1 checkpoint.
   c.qformer = ml_collections.ConfigDict()
   c.qformer.hidden_size = 384  # width (all-MiniLM-L6-v2's)
@@ -245,7 +248,14 @@ def build_model(config, workdir, num_users, cf_dim, llm_config, seed=0):
     mlp_hidden=c.mlp_hidden,
     soft_prompt=c.soft_prompt,
   )
-  model = ItemLanguageModel(Decoder(llm_config), encoder, num_users)
+  if c.retrieval_weight > 0 and c.variant == "text":
+    raise ValueError(
+      "stage2.retrieval_weight > 0 needs entity soft tokens; the 'text' "
+      "variant has none"
+    )
+  model = ItemLanguageModel(
+    Decoder(llm_config), encoder, num_users, float(c.retrieval_weight)
+  )
   boxed = model.init_encoder(jax.random.key(seed), cf_dim)
   init = "random"
   if stage1 is not None:
@@ -329,8 +339,10 @@ def evaluate(
   """Generative metrics per task, split and template set.
 
   Item tasks give ``"{task}/{split}/{templates}"`` -> HR@k / NDCG@k
-  (filtered and unfiltered); text tasks give ``"{task}/{templates}"`` ->
-  semantic consistency (and title accuracy for item descriptions).
+  (filtered and unfiltered), and with the retrieval head also
+  ``"retrieval/{task}/{split}/{templates}"`` (full ranking); text tasks
+  give ``"{task}/{templates}"`` -> semantic consistency (and title
+  accuracy for item descriptions).
 
   Args:
     c: ``config.stage2``.
@@ -350,6 +362,11 @@ def evaluate(
   tasks = tuple(c.eval.tasks)
   out = {}
   common = dict(batch_size=c.eval.batch_size, buckets=tuple(c.length_buckets))
+  items = None
+  if model.retrieval_weight > 0:
+    items = retrieval.catalogue_vectors(
+      model, encoder_params, cf, split.num_items
+    )
   for task in (t for t in tasks if t in P.ITEM_TASKS):
     for split_name in c.eval.splits:
       targets = split.targets(split_name)[users]
@@ -368,6 +385,17 @@ def evaluate(
         metrics["seconds"] = time.time() - start
         metrics["users"] = len(users)
         out[f"{task}/{split_name}/{templates}"] = metrics
+        if items is not None:
+          start = time.time()
+          queries = retrieval.prompt_queries(
+            model, encoder_params, llm_params, cf, prompt_encoder, prompts,
+            **common,
+          )  # fmt: skip
+          metrics = retrieval.retrieval_metrics(
+            queries, items, targets, seen_items
+          )
+          metrics["seconds"] = time.time() - start
+          out[f"retrieval/{task}/{split_name}/{templates}"] = metrics
   titles = split.catalog.item_fields.get("title")
   for task in (t for t in tasks if t in (P.DESCRIPTION, P.PROFILE)):
     entities = _text_entities(c, split, task, users, described, seed)
@@ -397,11 +425,17 @@ def evaluate(
   return out
 
 
-def run(config: ml_collections.ConfigDict, workdir) -> dict:
-  """Trains and evaluates stage 2 under ``workdir/stage2``; returns results."""
+def run(
+  config: ml_collections.ConfigDict, workdir, out_name: str = STAGE_DIR
+) -> dict:
+  """Trains and evaluates stage 2 under ``workdir/out_name``; returns results.
+
+  ``out_name`` lets several stage-2 variants (``launch/compare_stage2.py``)
+  share one workdir's CF table and stage-1 checkpoint.
+  """
   workdir = pathlib.Path(workdir)
   c = config.stage2
-  out_dir = workdir / STAGE_DIR
+  out_dir = workdir / out_name
   out_dir.mkdir(parents=True, exist_ok=True)
   table = run_cf(config, workdir)
   split = load_split(config.dataset)
@@ -429,6 +463,7 @@ def run(config: ml_collections.ConfigDict, workdir) -> dict:
     c.max_answer_tokens,
     prompt_encoder.pad_id,
     config.seed,
+    num_users=split.num_users if c.retrieval_weight > 0 else None,
   )
   prep_seconds = time.time() - start
 
