@@ -53,6 +53,7 @@ def run(
       run_cf(config, workdir)  # no-op when the table is up to date
       results["eval"] = run_baselines(config, workdir)
     else:
+      run_cf(config, workdir)  # both model stages read the CF table
       if importlib.util.find_spec(_MODEL_STAGES[name]) is None:
         raise NotImplementedError(f"stage {name!r} is not available yet")
       module = importlib.import_module(_MODEL_STAGES[name])
