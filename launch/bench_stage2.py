@@ -1,0 +1,182 @@
+r"""Stage-2 timing on this machine: train step, beam search, greedy text.
+
+Builds stage 2 exactly as ``launch/train.py`` would for --config (real LLM,
+prompt mixture, length buckets; a random CF table and Q-Former, since only
+time is measured) and times, per length bucket,
+
+* one training step (compile, then the median of --steps more),
+* one constrained beam search over ``stage2.eval.batch_size`` sequential
+  prompts (compile, then steady),
+* one greedy decode of as many item-description prompts,
+
+then projects the wall time of the config's stage 2: its training steps
+(spread over buckets as its examples are) and its evaluation (users, tasks,
+splits, template sets). Writes ``bench_stage2.json`` to --workdir.
+
+  python launch/bench_stage2.py --config=configs/default.py \
+      --workdir=workdir/bench_stage2
+"""
+
+import json
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
+from flax import linen as nn  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from ilm_jax.data import load_split  # noqa: E402
+from ilm_jax.data import prompts as P  # noqa: E402
+from ilm_jax.data import stage2_examples as S2  # noqa: E402
+from ilm_jax.data.indexing import make_index  # noqa: E402
+from ilm_jax.eval import generative  # noqa: E402
+from ilm_jax.train import loop, stage2  # noqa: E402
+from ilm_jax.train.stage2_llm import load_stage2_llm  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file(
+  "config", "configs/default.py", "Experiment config (as for train.py)."
+)
+_WORKDIR = flags.DEFINE_string(
+  "workdir", "workdir/bench_stage2", "Output directory."
+)
+_STEPS = flags.DEFINE_integer("steps", 3, "Timed steps per bucket (median).")
+
+
+def _timed(fn):
+  start = time.perf_counter()
+  out = fn()
+  jax.block_until_ready(out)
+  return time.perf_counter() - start
+
+
+def _bucket_batches(data, buckets, count):
+  """``count`` training batches of each bucket length (where any exist)."""
+  want = {b: [] for b in buckets if any(data.members[buckets.index(b)])}
+  for _ in range(100 * count * len(buckets)):
+    if all(len(v) >= count + 1 for v in want.values()):
+      break
+    batch = next(data)
+    length = batch["tokens"].shape[1]
+    if len(want[length]) < count + 1:
+      want[length].append(batch)
+  return want
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  config = _CONFIG.value
+  c = config.stage2
+  buckets = tuple(c.length_buckets)
+  split = load_split(config.dataset)
+  index = make_index(split, config.dataset.indexing, config.seed)
+  llm_config, llm_params, tokenizer = load_stage2_llm(c.llm, config.seed)
+  rows = split.num_users + split.num_items
+  cf = np.random.default_rng(0).normal(size=(rows, config.cf.dim))
+  cf = cf.astype(np.float32)
+  model, boxed, _ = stage2.build_model(
+    config, "/nonexistent", split.num_users, config.cf.dim, llm_config
+  )
+  encoder = S2.PromptEncoder(
+    tokenizer,
+    index,
+    split.num_users,
+    stage2.coding_of(c, model.encoder),
+    c.max_answer_tokens,
+  )
+  trie = stage2.build_trie(encoder, llm_config.vocab_size)
+  examples, _ = stage2.training_examples(c, split, index, encoder, config.seed)
+  data = S2.BucketBatches(
+    examples, c.batch_size, buckets, c.max_answer_tokens, encoder.pad_id,
+    num_users=split.num_users if c.retrieval_weight > 0 else None,
+  )  # fmt: skip
+  share = {
+    b: len(m) / len(examples) for b, m in zip(buckets, data.members) if m
+  }
+  trainer = loop.Trainer(
+    model.loss, c.train, nn.unbox(boxed), nn.get_partition_spec(boxed)
+  )
+  state = trainer.init_state(nn.unbox(boxed))
+  frozen = trainer.place_frozen({"llm": llm_params, "cf": cf})
+  train = {}
+  for length, batches in _bucket_batches(data, buckets, _STEPS.value).items():
+    times = []
+    for batch in batches:
+      placed = trainer.place_batch(batch)
+
+      def step(placed=placed):
+        nonlocal state
+        state, metrics = trainer.step(state, frozen, placed)
+        return metrics
+
+      times.append(_timed(step))
+    train[length] = {"first": times[0], "step": statistics.median(times[1:])}
+    print(f"train L={length}: first {times[0]:.1f}s, step {train[length]}")
+  params = jax.device_get(state.params)
+  users = np.arange(c.eval.batch_size)
+  seq = S2.evaluation_prompts(split, "test", False, users, P.SEQUENTIAL,
+                              c.max_history)  # fmt: skip
+  common = dict(batch_size=c.eval.batch_size, buckets=buckets)
+  beam = [
+    _timed(lambda: generative.rank_items(
+      model, params, llm_params, cf, encoder, seq, trie,
+      num_beams=c.eval.num_beams, **common,
+    ))
+    for _ in range(2)
+  ]  # fmt: skip
+  desc = S2.text_evaluation_prompts(split, P.DESCRIPTION, False, users)
+  text = [
+    _timed(lambda: generative.generate_texts(
+      model, params, llm_params, cf, encoder, desc,
+      max_new_tokens=c.max_answer_tokens, **common,
+    ))
+    for _ in range(2)
+  ]  # fmt: skip
+  print(f"beam search batch: {beam}, greedy text batch: {text}")
+  steps = int(c.train.num_steps)
+  train_s = sum(
+    train[b]["first"] + share[b] * steps * train[b]["step"] for b in train
+  )
+  users_n = c.eval.max_users if c.eval.max_users > 0 else split.num_users
+  item_tasks = [t for t in c.eval.tasks if t in P.ITEM_TASKS]
+  text_tasks = [t for t in c.eval.tasks if t not in P.ITEM_TASKS]
+  sets = len(c.eval.templates)
+  item_batches = -(-users_n // c.eval.batch_size) * len(item_tasks)
+  item_batches *= len(c.eval.splits) * sets
+  text_batches = -(-c.eval.max_text_prompts // c.eval.batch_size)
+  text_batches *= len(text_tasks) * sets
+  eval_s = beam[0] + item_batches * beam[1] + text[0] + text_batches * text[1]
+  out = {
+    "config": {
+      "steps": steps, "batch_size": int(c.batch_size), "buckets": buckets,
+      "bucket_share": share, "eval_users": users_n,
+      "item_eval_batches": item_batches, "text_eval_batches": text_batches,
+      "qformer_layers": c.qformer.num_layers,
+      "queries": c.qformer.num_queries, "llm": c.llm,
+    },
+    "train_seconds_per_bucket": train,
+    "beam_search_batch_seconds": {"first": beam[0], "steady": beam[1]},
+    "greedy_text_batch_seconds": {"first": text[0], "steady": text[1]},
+    "projected_train_seconds": train_s,
+    "projected_eval_seconds": eval_s,
+    "devices": [str(d) for d in jax.devices()][:1] + [len(jax.devices())],
+  }  # fmt: skip
+  os.makedirs(_WORKDIR.value, exist_ok=True)
+  path = os.path.join(_WORKDIR.value, "bench_stage2.json")
+  with open(path, "w") as f:
+    json.dump(out, f, indent=2, default=str)
+  print(json.dumps(out, indent=2, default=str))
+  print(
+    f"projected stage 2: train {train_s / 60:.1f} min + eval "
+    f"{eval_s / 60:.1f} min = {(train_s + eval_s) / 60:.1f} min"
+  )
+
+
+if __name__ == "__main__":
+  app.run(main)
