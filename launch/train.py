@@ -65,7 +65,7 @@ def main(argv):
   if "stage1" in results:
     metrics = {
       k: v for k, v in results["stage1"].items()
-      if isinstance(v, float) and ("recall" in k or "chance" in k)
+      if isinstance(v, float) and ("recall" in k or "heldout" in k)
     }  # fmt: skip
     print(markdown_table({"stage1": metrics}, f"{name}: stage-1 retrieval"))
   if "stage2" in results:
