@@ -1,0 +1,165 @@
+"""ILM vs its baselines under one budget: ILM, ILM-rand, MLP, text-only.
+
+All variants share the workdir's CF table and stage-1 checkpoint (trained
+once, first) and differ only in ``config.stage2`` fields, so a row differs
+from another only in what it claims to test. Each variant trains and
+evaluates in ``workdir/stage2_<variant>`` (resumable); the summary is one
+row per model with the headline metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import time
+
+import ml_collections
+
+from ilm_jax.data import prompts as P
+from ilm_jax.eval.report import bar_plot, markdown_table
+from ilm_jax.pipeline import run as pipeline
+from ilm_jax.pipeline.baselines_stage import summary_rows
+from ilm_jax.train import stage2
+
+# Variant name -> config.stage2 overrides.
+VARIANTS: dict[str, dict] = {
+  "ilm": {"variant": "ilm", "init": "stage1"},
+  "ilm-rand": {"variant": "ilm", "init": "random"},
+  "mlp": {"variant": "mlp", "init": "random"},
+  "text": {"variant": "text", "init": "random"},
+  "ilm+retrieval": {
+    "variant": "ilm",
+    "init": "stage1",
+    "retrieval_weight": 1.0,
+  },
+}
+DEFAULT_VARIANTS = ("ilm", "ilm-rand", "mlp", "text")
+RANKING_KEYS = ("HR@5", "HR@10", "NDCG@5", "NDCG@10")
+RESULTS_FILE = "compare.json"
+TABLE_FILE = "compare.md"
+PLOT_FILE = "compare.png"
+
+
+def variant_config(
+  config: ml_collections.ConfigDict, name: str
+) -> ml_collections.ConfigDict:
+  """A copy of ``config`` with the stage-2 fields of variant ``name``."""
+  if name not in VARIANTS:
+    raise ValueError(
+      f"unknown stage-2 variant {name!r}; known: {list(VARIANTS)}"
+    )
+  out = ml_collections.ConfigDict(config.to_dict())
+  for key, value in VARIANTS[name].items():
+    out.stage2[key] = value
+  return out
+
+
+def summary_row(
+  results: dict, split: str, templates: str, mode: str = "filtered"
+) -> dict[str, float]:
+  """Headline metrics of one stage-2 result.
+
+  Args:
+    results: ``stage2.run``'s return value.
+    split: "valid" or "test".
+    templates: "seen" or "unseen".
+    mode: "filtered" or "unfiltered" ranking.
+
+  Returns:
+    {"HR@5", ..., "NDCG@10"} of sequential recommendation (generative
+    decoding), "retrieval HR@10" / "retrieval NDCG@10" when the retrieval
+    head was trained, "SC description", "SC profile", "title accuracy",
+    "train s" (whichever are present).
+  """
+  ev = results.get("eval", {})
+  row = {}
+  seq = ev.get(f"{P.SEQUENTIAL}/{split}/{templates}", {})
+  for key in RANKING_KEYS:
+    if f"{mode}/{key}" in seq:
+      row[key] = seq[f"{mode}/{key}"]
+  ret = ev.get(f"retrieval/{P.SEQUENTIAL}/{split}/{templates}", {})
+  for key in ("HR@10", "NDCG@10"):
+    if f"{mode}/{key}" in ret:
+      row[f"retrieval {key}"] = ret[f"{mode}/{key}"]
+  for task in (P.DESCRIPTION, P.PROFILE):
+    text = ev.get(f"{task}/{templates}", {})
+    if "SC" in text:
+      row[f"SC {task}"] = text["SC"]
+  desc = ev.get(f"{P.DESCRIPTION}/{templates}", {})
+  if "title_accuracy" in desc:
+    row["title accuracy"] = desc["title_accuracy"]
+  if "train_seconds" in results:
+    row["train s"] = results["train_seconds"]
+  return row
+
+
+def compare(
+  config: ml_collections.ConfigDict,
+  workdir,
+  variants=DEFAULT_VARIANTS,
+  split: str = "test",
+  templates: str = "unseen",
+) -> dict:
+  """Trains and evaluates each variant; writes JSON, markdown and a plot.
+
+  Args:
+    config: the experiment config (its stage-2 fields are the budget).
+    workdir: shared workdir (cf/, eval/, stage1/, stage2_<variant>/).
+    variants: names from VARIANTS.
+    split: held-out split of the summary table.
+    templates: template set of the summary table.
+
+  Returns:
+    {"rows": {model: metrics}, "results": {variant: stage-2 results},
+    "seconds": {stage or variant: wall seconds}, "budget": {...}}.
+  """
+  workdir = pathlib.Path(workdir)
+  for name in variants:
+    variant_config(config, name)  # fail fast on a bad name
+  if split not in config.stage2.eval.splits:
+    raise ValueError(f"split {split!r} not in stage2.eval.splits")
+  if templates not in config.stage2.eval.templates:
+    raise ValueError(f"templates {templates!r} not in stage2.eval.templates")
+  seconds = {}
+  start = time.time()
+  base = pipeline.run(config, workdir, "eval")
+  seconds["cf+baselines"] = time.time() - start
+  if any(VARIANTS[n].get("init") == "stage1" for n in variants):
+    start = time.time()
+    pipeline.run(config, workdir, "stage1")
+    seconds["stage1"] = time.time() - start
+  results, rows = {}, {}
+  for model, values in summary_rows(base["eval"], split, "filtered").items():
+    rows[f"{model} (all users)"] = {
+      k: v for k, v in values.items() if k in RANKING_KEYS
+    }
+  for name in variants:
+    start = time.time()
+    results[name] = stage2.run(
+      variant_config(config, name), workdir, f"{stage2.STAGE_DIR}_{name}"
+    )
+    seconds[name] = time.time() - start
+    rows[name] = summary_row(results[name], split, templates)
+  c = config.stage2
+  budget = {
+    "steps": int(c.train.num_steps),
+    "batch_size": int(c.batch_size),
+    "examples_per_task": int(c.examples_per_task),
+    "eval_users": int(c.eval.max_users),
+    "text_prompts": int(c.eval.max_text_prompts),
+    "llm": c.llm,
+    "dataset": config.dataset.name,
+    "max_users": int(config.dataset.max_users),
+  }
+  out = {"rows": rows, "results": results, "seconds": seconds, "budget": budget}
+  (workdir / RESULTS_FILE).write_text(json.dumps(out, indent=2, default=str))
+  title = (
+    f"{config.dataset.name}: stage-2 variants, {split}, {templates} "
+    f"templates, filtered ({budget['steps']} steps x {budget['batch_size']})"
+  )
+  (workdir / TABLE_FILE).write_text(markdown_table(rows, title))
+  plotted = {
+    m: {k: v for k, v in r.items() if k != "train s"} for m, r in rows.items()
+  }
+  bar_plot(plotted, workdir / PLOT_FILE, title)
+  return out

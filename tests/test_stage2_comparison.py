@@ -1,0 +1,86 @@
+"""The stage-2 comparison: variant configs, summary rows, launcher, a run."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO_ROOT
+
+from ilm_jax.pipeline import stage2_comparison as C
+from tests.test_stage2 import _config
+
+
+def test_variant_config_changes_stage2_fields_only():
+  base = _config()
+  rand = C.variant_config(base, "ilm-rand")
+  assert (rand.stage2.variant, rand.stage2.init) == ("ilm", "random")
+  assert C.variant_config(base, "text").stage2.variant == "text"
+  assert C.variant_config(base, "ilm+retrieval").stage2.retrieval_weight > 0
+  assert base.stage2.init == "stage1"  # the original is untouched
+  assert rand.cf.to_dict() == base.cf.to_dict()
+  assert rand.stage2.train.num_steps == base.stage2.train.num_steps
+  with pytest.raises(ValueError, match="unknown stage-2 variant"):
+    C.variant_config(base, "gpt")
+
+
+def test_summary_row_picks_the_requested_split_and_templates():
+  results = {
+    "train_seconds": 12.0,
+    "eval": {
+      "sequential/test/unseen": {"filtered/HR@5": 0.25, "filtered/NDCG@10": 0.1,
+                                 "unfiltered/HR@5": 0.5},
+      "sequential/valid/unseen": {"filtered/HR@5": 0.75},
+      "retrieval/sequential/test/unseen": {"filtered/HR@10": 0.3},
+      "description/unseen": {"SC": 0.4, "title_accuracy": 0.125},
+      "description/seen": {"SC": 0.9},
+      "profile/unseen": {"SC": 0.6},
+    },
+  }  # fmt: skip
+  row = C.summary_row(results, "test", "unseen")
+  assert row == {
+    "HR@5": 0.25,
+    "NDCG@10": 0.1,
+    "retrieval HR@10": 0.3,
+    "SC description": 0.4,
+    "SC profile": 0.6,
+    "title accuracy": 0.125,
+    "train s": 12.0,
+  }
+  assert C.summary_row(results, "test", "unseen", "unfiltered")["HR@5"] == 0.5
+  assert C.summary_row(results, "valid", "seen") == {
+    "SC description": 0.9,
+    "train s": 12.0,
+  }
+
+
+def test_launcher_help():
+  out = subprocess.run(
+    [sys.executable, str(REPO_ROOT / "launch" / "compare_stage2.py"), "--help"],
+    cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+    env={"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"},
+  )  # fmt: skip
+  assert out.returncode in (0, 1), out.stderr
+  for word in ("--config", "--workdir", "--variants", "ilm-rand", "--split"):
+    assert word in out.stdout
+
+
+@pytest.mark.slow
+def test_compare_writes_table_json_and_plot(tmp_path):
+  config = _config()
+  config.stage2.eval.tasks = ("sequential", "description")
+  out = C.compare(config, tmp_path, ("ilm-rand", "text"), "valid", "unseen")
+  assert set(out["rows"]) >= {"ilm-rand", "text", "als (all users)"}
+  for name in ("ilm-rand", "text"):
+    row = out["rows"][name]
+    assert {"HR@5", "HR@10", "NDCG@5", "NDCG@10", "SC description"} <= set(row)
+    assert (tmp_path / f"stage2_{name}" / "results.json").exists()
+  assert out["results"]["text"]["variant"] == "text"
+  assert out["budget"]["steps"] == config.stage2.train.num_steps
+  saved = json.loads((tmp_path / C.RESULTS_FILE).read_text())
+  assert saved["rows"] == out["rows"]
+  table = (tmp_path / C.TABLE_FILE).read_text()
+  assert "| ilm-rand |" in table and "| text |" in table
+  assert (tmp_path / C.PLOT_FILE).stat().st_size > 0
+  with pytest.raises(ValueError, match="split"):
+    C.compare(config, tmp_path, ("text",), "test", "unseen")
