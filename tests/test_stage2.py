@@ -1,6 +1,7 @@
 """Stage-2 training: frozen LLM, stage-1 start, and an end-to-end tiny run."""
 
 import copy
+import dataclasses
 import json
 
 import jax
@@ -110,8 +111,16 @@ def _save_stage1(workdir):
   )
   state = loop.TrainState(step=np.int32(7), params=params, opt_state={})
   manager = ckpt.make_manager(workdir / "stage1" / loop.CHECKPOINT_DIR, 1, 1)
-  run_config = {"stage1": {"bert": {"num_attention_heads": 2}}}
-  ckpt.save(manager, 7, state, {}, run_config, force=True)
+  ckpt.save(manager, 7, state, {}, {}, force=True)
+  # The model file stage 1 writes beside its checkpoints: the exact shape.
+  model_file = {
+    "bert": dataclasses.asdict(QCFG.bert),
+    "num_queries": QCFG.num_queries,
+    "num_cf_tokens": QCFG.num_cf_tokens,
+    "cf_dim": QCFG.cf_dim,
+    "cross_attention_freq": QCFG.cross_attention_freq,
+  }
+  (workdir / "stage1" / "qformer.json").write_text(json.dumps(model_file))
   manager.wait_until_finished()
   manager.close()
   return params

@@ -32,7 +32,6 @@ import numpy as np
 from flax import linen as nn
 from jax.sharding import PartitionSpec
 
-from ilm_jax.checkpoint import manager as ckpt
 from ilm_jax.data import load_split
 from ilm_jax.data import prompts as P
 from ilm_jax.data import stage2_examples as S2
@@ -45,11 +44,10 @@ from ilm_jax.models.llm.decoder import Decoder
 from ilm_jax.models.qformer import QFormerConfig
 from ilm_jax.pipeline.cf_stage import run_cf
 from ilm_jax.sharding.mesh import make_mesh
-from ilm_jax.train import loop
+from ilm_jax.train import loop, stage1
 from ilm_jax.train.stage2_llm import load_stage2_llm
 
 STAGE_DIR = "stage2"
-STAGE1_CHECKPOINTS = pathlib.Path("stage1") / loop.CHECKPOINT_DIR
 RESULTS_FILE = "results.json"
 
 
@@ -123,62 +121,6 @@ def shrink_stage2_for_cpu(c: ml_collections.ConfigDict):
   return c
 
 
-def _find_key(tree, key):
-  """First value of ``key`` anywhere in a nested dict (None if absent)."""
-  if isinstance(tree, dict):
-    if key in tree:
-      return tree[key]
-    for value in tree.values():
-      found = _find_key(value, key)
-      if found is not None:
-        return found
-  return None
-
-
-def qformer_config_from_params(qparams, run_config, fallback) -> QFormerConfig:
-  """The shape of a saved Q-Former, read off its parameter shapes.
-
-  Head count is not visible in shapes: it comes from the stage-1 run config
-  (any ``num_attention_heads`` field) or else from ``fallback.num_heads``.
-  """
-  k, width = np.shape(qparams["query_tokens"])
-  cf_dim, cf_out = np.shape(qparams["cf_proj"]["kernel"])
-  layers = sorted(
-    int(n.split("_")[1]) for n in qparams if n.startswith("layer_")
-  )
-  cross = [i for i in layers if "cross_attention" in qparams[f"layer_{i}"]]
-  freq = cross[1] - cross[0] if len(cross) > 1 else len(layers)
-  inter = np.shape(qparams["layer_0"]["ffn_query"]["intermediate"]["kernel"])[1]
-  heads = (
-    _find_key(run_config or {}, "num_attention_heads") or fallback.num_heads
-  )
-  emb = qparams.get("embeddings", {})
-  extra = {}
-  if "word_embeddings" in emb:
-    extra["vocab_size"] = np.shape(emb["word_embeddings"]["embedding"])[0]
-  if "position_embeddings" in emb:
-    extra["max_position_embeddings"] = np.shape(
-      emb["position_embeddings"]["embedding"]
-    )[0]
-  bcfg = bert.BertConfig(
-    hidden_size=int(width),
-    num_hidden_layers=len(layers),
-    num_attention_heads=int(heads),
-    intermediate_size=int(inter),
-    **extra,
-  )
-  return QFormerConfig(
-    bert=bcfg,
-    num_queries=int(k),
-    num_cf_tokens=int(cf_out // width),
-    cf_dim=int(cf_dim),
-    cross_attention_freq=int(freq),
-    num_entity_types=int(
-      np.shape(qparams["entity_type_embed"]["embedding"])[0]
-    ),
-  )
-
-
 def _fresh_qformer_config(c, cf_dim: int) -> QFormerConfig:
   q = c.qformer
   bcfg = bert.BertConfig(
@@ -197,17 +139,19 @@ def _fresh_qformer_config(c, cf_dim: int) -> QFormerConfig:
 
 
 def load_stage1_qformer(workdir: pathlib.Path):
-  """(Q-Former params, run config) of the latest stage-1 checkpoint or None."""
-  directory = workdir / STAGE1_CHECKPOINTS
-  if not directory.exists():
+  """(QFormerConfig, Q-Former params) stage 1 saved in ``workdir``, or None.
+
+  Stage 1 writes its model file (``qformer.json``, the exact Q-Former shape)
+  and checkpoints; without both there is nothing to start from.
+  """
+  stage1_dir = pathlib.Path(workdir) / stage1.STAGE_DIR
+  if not (stage1_dir / stage1.MODEL_FILE).exists():
     return None
   try:
-    params, run_config = ckpt.load_params(directory)
+    qcfg, params, _ = stage1.load_stage1_qformer(stage1_dir)
   except FileNotFoundError:
     return None
-  if "qformer" not in params:
-    raise ValueError(f"{directory}: stage-1 params have no 'qformer' subtree")
-  return params["qformer"], run_config
+  return qcfg, params
 
 
 def _overlay(boxed, saved, where: str):
@@ -246,7 +190,7 @@ def build_model(config, workdir, num_users, cf_dim, llm_config, seed=0):
       f"stage2.init must be 'stage1' or 'random', got {c.init!r}"
     )
   if stage1 is not None:
-    qcfg = qformer_config_from_params(stage1[0], stage1[1], c.qformer)
+    qcfg = stage1[0]
   else:
     qcfg = _fresh_qformer_config(c, cf_dim)
   encoder = SoftTokenEncoder(
@@ -268,12 +212,12 @@ def build_model(config, workdir, num_users, cf_dim, llm_config, seed=0):
   init = "random"
   if stage1 is not None:
     boxed = dict(boxed)
-    boxed["qformer"] = _overlay(boxed["qformer"], stage1[0], "stage-1 Q-Former")
+    boxed["qformer"] = _overlay(boxed["qformer"], stage1[1], "stage-1 Q-Former")
     init = "stage1"
   elif c.variant == "ilm" and c.init == "stage1":
     logging.warning(
       "stage2: no stage-1 checkpoint in %s; the Q-Former starts random",
-      pathlib.Path(workdir) / STAGE1_CHECKPOINTS,
+      pathlib.Path(workdir) / stage1.STAGE_DIR,
     )
   return model, boxed, init
 
