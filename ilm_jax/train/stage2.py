@@ -182,15 +182,15 @@ def _overlay(boxed, saved, where: str):
 def build_model(config, workdir, num_users, cf_dim, llm_config, seed=0):
   """(ItemLanguageModel, boxed encoder params, init description)."""
   c = config.stage2
-  stage1 = None
+  saved = None
   if c.variant == "ilm" and c.init == "stage1":
-    stage1 = load_stage1_qformer(pathlib.Path(workdir))
+    saved = load_stage1_qformer(pathlib.Path(workdir))
   elif c.init not in ("stage1", "random"):
     raise ValueError(
       f"stage2.init must be 'stage1' or 'random', got {c.init!r}"
     )
-  if stage1 is not None:
-    qcfg = stage1[0]
+  if saved is not None:
+    qcfg = saved[0]
   else:
     qcfg = _fresh_qformer_config(c, cf_dim)
   encoder = SoftTokenEncoder(
@@ -210,9 +210,9 @@ def build_model(config, workdir, num_users, cf_dim, llm_config, seed=0):
   )
   boxed = model.init_encoder(jax.random.key(seed), cf_dim)
   init = "random"
-  if stage1 is not None:
+  if saved is not None:
     boxed = dict(boxed)
-    boxed["qformer"] = _overlay(boxed["qformer"], stage1[1], "stage-1 Q-Former")
+    boxed["qformer"] = _overlay(boxed["qformer"], saved[1], "stage-1 Q-Former")
     init = "stage1"
   elif c.variant == "ilm" and c.init == "stage1":
     logging.warning(
