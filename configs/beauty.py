@@ -1,6 +1,6 @@
 """OpenP5 Amazon Beauty (../shared/data) with its short item text.
 
-Usage: launch/train.py --config=configs/beauty.py[:small] --workdir=...
+Usage: launch/train.py --config=configs/beauty.py[:cpu|:small] --workdir=...
 """
 
 from ilm_jax import experiment_config

@@ -1,6 +1,6 @@
 """OpenP5 Amazon Clothing (../shared/data); items have no text.
 
-Usage: launch/train.py --config=configs/clothing.py[:small] --workdir=...
+Usage: launch/train.py --config=configs/clothing.py[:cpu|:small] --workdir=...
 """
 
 from ilm_jax import experiment_config

@@ -1,6 +1,6 @@
 """OpenP5 MovieLens-100K (../shared/data), titles joined from u.item.
 
-Usage: launch/train.py --config=configs/ml100k.py[:small] --workdir=...
+Usage: launch/train.py --config=configs/ml100k.py[:cpu|:small] --workdir=...
 """
 
 from ilm_jax import experiment_config

@@ -1,6 +1,6 @@
 """MovieLens-1M ratings (../shared/data/ml-1m), 5-core.
 
-Usage: launch/train.py --config=configs/ml1m.py[:small] --workdir=...
+Usage: launch/train.py --config=configs/ml1m.py[:cpu|:small] --workdir=...
 """
 
 from ilm_jax import experiment_config

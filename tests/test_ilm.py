@@ -10,7 +10,11 @@ from ilm_jax.data import prompts as P
 from ilm_jax.data import stage2_examples as S2
 from ilm_jax.data.indexing import random_indexing
 from ilm_jax.models.bert import BertConfig
-from ilm_jax.models.ilm import ItemLanguageModel, SoftTokenEncoder
+from ilm_jax.models.ilm import (
+  ItemLanguageModel,
+  SoftTokenEncoder,
+  word_embedding_rms,
+)
 from ilm_jax.models.llm import Decoder
 from ilm_jax.models.qformer import QFormerConfig
 from ilm_jax.train.stage2_llm import char_tokenizer, tiny_llm
@@ -136,3 +140,29 @@ def test_loss_counts_answer_tokens_only(llm):
   b2["target_tokens"] = batch["target_tokens"].copy()
   b2["target_tokens"][0, 0] = (b2["target_tokens"][0, 0] + 1) % 100
   assert float(model.loss(enc_params, frozen, b2)[0]) != float(loss)
+
+
+@pytest.mark.parametrize("variant", ["ilm", "mlp", "text"])
+def test_soft_tokens_start_at_the_scale_of_word_embeddings(llm, variant):
+  config, params = llm
+  decoder = Decoder(config)
+  rms = word_embedding_rms(decoder, params)
+  table = np.asarray(params["embedding"], np.float32)
+  np.testing.assert_allclose(rms, np.sqrt(np.mean(table**2)), rtol=0.05)
+  target = 0.05  # far from 1.0, the scale a plain initialisation gives
+  encoder = SoftTokenEncoder(
+    variant,
+    config.embed_dim,
+    QCFG if variant == "ilm" else None,
+    mlp_hidden=64,
+    soft_prompt=4,
+    token_rms=target,
+  )
+  cf = jax.random.normal(jax.random.key(1), (32, CF_DIM))
+  types = jnp.arange(32) % 2
+  variables = encoder.init(jax.random.key(0), cf, types)
+  soft, prompt = encoder.apply(variables, cf, types)
+  out = prompt if variant == "text" else soft
+  measured = float(jnp.sqrt(jnp.mean(jnp.square(out))))
+  # The MLP's GELU halves its hidden variance, so allow a factor of ~2.
+  assert target / 2.5 < measured < target * 1.5, measured

@@ -2,7 +2,10 @@
 
 import copy
 import dataclasses
+import functools
 import json
+import pathlib
+import tempfile
 
 import jax
 import numpy as np
@@ -126,8 +129,28 @@ def _save_stage1(workdir):
   return params
 
 
+@functools.cache
+def _tiny_bert_config_dir() -> str:
+  """A directory with only a tiny BERT's config.json (a random Q-Former's
+  shape needs no weights)."""
+  directory = pathlib.Path(tempfile.mkdtemp(prefix="tiny_bert_"))
+  fields = {
+    k: v for k, v in dataclasses.asdict(QCFG.bert).items() if k != "vocab_size"
+  }
+  fields["vocab_size"] = 40
+  (directory / "config.json").write_text(json.dumps(fields))
+  return str(directory)
+
+
 def _config(**stage2_fields):
   c = base_config()
+  # The random Q-Former (ILM-rand, or no stage-1 checkpoint) takes the shape
+  # of config.qformer, as stage 1 would build it.
+  c.qformer.bert_path = _tiny_bert_config_dir()
+  c.qformer.num_layers = 2
+  c.qformer.num_queries = 2
+  c.qformer.num_cf_tokens = 2
+  c.qformer.max_text_length = 12
   c.dataset.max_users = 24
   c.cf.dim, c.cf.sweeps = 8, 2
   c.stage2 = stage2.shrink_stage2_for_cpu(stage2.stage2_config())
@@ -135,8 +158,6 @@ def _config(**stage2_fields):
   s.llm = "tiny"
   s.examples_per_task = 16
   s.length_buckets = (128, 256)
-  s.qformer.hidden_size, s.qformer.num_heads = 16, 2
-  s.qformer.intermediate_size = 32
   s.batch_size = 8  # the 8 fake devices of the data axis
   s.train.num_steps = 3
   s.train.checkpoint_every = 3
@@ -170,8 +191,10 @@ def test_stage2_starts_from_stage1_checkpoint(tmp_path):
     "embeddings", {}
   )
   config.stage2.init = "random"
-  _, _, init = stage2.build_model(config, tmp_path, 5, 8, llm_config)
+  model, _, init = stage2.build_model(config, tmp_path, 5, 8, llm_config)
   assert init == "random"
+  # ILM-rand has exactly the shape stage 1 trains (from config.qformer).
+  assert model.encoder.qformer_config == QCFG
 
 
 def _write_cf_table(config, workdir):

@@ -69,6 +69,7 @@ def test_launcher_help():
 def test_compare_writes_table_json_and_plot(tmp_path):
   config = _config()
   config.stage2.eval.tasks = ("sequential", "description")
+  config.stage2.eval.templates = ("seen", "unseen")
   out = C.compare(config, tmp_path, ("ilm-rand", "text"), "valid", "unseen")
   assert set(out["rows"]) >= {"ilm-rand", "text", "als (all users)"}
   for name in ("ilm-rand", "text"):
@@ -81,6 +82,8 @@ def test_compare_writes_table_json_and_plot(tmp_path):
   assert saved["rows"] == out["rows"]
   table = (tmp_path / C.TABLE_FILE).read_text()
   assert "| ilm-rand |" in table and "| text |" in table
+  # the chosen (split, templates) first, then every other evaluated one
+  assert table.index(", unseen templates") < table.index(", seen templates")
   assert (tmp_path / C.PLOT_FILE).stat().st_size > 0
   with pytest.raises(ValueError, match="split"):
     C.compare(config, tmp_path, ("text",), "test", "unseen")

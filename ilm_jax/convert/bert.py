@@ -64,10 +64,18 @@ def minilm_dir() -> pathlib.Path:
   return pathlib.Path(list(spec.submodule_search_locations)[0]) / "model"
 
 
-def resolve_bert_dir(path: str | pathlib.Path | None) -> pathlib.Path:
-  """A BERT directory: ``path``, or all-MiniLM-L6-v2 when empty/None."""
+def resolve_bert_dir(
+  path: str | pathlib.Path | None, weights: bool = True
+) -> pathlib.Path:
+  """A BERT directory: ``path``, or all-MiniLM-L6-v2 when empty/None.
+
+  Args:
+    path: the directory, or None / "" for all-MiniLM-L6-v2.
+    weights: also require the weights file (False: its config is enough,
+      e.g. to shape a randomly initialised model).
+  """
   directory = pathlib.Path(path) if path else minilm_dir()
-  for name in (CONFIG_FILE, WEIGHTS_FILE):
+  for name in (CONFIG_FILE, WEIGHTS_FILE) if weights else (CONFIG_FILE,):
     if not (directory / name).exists():
       raise FileNotFoundError(f"{directory / name}: missing BERT file")
   return directory
@@ -123,6 +131,12 @@ def convert_state_dict(
       f"{config.num_hidden_layers} layers"
     )
   return params
+
+
+def load_bert_config(path: str | pathlib.Path | None = None) -> BertConfig:
+  """Reads only the config of a BERT directory (default: MiniLM)."""
+  directory = resolve_bert_dir(path, weights=False)
+  return BertConfig.from_json(directory / CONFIG_FILE)
 
 
 def load_bert(

@@ -37,11 +37,15 @@ from ilm_jax.models.retrieval_head import (
 VARIANTS = ("ilm", "mlp", "text")
 
 
-def _dense(features: int, axes, name: str) -> nn.Dense:
+def _dense(features: int, axes, name: str, out_rms: float = 1.0) -> nn.Dense:
+  """Dense layer whose outputs start at RMS ~``out_rms`` for unit inputs."""
   return nn.Dense(
     features,
     kernel_init=nn.with_logical_partitioning(
-      nn.initializers.lecun_normal(), axes
+      nn.initializers.variance_scaling(
+        out_rms**2, "fan_in", "truncated_normal"
+      ),
+      axes,
     ),
     bias_init=nn.with_logical_partitioning(
       nn.initializers.zeros_init(), (axes[1],)
@@ -59,6 +63,10 @@ class SoftTokenEncoder(nn.Module):
     qformer_config: Q-Former shape ("ilm").
     mlp_hidden: hidden width of the MLP ("mlp").
     soft_prompt: P trainable prompt vectors ("text"); at least 1 there.
+    token_rms: RMS of the LLM's input word embeddings. Soft tokens start at
+      this scale (adapter / MLP output initialisation, soft-prompt init),
+      so the frozen LLM first sees inputs of the size it was trained on
+      rather than ones several times larger that swamp the prompt's words.
   """
 
   variant: str
@@ -66,6 +74,7 @@ class SoftTokenEncoder(nn.Module):
   qformer_config: QFormerConfig | None = None
   mlp_hidden: int = 256
   soft_prompt: int = 0
+  token_rms: float = 1.0
 
   @property
   def tokens_per_entity(self) -> int:
@@ -95,22 +104,35 @@ class SoftTokenEncoder(nn.Module):
       queries = QFormer(self.qformer_config, name="qformer").encode_entities(
         cf, types
       )
-      soft = _dense(d, (None, "embed"), "adapter")(queries)
+      # Q-Former outputs are layer-normed (unit RMS per entity token).
+      soft = _dense(d, (None, "embed"), "adapter", self.token_rms)(queries)
       return soft, empty_prompt
     if self.variant == "mlp":
       h = nn.gelu(_dense(self.mlp_hidden, ("cf_dim", "mlp"), "mlp_in")(cf))
-      soft = _dense(d, ("mlp", "embed"), "mlp_out")(h)
+      soft = _dense(d, ("mlp", "embed"), "mlp_out", self.token_rms)(h)
       return soft[:, None, :], empty_prompt
     if self.variant == "text":
       prompt = self.param(
         "soft_prompt",
         nn.with_logical_partitioning(
-          nn.initializers.normal(0.02), (None, "embed")
+          nn.initializers.normal(self.token_rms), (None, "embed")
         ),
         (max(self.soft_prompt, 1), d),
       )
       return jnp.zeros((cf.shape[0], 0, d), jnp.float32), prompt
     raise ValueError(f"stage2.variant {self.variant!r} not in {VARIANTS}")
+
+
+def word_embedding_rms(decoder: Decoder, llm_params, sample: int = 4096):
+  """RMS of the LLM's input word embeddings (``SoftTokenEncoder.token_rms``).
+
+  Measured on ``sample`` evenly spaced token ids through ``Decoder.embed``,
+  so an embedding scale (Gemma's sqrt(D)) is included.
+  """
+  vocab = decoder.config.vocab_size
+  ids = jnp.linspace(0, vocab - 1, min(sample, vocab)).astype(jnp.int32)
+  x = decoder.apply({"params": llm_params}, ids[None], method=Decoder.embed)
+  return float(jnp.sqrt(jnp.mean(jnp.square(x.astype(jnp.float32)))))
 
 
 def splice_soft_tokens(

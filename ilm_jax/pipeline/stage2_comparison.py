@@ -144,6 +144,9 @@ def compare(
   budget = {
     "steps": int(c.train.num_steps),
     "batch_size": int(c.batch_size),
+    "learning_rate": float(c.train.learning_rate),
+    "max_history": int(c.max_history),
+    "indexing": config.dataset.indexing,
     "examples_per_task": int(c.examples_per_task),
     "eval_users": int(c.eval.max_users),
     "text_prompts": int(c.eval.max_text_prompts),
@@ -157,7 +160,24 @@ def compare(
     f"{config.dataset.name}: stage-2 variants, {split}, {templates} "
     f"templates, filtered ({budget['steps']} steps x {budget['batch_size']})"
   )
-  (workdir / TABLE_FILE).write_text(markdown_table(rows, title))
+  # Every evaluated (split, template set) gets its own table in the file;
+  # the chosen one comes first and is the one plotted.
+  tables = [markdown_table(rows, title)]
+  for other_split in c.eval.splits:
+    for other in c.eval.templates:
+      if (other_split, other) == (split, templates):
+        continue
+      other_rows = {
+        name: summary_row(results[name], other_split, other)
+        for name in variants
+      }
+      tables.append(
+        markdown_table(
+          other_rows,
+          f"{config.dataset.name}: {other_split}, {other} templates, filtered",
+        )
+      )
+  (workdir / TABLE_FILE).write_text("\n\n".join(tables))
   plotted = {
     m: {k: v for k, v in r.items() if k != "train s"} for m, r in rows.items()
   }

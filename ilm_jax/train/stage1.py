@@ -95,17 +95,15 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
-def build_model(
+def qformer_shape(
   qcfg: ml_collections.ConfigDict, cf_dim: int
-) -> tuple[Stage1Model, BertConfig, dict | None]:
-  """The Stage1Model a config describes, plus the BERT weights to load.
+) -> QFormerConfig:
+  """The Q-Former shape that ``config.qformer`` describes.
 
-  Returns:
-    (model, BERT config, BERT params or None when not pretrained).
+  Reads only the BERT's config, so stage 2 can build the same shape
+  randomly initialised (ILM-rand) without loading weights.
   """
-  bert_cfg, bert_params = convert_bert.load_bert(qcfg.bert_path or None)
-  if not qcfg.pretrained:
-    bert_params = None
+  bert_cfg = convert_bert.load_bert_config(qcfg.bert_path or None)
   layers = int(qcfg.num_layers) or bert_cfg.num_hidden_layers
   if layers > bert_cfg.num_hidden_layers:
     raise ValueError(
@@ -118,17 +116,31 @@ def build_model(
       f"{bert_cfg.max_position_embeddings} positions"
     )
   bert_cfg = BertConfig(**{**bert_cfg.__dict__, "num_hidden_layers": layers})
-  qformer = QFormerConfig(
+  return QFormerConfig(
     bert_cfg,
     num_queries=int(qcfg.num_queries),
     num_cf_tokens=int(qcfg.num_cf_tokens),
     cf_dim=int(cf_dim),
     cross_attention_freq=int(qcfg.cross_attention_freq),
   )
+
+
+def build_model(
+  qcfg: ml_collections.ConfigDict, cf_dim: int
+) -> tuple[Stage1Model, BertConfig, dict | None]:
+  """The Stage1Model a config describes, plus the BERT weights to load.
+
+  Returns:
+    (model, BERT config, BERT params or None when not pretrained).
+  """
+  qformer = qformer_shape(qcfg, cf_dim)
+  bert_params = None
+  if qcfg.pretrained:
+    _, bert_params = convert_bert.load_bert(qcfg.bert_path or None)
   return (
     Stage1Model(qformer, embed_dim=int(qcfg.embed_dim)),
-    bert_cfg,
-    (bert_params),
+    qformer.bert,
+    bert_params,
   )
 
 
