@@ -8,12 +8,16 @@ consistency of item descriptions and user profiles, title accuracy. The
 budget is the config's stage-2 fields (steps, batch, eval users), the same
 for every variant.
 
+The stage-1 loss ablations (ilm-it, ilm-it-ii, ilm-it-ui beside ilm, the
+full mix) each train their own stage 1 first.
+
 Examples:
   python launch/compare_stage2.py --config=configs/default.py:small \
       --workdir=workdir/compare_small
-  python launch/compare_stage2.py --config=configs/ml100k.py \
-      --variants=ilm,mlp --config.stage2.train.num_steps=200 \
+  python launch/compare_stage2.py --config=configs/ml100k.py:cpu \
       --workdir=workdir/compare_ml100k
+  python launch/compare_stage2.py --config=configs/ml1m.py \
+      --variants=ilm,ilm-it,ilm-it-ii,ilm-it-ui --workdir=workdir/ablate_ml1m
 """
 
 import os

@@ -190,6 +190,17 @@ def test_stage2_starts_from_stage1_checkpoint(tmp_path):
   assert "ffn" not in q["layer_0"] and "word_embeddings" not in q.get(
     "embeddings", {}
   )
+  # A loss-ablation run lives in its own directory: absent here -> random.
+  config.stage2.stage1_dir = "stage1_it"
+  _, _, init = stage2.build_model(config, tmp_path, 5, 8, llm_config)
+  assert init == "random"
+  (tmp_path / "stage1").rename(tmp_path / "stage1_it")
+  _, boxed, init = stage2.build_model(config, tmp_path, 5, 8, llm_config)
+  assert init == "stage1"
+  np.testing.assert_array_equal(
+    nn.unbox(boxed)["qformer"]["query_tokens"],
+    saved["qformer"]["query_tokens"],
+  )
   config.stage2.init = "random"
   model, _, init = stage2.build_model(config, tmp_path, 5, 8, llm_config)
   assert init == "random"

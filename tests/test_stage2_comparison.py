@@ -24,6 +24,45 @@ def test_variant_config_changes_stage2_fields_only():
     C.variant_config(base, "gpt")
 
 
+def test_stage1_ablation_changes_only_its_losses_and_directory():
+  base = _config()
+  ablation = C.variant_config(base, "ilm-it-ii")
+  assert ablation.stage1.losses == "it-ii"
+  assert ablation.stage2.stage1_dir == "stage1_it-ii"
+  a, b = ablation.to_dict(), base.to_dict()
+  assert a["stage1"].pop("losses") != b["stage1"].pop("losses")
+  assert a["stage2"].pop("stage1_dir") != b["stage2"].pop("stage1_dir")
+  assert a == b
+
+
+def test_compare_trains_each_ablation_its_own_stage1(tmp_path, monkeypatch):
+  calls = []
+  monkeypatch.setattr(
+    C.pipeline, "run", lambda config, workdir, stage: calls.append(stage)
+    or {"eval": {}},
+  )  # fmt: skip
+  monkeypatch.setattr(
+    C.stage1, "run",
+    lambda config, workdir, out_name: calls.append(
+      (out_name, config.stage1.losses)
+    ),
+  )  # fmt: skip
+  monkeypatch.setattr(
+    C.stage2, "run",
+    lambda config, workdir, out_name: calls.append(
+      (out_name, config.stage2.stage1_dir)
+    ) or {"eval": {}},
+  )  # fmt: skip
+  C.compare(_config(), tmp_path, ("ilm-it", "ilm-it-ui"), "valid", "unseen")
+  assert calls == [
+    "eval",  # the shared stage 1 is not needed by ablations alone
+    ("stage1_it", "it"),
+    ("stage1_it-ui", "it-ui"),
+    ("stage2_ilm-it", "stage1_it"),
+    ("stage2_ilm-it-ui", "stage1_it-ui"),
+  ]
+
+
 def test_summary_row_picks_the_requested_split_and_templates():
   results = {
     "train_seconds": 12.0,

@@ -5,6 +5,10 @@ once, first) and differ only in ``config.stage2`` fields, so a row differs
 from another only in what it claims to test. Each variant trains and
 evaluates in ``workdir/stage2_<variant>`` (resumable); the summary is one
 row per model with the headline metrics.
+
+The stage-1 loss ablations (``ilm-it``, ``ilm-it-ii``, ``ilm-it-ui``; the
+full mix is ``ilm``) differ in ``config.stage1.losses`` as well: each trains
+its own stage 1 into ``workdir/stage1_<losses>`` and starts stage 2 there.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from ilm_jax.data import prompts as P
 from ilm_jax.eval.report import bar_plot, markdown_table
 from ilm_jax.pipeline import run as pipeline
 from ilm_jax.pipeline.baselines_stage import summary_rows
-from ilm_jax.train import stage2
+from ilm_jax.train import stage1, stage2
 
 # Variant name -> config.stage2 overrides.
 VARIANTS: dict[str, dict] = {
@@ -33,6 +37,19 @@ VARIANTS: dict[str, dict] = {
     "retrieval_weight": 1.0,
   },
 }
+# Stage-1 loss ablations (the paper's table): ILM whose Q-Former had only
+# these stage-1 objectives, each trained once into workdir/stage1_<losses>.
+STAGE1_ABLATIONS: dict[str, str] = {
+  "ilm-it": "it",
+  "ilm-it-ii": "it-ii",
+  "ilm-it-ui": "it-ui",
+}
+for _name, _losses in STAGE1_ABLATIONS.items():
+  VARIANTS[_name] = {
+    "variant": "ilm",
+    "init": "stage1",
+    "stage1_dir": f"stage1_{_losses}",
+  }
 DEFAULT_VARIANTS = ("ilm", "ilm-rand", "mlp", "text")
 RANKING_KEYS = ("HR@5", "HR@10", "NDCG@5", "NDCG@10")
 RESULTS_FILE = "compare.json"
@@ -51,6 +68,8 @@ def variant_config(
   out = ml_collections.ConfigDict(config.to_dict())
   for key, value in VARIANTS[name].items():
     out.stage2[key] = value
+  if name in STAGE1_ABLATIONS:
+    out.stage1.losses = STAGE1_ABLATIONS[name]
   return out
 
 
@@ -124,10 +143,18 @@ def compare(
   start = time.time()
   base = pipeline.run(config, workdir, "eval")
   seconds["cf+baselines"] = time.time() - start
-  if any(VARIANTS[n].get("init") == "stage1" for n in variants):
+  if any(
+    VARIANTS[n].get("init") == "stage1" and n not in STAGE1_ABLATIONS
+    for n in variants
+  ):
     start = time.time()
     pipeline.run(config, workdir, "stage1")
     seconds["stage1"] = time.time() - start
+  for name in (n for n in variants if n in STAGE1_ABLATIONS):
+    start = time.time()
+    ablation = variant_config(config, name)
+    stage1.run(ablation, workdir, ablation.stage2.stage1_dir)
+    seconds[f"stage1 ({ablation.stage1.losses})"] = time.time() - start
   results, rows = {}, {}
   for model, values in summary_rows(base["eval"], split, "filtered").items():
     rows[f"{model} (all users)"] = {

@@ -213,19 +213,22 @@ def _mesh(config):
   return mesh_lib.make_mesh(shape), rules
 
 
-def run(config: ml_collections.ConfigDict, workdir) -> dict:
+def run(
+  config: ml_collections.ConfigDict, workdir, out_name: str = STAGE_DIR
+) -> dict:
   """Trains stage 1 and returns its final metrics.
 
   Args:
     config: with ``dataset``, ``qformer``, ``stage1`` (and optional ``mesh``).
-    workdir: the experiment directory; reads ``cf/``, writes ``stage1/``.
+    workdir: the experiment directory; reads ``cf/``, writes ``out_name``.
+    out_name: subdirectory of this run (loss ablations share a workdir).
 
   Returns:
     Final train metrics, final evaluation and the step-0 evaluation (keys
     prefixed ``start/``), i.e. the Q-Former before stage 1.
   """
   workdir = pathlib.Path(workdir)
-  out = workdir / STAGE_DIR
+  out = workdir / out_name
   s1, qcfg = config.stage1, config.qformer
   split = load_split(config.dataset)
   table = load_cf_table(workdir / CF_DIR)

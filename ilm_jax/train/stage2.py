@@ -59,6 +59,7 @@ def stage2_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.variant = "ilm"  # "ilm" | "mlp" (CoLLM) | "text" (ids + soft prompt)
   c.init = "stage1"  # "stage1" (checkpoint when present) | "random"
+  c.stage1_dir = "stage1"  # workdir subdirectory of the stage-1 run used
   c.llm = "smollm2"  # LLM source (load_llm) or "tiny" (random, tests)
   c.tasks = P.TASKS  # multitask mixture
   # Defaults are the accelerator-scale recipe (paper-like: long histories,
@@ -136,13 +137,13 @@ def shrink_stage2_for_cpu(c: ml_collections.ConfigDict):
   return c
 
 
-def load_stage1_qformer(workdir: pathlib.Path):
+def load_stage1_qformer(workdir: pathlib.Path, name: str = stage1.STAGE_DIR):
   """(QFormerConfig, Q-Former params) stage 1 saved in ``workdir``, or None.
 
   Stage 1 writes its model file (``qformer.json``, the exact Q-Former shape)
   and checkpoints; without both there is nothing to start from.
   """
-  stage1_dir = pathlib.Path(workdir) / stage1.STAGE_DIR
+  stage1_dir = pathlib.Path(workdir) / name
   if not (stage1_dir / stage1.MODEL_FILE).exists():
     return None
   try:
@@ -188,7 +189,7 @@ def build_model(
   c = config.stage2
   saved = None
   if c.variant == "ilm" and c.init == "stage1":
-    saved = load_stage1_qformer(pathlib.Path(workdir))
+    saved = load_stage1_qformer(pathlib.Path(workdir), c.stage1_dir)
   elif c.init not in ("stage1", "random"):
     raise ValueError(
       f"stage2.init must be 'stage1' or 'random', got {c.init!r}"
@@ -224,7 +225,7 @@ def build_model(
   elif c.variant == "ilm" and c.init == "stage1":
     logging.warning(
       "stage2: no stage-1 checkpoint in %s; the Q-Former starts random",
-      pathlib.Path(workdir) / stage1.STAGE_DIR,
+      pathlib.Path(workdir) / c.stage1_dir,
     )
   return model, boxed, init
 
