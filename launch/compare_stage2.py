@@ -53,6 +53,11 @@ _SPLIT = flags.DEFINE_enum(
 _TEMPLATES = flags.DEFINE_enum(
   "templates", "unseen", ["seen", "unseen"], "Prompt templates of the table."
 )
+_REPORT_ONLY = flags.DEFINE_bool(
+  "report_only",
+  False,
+  "Train nothing: rebuild the table from the variants' results.json files.",
+)
 
 
 def main(argv):
@@ -64,6 +69,7 @@ def main(argv):
     tuple(_VARIANTS.value),
     _SPLIT.value,
     _TEMPLATES.value,
+    report_only=_REPORT_ONLY.value,
   )
   print(f"budget: {out['budget']}")
   print("wall seconds: " + ", ".join(

@@ -126,3 +126,27 @@ def test_compare_writes_table_json_and_plot(tmp_path):
   assert (tmp_path / C.PLOT_FILE).stat().st_size > 0
   with pytest.raises(ValueError, match="split"):
     C.compare(config, tmp_path, ("text",), "test", "unseen")
+
+
+def test_report_only_rebuilds_the_table_from_saved_results(
+  tmp_path, monkeypatch
+):
+  monkeypatch.setattr(C.pipeline, "run", lambda *a: {"eval": {}})
+
+  def fail(*args, **kwargs):
+    raise AssertionError("report_only must not train")
+
+  monkeypatch.setattr(C.stage2, "run", fail)
+  monkeypatch.setattr(C.stage1, "run", fail)
+  config = _config()
+  saved = {
+    "train_seconds": 3.0,
+    "eval": {"sequential/valid/unseen": {"filtered/HR@10": 0.25}},
+  }
+  (tmp_path / "stage2_mlp").mkdir()
+  (tmp_path / "stage2_mlp" / "results.json").write_text(json.dumps(saved))
+  out = C.compare(config, tmp_path, ("mlp",), "valid", "unseen", True)
+  assert out["rows"]["mlp"] == {"HR@10": 0.25, "train s": 3.0}
+  assert "| mlp |" in (tmp_path / C.TABLE_FILE).read_text()
+  with pytest.raises(FileNotFoundError, match="stage2_text"):
+    C.compare(config, tmp_path, ("text",), "valid", "unseen", True)

@@ -118,6 +118,7 @@ def compare(
   variants=DEFAULT_VARIANTS,
   split: str = "test",
   templates: str = "unseen",
+  report_only: bool = False,
 ) -> dict:
   """Trains and evaluates each variant; writes JSON, markdown and a plot.
 
@@ -127,6 +128,9 @@ def compare(
     variants: names from VARIANTS.
     split: held-out split of the summary table.
     templates: template set of the summary table.
+    report_only: train and evaluate nothing: rebuild the table from each
+      variant's ``stage2_<variant>/results.json`` (e.g. after variants ran
+      as separate jobs).
 
   Returns:
     {"rows": {model: metrics}, "results": {variant: stage-2 results},
@@ -143,14 +147,18 @@ def compare(
   start = time.time()
   base = pipeline.run(config, workdir, "eval")
   seconds["cf+baselines"] = time.time() - start
-  if any(
+  if report_only:
+    pass
+  elif any(
     VARIANTS[n].get("init") == "stage1" and n not in STAGE1_ABLATIONS
     for n in variants
   ):
     start = time.time()
     pipeline.run(config, workdir, "stage1")
     seconds["stage1"] = time.time() - start
-  for name in (n for n in variants if n in STAGE1_ABLATIONS):
+  for name in (
+    n for n in variants if n in STAGE1_ABLATIONS and not report_only
+  ):
     start = time.time()
     ablation = variant_config(config, name)
     stage1.run(ablation, workdir, ablation.stage2.stage1_dir)
@@ -162,9 +170,16 @@ def compare(
     }
   for name in variants:
     start = time.time()
-    results[name] = stage2.run(
-      variant_config(config, name), workdir, f"{stage2.STAGE_DIR}_{name}"
-    )
+    out_name = f"{stage2.STAGE_DIR}_{name}"
+    if report_only:
+      path = workdir / out_name / stage2.RESULTS_FILE
+      if not path.exists():
+        raise FileNotFoundError(f"{path}: variant {name!r} has no results")
+      results[name] = json.loads(path.read_text())
+    else:
+      results[name] = stage2.run(
+        variant_config(config, name), workdir, out_name
+      )
     seconds[name] = time.time() - start
     rows[name] = summary_row(results[name], split, templates)
   c = config.stage2
