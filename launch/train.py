@@ -23,6 +23,7 @@ from ml_collections import config_flags  # noqa: E402
 
 from ilm_jax.eval.report import markdown_table  # noqa: E402
 from ilm_jax.pipeline import run as pipeline  # noqa: E402
+from ilm_jax.pipeline import stage2_report  # noqa: E402
 from ilm_jax.pipeline.baselines_stage import summary_rows  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -69,11 +70,7 @@ def main(argv):
     }  # fmt: skip
     print(markdown_table({"stage1": metrics}, f"{name}: stage-1 retrieval"))
   if "stage2" in results:
-    rows = {
-      f"{results['stage2'].get('variant', 'ilm')} {where}": values
-      for where, values in results["stage2"].get("eval", {}).items()
-    }
-    print(markdown_table(rows, f"{name}: stage 2 (generative, beam search)"))
+    print(stage2_report.tables(results["stage2"], name))
   logging.info("results written to %s", _WORKDIR.value)
   print(f"results: {os.path.join(_WORKDIR.value, 'results.json')}")
 

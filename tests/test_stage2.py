@@ -241,6 +241,11 @@ def test_run_end_to_end_on_tiny_llm(tmp_path, variant):
   assert 0.0 <= results["eval"]["description/unseen"]["title_accuracy"] <= 1
   saved = json.loads((tmp_path / "stage2" / "results.json").read_text())
   assert saved["eval"] == results["eval"]
+  assert (
+    "sequential/valid/unseen"
+    in (tmp_path / "stage2" / "results.md").read_text()
+  )
+  assert (tmp_path / "stage2" / "results.png").stat().st_size > 0
   # a rerun resumes from the final checkpoint instead of training again
   again = stage2.run(_config(variant=variant), tmp_path)
   assert again["eval"]["sequential/valid/unseen"]["valid_rate"] == 1.0

@@ -15,7 +15,8 @@
    sequential, straightforward and conversational tasks), decodes item
    descriptions and user profiles greedily and scores them by semantic
    consistency and title accuracy, each with seen and unseen templates,
-   and writes ``workdir/stage2/results.json``.
+   and writes ``workdir/stage2/results.json`` (plus ``results.md`` tables
+   and a ``results.png`` plot).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from ilm_jax.models.ilm import (
   word_embedding_rms,
 )
 from ilm_jax.models.llm.decoder import Decoder
+from ilm_jax.pipeline import stage2_report
 from ilm_jax.pipeline.cf_stage import run_cf
 from ilm_jax.sharding.mesh import make_mesh
 from ilm_jax.train import loop, stage1
@@ -482,4 +484,5 @@ def run(
     "text_examples": text_examples,
   }
   (out_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2))
+  stage2_report.write(results, out_dir, config.dataset.name)
   return results
