@@ -121,6 +121,19 @@ def batch_sharding(mesh: jax.sharding.Mesh, ndim: int = 2) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec(data_axes, *([None] * (ndim - 1))))
 
 
+def host_to_global(value, sharding: jax.sharding.Sharding) -> jax.Array:
+  """A global array from a host value every process holds in full.
+
+  Each process fills only its addressable shards (by slicing ``value``), so
+  this also works on multi-host meshes where ``jax.device_put`` of a host
+  array to a non-addressable sharding would not.
+  """
+  value = np.asarray(value)
+  return jax.make_array_from_callback(
+    value.shape, sharding, lambda index: value[index]
+  )
+
+
 def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
 

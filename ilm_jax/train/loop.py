@@ -22,7 +22,6 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -137,10 +136,10 @@ class Trainer:
       # Via host copies: the step donates its state, and device_put may
       # reuse the caller's buffers, which donation would then delete.
       host = jax.tree.map(np.asarray, jax.device_get(params))
-      params = jax.device_put(host, self.param_shardings)
+      params = jax.tree.map(mesh_lib.host_to_global, host, self.param_shardings)
       opt_state = jax.jit(self.optimizer.init)(params)
-      step = jax.device_put(
-        jnp.zeros((), jnp.int32), mesh_lib.replicated(self.mesh)
+      step = mesh_lib.host_to_global(
+        np.zeros((), np.int32), mesh_lib.replicated(self.mesh)
       )
     return TrainState(step=step, params=params, opt_state=opt_state)
 
@@ -154,7 +153,7 @@ class Trainer:
       shardings = mesh_lib.tree_shardings(
         self.frozen_specs, self.mesh, self.rules
       )
-    return jax.device_put(frozen, shardings)
+    return jax.tree.map(mesh_lib.host_to_global, frozen, shardings)
 
   def place_batch(self, batch: dict[str, np.ndarray]):
     """Shards a global host batch along its leading axis."""
@@ -165,8 +164,10 @@ class Trainer:
           f"batch field {name!r} has {value.shape[0]} rows, not divisible by "
           f"the {n} data-parallel devices of mesh {dict(self.mesh.shape)}"
         )
+    # Every process holds the whole global batch (the data pipeline is
+    # deterministic); each fills only its own devices' rows.
     return {
-      k: jax.device_put(v, mesh_lib.batch_sharding(self.mesh, v.ndim))
+      k: mesh_lib.host_to_global(v, mesh_lib.batch_sharding(self.mesh, v.ndim))
       for k, v in batch.items()
     }
 
