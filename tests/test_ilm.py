@@ -71,15 +71,15 @@ def _cf():
   return rng.normal(size=(NUM_USERS + NUM_ITEMS, CF_DIM)).astype(np.float32)
 
 
-@pytest.mark.parametrize("variant", ["ilm", "mlp"])
-def test_soft_tokens_land_at_slot_positions(llm, variant):
-  model = _model(llm, variant)
+@pytest.mark.parametrize("variant,shared", [("ilm", 0), ("mlp", 0), ("ilm", 2)])
+def test_soft_tokens_land_at_slot_positions(llm, variant, shared):
+  model = _model(llm, variant, soft_prompt=shared)
   s = model.encoder.tokens_per_entity
   assert s == (3 if variant == "ilm" else 1)
   enc_params = model.init_encoder(jax.random.key(1), CF_DIM)
   enc_params = nn.unbox(enc_params)
   cf = _cf()
-  examples, batch = _batch(S2.EntityCoding(s))
+  examples, batch = _batch(S2.EntityCoding(s, soft_prompt=shared))
   # each distinct entity once: user 1, user 4, items 0, 2, 7
   rows = [1, 4, NUM_USERS + 0, NUM_USERS + 2, NUM_USERS + 7]
   assert list(batch["entities"][:5]) == rows
@@ -99,7 +99,13 @@ def test_soft_tokens_land_at_slot_positions(llm, variant):
   for r, e in enumerate(examples):
     for t in range(batch["tokens"].shape[1]):
       row = e.slot_entity[t] if t < len(e.tokens) else S2.WORD
-      if row >= 0:
+      if row == S2.SOFT_PROMPT:  # the shared prompt leads every prompt
+        assert t < shared
+        np.testing.assert_array_equal(
+          x[r, t], np.asarray(enc_params["soft_prompt"])[e.slot_query[t]]
+        )
+        checked += 1
+      elif row >= 0:
         # the entity encoded on its own gives the same vector
         np.testing.assert_allclose(
           x[r, t], alone[row][e.slot_query[t]], atol=1e-5
@@ -107,7 +113,7 @@ def test_soft_tokens_land_at_slot_positions(llm, variant):
         checked += 1
       else:
         np.testing.assert_array_equal(x[r, t], words[r, t])
-  assert checked == s * (1 + 3 + 1 + 1 + 1)
+  assert checked == s * (1 + 3 + 1 + 1 + 1) + shared * len(examples)
 
 
 def test_text_variant_soft_prompt_positions(llm):

@@ -62,7 +62,10 @@ class SoftTokenEncoder(nn.Module):
     llm_width: D, the LLM's embedding width.
     qformer_config: Q-Former shape ("ilm").
     mlp_hidden: hidden width of the MLP ("mlp").
-    soft_prompt: P trainable prompt vectors ("text"); at least 1 there.
+    soft_prompt: P trainable prompt vectors before every prompt: the
+      "text" variant's only parameters (at least 1 there); for "ilm" and
+      "mlp" an optional shared prompt beside the entity tokens (0 = none,
+      the paper's setting).
     token_rms: RMS of the LLM's input word embeddings. Soft tokens start at
       this scale (adapter / MLP output initialisation, soft-prompt init),
       so the frozen LLM first sees inputs of the size it was trained on
@@ -94,10 +97,20 @@ class SoftTokenEncoder(nn.Module):
 
     Returns:
       (float32[E, S, D] entity tokens (S = 0 for "text"), float32[P, D]
-      soft prompt (P = 0 unless "text")).
+      soft prompt (P = 0 when there is none)).
     """
     d = self.llm_width
-    empty_prompt = jnp.zeros((0, d), jnp.float32)
+    if self.variant not in VARIANTS:
+      raise ValueError(f"stage2.variant {self.variant!r} not in {VARIANTS}")
+    prompt = jnp.zeros((0, d), jnp.float32)
+    if self.variant == "text" or self.soft_prompt > 0:
+      prompt = self.param(
+        "soft_prompt",
+        nn.with_logical_partitioning(
+          nn.initializers.normal(self.token_rms), (None, "embed")
+        ),
+        (max(self.soft_prompt, 1), d),
+      )
     if self.variant == "ilm":
       if self.qformer_config is None:
         raise ValueError("the 'ilm' variant needs a qformer_config")
@@ -106,21 +119,12 @@ class SoftTokenEncoder(nn.Module):
       )
       # Q-Former outputs are layer-normed (unit RMS per entity token).
       soft = _dense(d, (None, "embed"), "adapter", self.token_rms)(queries)
-      return soft, empty_prompt
+      return soft, prompt
     if self.variant == "mlp":
       h = nn.gelu(_dense(self.mlp_hidden, ("cf_dim", "mlp"), "mlp_in")(cf))
       soft = _dense(d, ("mlp", "embed"), "mlp_out", self.token_rms)(h)
-      return soft[:, None, :], empty_prompt
-    if self.variant == "text":
-      prompt = self.param(
-        "soft_prompt",
-        nn.with_logical_partitioning(
-          nn.initializers.normal(self.token_rms), (None, "embed")
-        ),
-        (max(self.soft_prompt, 1), d),
-      )
-      return jnp.zeros((cf.shape[0], 0, d), jnp.float32), prompt
-    raise ValueError(f"stage2.variant {self.variant!r} not in {VARIANTS}")
+      return soft[:, None, :], prompt
+    return jnp.zeros((cf.shape[0], 0, d), jnp.float32), prompt
 
 
 def word_embedding_rms(decoder: Decoder, llm_params, sample: int = 4096):

@@ -36,6 +36,8 @@ VARIANTS: dict[str, dict] = {
     "init": "stage1",
     "retrieval_weight": 1.0,
   },
+  # Beyond the paper: a shared soft prompt beside the entity tokens.
+  "ilm+prompt": {"variant": "ilm", "init": "stage1", "shared_prompt": 8},
 }
 # Stage-1 loss ablations (the paper's table): ILM whose Q-Former had only
 # these stage-1 objectives, each trained once into workdir/stage1_<losses>.

@@ -76,6 +76,9 @@ def stage2_config() -> ml_collections.ConfigDict:
   c.batch_size = 32  # global batch (divisible by data-parallel devices)
   c.ids_as_text = True  # write item/user ids as text before soft tokens
   c.soft_prompt = 8  # "text" variant: trainable soft-prompt vectors
+  # "ilm" / "mlp": a shared trainable soft prompt beside the entity tokens
+  # (beyond the paper, which has none; 0 = off).
+  c.shared_prompt = 0
   c.mlp_hidden = 256  # "mlp" variant: hidden width
   # Retrieval head (beyond the paper): in-batch softmax loss weight beside
   # the generative loss; > 0 adds the head and reports its full ranking.
@@ -207,7 +210,7 @@ def build_model(
     llm_width=llm_config.embed_dim,
     qformer_config=qcfg if c.variant == "ilm" else None,
     mlp_hidden=c.mlp_hidden,
-    soft_prompt=c.soft_prompt,
+    soft_prompt=c.soft_prompt if c.variant == "text" else c.shared_prompt,
     token_rms=float(token_rms),
   )
   if c.retrieval_weight > 0 and c.variant == "text":
@@ -235,7 +238,11 @@ def build_model(
 def coding_of(c, encoder: SoftTokenEncoder) -> S2.EntityCoding:
   if c.variant == "text":
     return S2.EntityCoding(0, ids_as_text=True, soft_prompt=c.soft_prompt)
-  return S2.EntityCoding(encoder.tokens_per_entity, ids_as_text=c.ids_as_text)
+  return S2.EntityCoding(
+    encoder.tokens_per_entity,
+    ids_as_text=c.ids_as_text,
+    soft_prompt=encoder.soft_prompt,
+  )
 
 
 def build_trie(prompt_encoder: S2.PromptEncoder, vocab_size: int):
