@@ -114,6 +114,25 @@ def summary_row(
   return row
 
 
+def _train_stage1_runs(config, workdir, variants) -> dict[str, float]:
+  """Stage-1 runs the variants start from: the shared one (full loss mix)
+  and one per loss ablation. Returns wall seconds per run."""
+  seconds = {}
+  if any(
+    VARIANTS[n].get("init") == "stage1" and n not in STAGE1_ABLATIONS
+    for n in variants
+  ):
+    start = time.time()
+    pipeline.run(config, workdir, "stage1")
+    seconds["stage1"] = time.time() - start
+  for name in (n for n in variants if n in STAGE1_ABLATIONS):
+    start = time.time()
+    ablation = variant_config(config, name)
+    stage1.run(ablation, workdir, ablation.stage2.stage1_dir)
+    seconds[f"stage1 ({ablation.stage1.losses})"] = time.time() - start
+  return seconds
+
+
 def compare(
   config: ml_collections.ConfigDict,
   workdir,
@@ -149,22 +168,8 @@ def compare(
   start = time.time()
   base = pipeline.run(config, workdir, "eval")
   seconds["cf+baselines"] = time.time() - start
-  if report_only:
-    pass
-  elif any(
-    VARIANTS[n].get("init") == "stage1" and n not in STAGE1_ABLATIONS
-    for n in variants
-  ):
-    start = time.time()
-    pipeline.run(config, workdir, "stage1")
-    seconds["stage1"] = time.time() - start
-  for name in (
-    n for n in variants if n in STAGE1_ABLATIONS and not report_only
-  ):
-    start = time.time()
-    ablation = variant_config(config, name)
-    stage1.run(ablation, workdir, ablation.stage2.stage1_dir)
-    seconds[f"stage1 ({ablation.stage1.losses})"] = time.time() - start
+  if not report_only:
+    seconds.update(_train_stage1_runs(config, workdir, variants))
   results, rows = {}, {}
   for model, values in summary_rows(base["eval"], split, "filtered").items():
     rows[f"{model} (all users)"] = {
