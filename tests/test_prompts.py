@@ -50,9 +50,9 @@ def test_render_puts_entities_in_reading_order():
     ("text", "U "),
     ("user", 3),
     ("text", " saw "),
-    ("item", 7),
+    ("history", 7),
     ("text", ", "),
-    ("item", 2),
+    ("history", 2),
     ("text", "; next?"),
   )
   with pytest.raises(ValueError, match="no value for {history}"):
@@ -85,7 +85,7 @@ def test_training_prompts_use_training_prefixes_only():
     tpl = P.TEMPLATES[p.template]
     assert tpl.seen and tpl.task == p.task
     if p.task in (P.SEQUENTIAL, P.CONVERSATIONAL):
-      hist = [v for k, v in p.entities() if k == "item"]
+      hist = [v for k, v in p.entities() if k == P.HISTORY]
       train = split.train_sequences[p.user]
       assert 1 <= len(hist) <= 3
       # history then target is a window of the user's training sequence
@@ -209,7 +209,7 @@ def test_item_evaluation_prompts_target_the_held_out_item(task):
       assert p.task == task and p.answer is None
       assert p.target_item == targets[u]
       assert not P.TEMPLATES[p.template].seen
-      items = [v for k, v in p.entities() if k == "item"]
+      items = [v for k, v in p.entities() if k == P.HISTORY]
       if task == P.STRAIGHTFORWARD:
         assert items == []
       else:  # the history the split allows, never the target's slot

@@ -1,5 +1,10 @@
 """Stage-2 report: the flat results split into ranking and text tables."""
 
+import math
+
+import pytest
+
+from ilm_jax.pipeline import stage2_comparison as C
 from ilm_jax.pipeline import stage2_report as R
 
 RESULTS = {
@@ -10,6 +15,10 @@ RESULTS = {
     "sequential/test/unseen": {
       **{f"{mode}/{m}": 0.5 if mode == "filtered" else 0.25
          for mode in ("filtered", "unfiltered") for m in R.RANKING},
+      **{f"{mode}/{m}_se": 0.05 if mode == "filtered" else 0.02
+         for mode in ("filtered", "unfiltered") for m in R.RANKING},
+      "filtered/users": 4,
+      "unfiltered/users": 4,
       "valid_rate": 1.0,
       "users": 4,
       "seconds": 9.0,
@@ -17,8 +26,13 @@ RESULTS = {
     "retrieval/sequential/test/unseen": {
       **{f"{mode}/{m}": 0.75 for mode in ("filtered", "unfiltered")
          for m in R.RANKING},
+      "filtered/users": 4,
     },
     "profile/unseen": {"SC": 0.4, "SC_std": 0.1, "prompts": 4, "seconds": 2},
+    "description/unseen": {
+      "SC": 0.5, "SC_std": 0.2, "SC_se": 0.01, "title_accuracy": 0.25,
+      "prompts": 4,
+    },
   },
 }  # fmt: skip
 
@@ -31,16 +45,67 @@ def test_rows_split_ranking_from_text_and_keep_filtered_first():
   ]
   row = ranking["sequential/test/unseen"]
   assert row["HR@10"] == 0.5 and row["unfiltered HR@10"] == 0.25
+  assert row["HR@10_se"] == 0.05 and row["NDCG@5_se"] == 0.05
+  assert row["unfiltered NDCG@10_se"] == 0.02
   assert "seconds" not in row and row["users"] == 4
-  assert R.text_rows(RESULTS) == {
-    "profile/unseen": {"SC": 0.4, "SC_std": 0.1, "prompts": 4}
+  assert "unfiltered HR@5" not in row and "unfiltered HR@5_se" not in row
+  retrieval = ranking["retrieval/sequential/test/unseen"]
+  assert retrieval["users"] == 4  # from "filtered/users"
+  assert not any(k.endswith("_se") for k in retrieval)
+  text = R.text_rows(RESULTS)
+  # SE of SC from its ddof=0 std: 0.1 * sqrt(4 / 3) / sqrt(4).
+  assert text["profile/unseen"] == {
+    "SC": 0.4,
+    "SC_se": pytest.approx(0.1 / math.sqrt(3)),
+    "SC_std": 0.1,
+    "prompts": 4,
   }
+  # An SE the results hold wins; the title accuracy's is binomial.
+  desc = text["description/unseen"]
+  assert desc["SC_se"] == 0.01
+  assert desc["title_accuracy_se"] == pytest.approx(math.sqrt(0.25 * 0.75 / 3))
 
 
 def test_write_gives_tables_and_plot(tmp_path):
   text = R.write(RESULTS, tmp_path, "toy")
   assert (tmp_path / R.TABLE_FILE).read_text() == text
   assert "| retrieval/sequential/test/unseen | 0.7500 |" in text
-  assert "| profile/unseen | 0.4000 |" in text
+  assert (
+    "| sequential/test/unseen | 0.5000 ± 0.0500 | 0.5000 ± 0.0500 | "
+    "0.5000 ± 0.0500 | 0.5000 ± 0.0500 | 0.2500 ± 0.0200 | "
+    "0.2500 ± 0.0200 | 1.0000 | 4 |"
+  ) in text
+  assert "| profile/unseen | 0.4000 ± 0.0577 | 0.1000 | 4 | - |" in text
+  assert (
+    "| description/unseen | 0.5000 ± 0.0100 | 0.2000 | 4 | 0.2500 ± 0.2500 |"
+  ) in text
+  assert "_se" not in text
   assert "mlp, 3 steps" in text
   assert (tmp_path / R.PLOT_FILE).stat().st_size > 0
+
+
+def test_comparison_summary_row_carries_standard_errors():
+  results = {
+    "eval": {
+      "sequential/test/unseen": {
+        "filtered/HR@10": 0.5, "filtered/HR@10_se": 0.05,
+        "unfiltered/HR@10": 0.25, "unfiltered/HR@10_se": 0.02,
+      },
+      "retrieval/sequential/test/unseen": {
+        "filtered/NDCG@10": 0.3, "filtered/NDCG@10_se": 0.03,
+      },
+      "description/unseen": {
+        "SC": 0.5, "SC_std": 0.2, "title_accuracy": 0.25, "prompts": 4,
+      },
+    },
+  }  # fmt: skip
+  assert C.summary_row(results, "test", "unseen") == {
+    "HR@10": 0.5,
+    "HR@10_se": 0.05,
+    "retrieval NDCG@10": 0.3,
+    "retrieval NDCG@10_se": 0.03,
+    "SC description": 0.5,
+    "SC description_se": pytest.approx(0.2 / math.sqrt(3)),
+    "title accuracy": 0.25,
+    "title accuracy_se": pytest.approx(0.25),
+  }

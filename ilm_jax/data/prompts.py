@@ -1,8 +1,9 @@
 """Stage-2 task templates and their rendering into prompt segments.
 
 A template is a sentence with slots. ``{user}`` and ``{item}`` hold one
-entity, ``{history}`` a list of items and ``{wish}`` a phrase in words (the
-conversational request). Rendering gives a tuple of segments, each either
+entity, ``{history}`` a list of items, ``{candidates}`` the retrieved items a
+re-ranking prompt asks the model to choose from, and ``{wish}`` a phrase in
+words (the conversational request). Rendering gives a tuple of segments, each either
 text or an entity; ``stage2_examples`` later turns an entity into its soft
 tokens (and, optionally, its identifier as text) and text into token ids.
 
@@ -33,8 +34,17 @@ PROFILE = "profile"
 CONVERSATIONAL = "conversational"
 TASKS = (SEQUENTIAL, STRAIGHTFORWARD, DESCRIPTION, PROFILE, CONVERSATIONAL)
 ITEM_TASKS = (SEQUENTIAL, STRAIGHTFORWARD, CONVERSATIONAL)
+# Re-ranking: choose the held-out item among retrieved candidates, from the
+# user and history (RERANK) or the history and a wish in words.
+RERANK = "rerank"
+RERANK_CONVERSATIONAL = "rerank_conversational"
+RERANK_TASKS = (RERANK, RERANK_CONVERSATIONAL)
+ALL_TASKS = TASKS + RERANK_TASKS
 
-ENTITY_SLOTS = ("user", "item", "history")
+ENTITY_SLOTS = ("user", "item", "history", "candidates")
+# Segment kinds of entities: a single user or item, or a member of a list.
+USER, ITEM, HISTORY, CANDIDATE = "user", "item", "history", "candidate"
+LIST_KINDS = (HISTORY, CANDIDATE)
 TEXT_SLOTS = ("wish",)
 HISTORY_SEPARATOR = ", "
 # A profile names at most this many genres and tags.
@@ -64,7 +74,7 @@ class Template:
 
   @property
   def output(self) -> str:
-    return ITEM_OUTPUT if self.task in ITEM_TASKS else TEXT_OUTPUT
+    return TEXT_OUTPUT if self.task in (DESCRIPTION, PROFILE) else ITEM_OUTPUT
 
 
 def _templates(task: str, seen: list[str], unseen: list[str]):
@@ -137,13 +147,43 @@ TEMPLATES: tuple[Template, ...] = tuple(
       "Based on {history}, what would be {wish} for me?",
     ],
   )
+  + _templates(
+    RERANK,
+    [
+      "User {user} watched {history}. Candidates: {candidates}. Which "
+      "candidate will the user watch next?",
+      "Here is what {user} watched: {history}. Choose the item they pick "
+      "next from {candidates}.",
+      "Given the history {history} of user {user}, which of {candidates} "
+      "comes next?",
+    ],
+    [
+      "{user} recently saw {history}. Out of {candidates}, which one will "
+      "they choose?",
+      "Viewing history of user {user}: {history}. Options: {candidates}. "
+      "Name the best option.",
+    ],
+  )
+  + _templates(
+    RERANK_CONVERSATIONAL,
+    [
+      "I watched {history}. Now I want {wish}. Pick one of {candidates}.",
+      "My history: {history}. Which of {candidates} is {wish}?",
+      "After {history}, I am in the mood for {wish}. Options: {candidates}. "
+      "Which one?",
+    ],
+    [
+      "I liked {history}. From {candidates}, find me {wish}.",
+      "Based on {history}, which of {candidates} would be {wish} for me?",
+    ],
+  )
 )
 
 
 def templates(task: str, seen: bool) -> list[Template]:
   """The seen (training) or unseen (held-out) templates of a task."""
-  if task not in TASKS:
-    raise ValueError(f"unknown stage-2 task {task!r}; known: {TASKS}")
+  if task not in ALL_TASKS:
+    raise ValueError(f"unknown stage-2 task {task!r}; known: {ALL_TASKS}")
   return [t for t in TEMPLATES if t.task == task and t.seen == seen]
 
 
@@ -154,12 +194,14 @@ class Prompt:
   Attributes:
     task: the task.
     template: index of the template in ``TEMPLATES`` (-1 for another).
-    segments: ("text", str) or ("user", user index) or ("item", item
-      index) tuples, in reading order.
+    segments: ("text", str) or (kind, index) tuples in reading order, kind
+      one of USER, ITEM (a single item), HISTORY or CANDIDATE (list
+      members; both are items).
     answer: the text the model should generate (an identifier or prose);
       None for evaluation prompts.
     target_item: the item an item task asks for (-1 for text tasks).
     user: the user the prompt is about (-1 for item description).
+    candidates: re-ranking prompts: the listed items, in list order.
   """
 
   task: str
@@ -168,6 +210,7 @@ class Prompt:
   answer: str | None
   target_item: int = -1
   user: int = -1
+  candidates: tuple[int, ...] = ()
 
   def entities(self) -> list[tuple[str, int]]:
     """The (kind, index) entity segments, in order."""
@@ -183,6 +226,7 @@ def render(
   wish: str = "",
   answer: str | None = None,
   target_item: int = -1,
+  candidates=(),
 ) -> Prompt:
   """Fills a template's slots.
 
@@ -195,6 +239,7 @@ def render(
     wish: the phrase for ``{wish}``.
     answer: the expected output text, or None.
     target_item: the item an item task asks for.
+    candidates: item indices for ``{candidates}``, in list order.
 
   Returns:
     A Prompt.
@@ -203,6 +248,7 @@ def render(
     ValueError: a slot the template uses has no value.
   """
   history = [int(i) for i in history if int(i) >= 0]
+  candidates = tuple(int(i) for i in candidates)
   segments: list[tuple[str, object]] = []
   for literal, name, _, _ in string.Formatter().parse(template.text):
     if literal:
@@ -215,12 +261,13 @@ def render(
     elif name == "item":
       _require(item >= 0, template, name)
       segments.append(("item", item))
-    elif name == "history":
-      _require(len(history) > 0, template, name)
-      for pos, i in enumerate(history):
+    elif name in ("history", "candidates"):
+      members = history if name == "history" else candidates
+      _require(len(members) > 0, template, name)
+      for pos, i in enumerate(members):
         if pos:
           segments.append(("text", HISTORY_SEPARATOR))
-        segments.append(("item", i))
+        segments.append((HISTORY if name == "history" else CANDIDATE, i))
     elif name == "wish":
       _require(bool(wish), template, name)
       segments.append(("text", wish))
@@ -233,6 +280,7 @@ def render(
     answer=answer,
     target_item=target_item,
     user=user,
+    candidates=candidates if "candidates" in template.slots else (),
   )
 
 

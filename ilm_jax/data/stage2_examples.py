@@ -32,6 +32,8 @@ PROMPT_SUFFIX = "\nAnswer:"
 USER_PREFIX = "user_"
 # Conversational evaluation wish for a target without genres or tags.
 GENERIC_WISH = "something I will enjoy"
+CANDIDATE_LABELS = ("identifiers", "letters")
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,33 +47,76 @@ class EntityCoding:
       ``user_12``) as text before its soft tokens.
     soft_prompt: trainable soft-prompt tokens before the prompt (text-only
       baseline); 0 for none.
+    list_tokens: soft tokens of each history or candidate item, the S
+      tokens pooled into this many (0 = all S). They are entity tokens
+      S .. S + list_tokens - 1 (``ItemLanguageModel.list_tokens``).
+    candidate_labels: how a re-ranking prompt names its candidates and how
+      the answer names the choice: "identifiers" (the item's identifier,
+      ``item_1234``) or "letters" (its place in the list: A, B, ...).
   """
 
   soft_tokens: int
   ids_as_text: bool = True
   soft_prompt: int = 0
+  list_tokens: int = 0
+  candidate_labels: str = "identifiers"
 
   def __post_init__(self):
-    if self.soft_tokens < 0 or self.soft_prompt < 0:
-      raise ValueError("soft_tokens and soft_prompt must be >= 0")
+    if min(self.soft_tokens, self.soft_prompt, self.list_tokens) < 0:
+      raise ValueError("soft_tokens, soft_prompt, list_tokens must be >= 0")
     if not self.soft_tokens and not self.ids_as_text:
       raise ValueError("entities need soft tokens or ids as text (or both)")
+    if self.pooled and self.soft_tokens % self.list_tokens:
+      raise ValueError(
+        f"list_tokens {self.list_tokens} must divide the {self.soft_tokens} "
+        "soft tokens of an entity"
+      )
+    if self.candidate_labels not in CANDIDATE_LABELS:
+      raise ValueError(
+        f"candidate_labels {self.candidate_labels!r} not in "
+        f"{CANDIDATE_LABELS}"
+      )
+
+  @property
+  def pooled(self) -> bool:
+    """List members get pooled tokens (fewer than an entity's S)."""
+    return 0 < self.list_tokens < self.soft_tokens
+
+  def tokens_of(self, kind: str) -> tuple[int, int]:
+    """(first soft-token index, count) of an entity segment of ``kind``."""
+    if kind in P.LIST_KINDS and self.pooled:
+      return self.soft_tokens, self.list_tokens
+    return 0, self.soft_tokens
 
 
 @dataclasses.dataclass(frozen=True)
 class Encoded:
   """One tokenised prompt (plus answer when training).
 
+  A re-ranking prompt is followed by its candidates' answers, packed: the
+  prompt (and the answers' common first tokens) is segment 0, candidate c's
+  remaining answer tokens are segment c + 1 with positions that continue
+  the prompt's, so one forward pass scores every candidate as if each alone
+  followed the prompt (``Decoder`` ``segment_ids``).
+
   Attributes:
     tokens: int32[n] token ids (pad id at soft positions).
     slot_entity: int32[n] CF-table row, WORD or SOFT_PROMPT per position.
     slot_query: int32[n] which soft token of the entity / soft prompt.
-    answer_start: index of the first answer token (== n without answer).
+    answer_start: index of the first answer token (== n without answer;
+      for re-ranking, the end of the prompt proper).
     target_item: item asked for (-1 for text tasks).
     user: user the prompt is about (-1 if none).
     task: the task.
     target_row: CF row of ``target_item`` (-1 for text tasks); the
       retrieval head's positive.
+    segment: int32[n] packing segment (None: all 0).
+    positions: int32[n] RoPE positions (None: 0 .. n - 1).
+    candidates: int32[N] re-ranking: listed items, in list order.
+    label: index of ``target_item`` in ``candidates`` (-1: absent / none).
+    cand_logits_at: per candidate, int32[m_c] the token indices whose
+      logits predict its answer tokens.
+    cand_tokens: per candidate, int32[m_c] its answer tokens (EOS last).
   """
 
   tokens: np.ndarray
@@ -82,10 +127,25 @@ class Encoded:
   user: int = -1
   task: str = ""
   target_row: int = -1
+  segment: np.ndarray | None = None
+  positions: np.ndarray | None = None
+  candidates: np.ndarray | None = None
+  label: int = -1
+  cand_logits_at: tuple[np.ndarray, ...] = ()
+  cand_tokens: tuple[np.ndarray, ...] = ()
 
   @property
   def num_entities(self) -> int:
     return len(np.unique(self.slot_entity[self.slot_entity >= 0]))
+
+  @property
+  def is_rerank(self) -> bool:
+    return bool(self.cand_tokens)
+
+  @property
+  def answer_length(self) -> int:
+    """Most answer tokens of one candidate (re-ranking)."""
+    return max((len(t) for t in self.cand_tokens), default=0)
 
 
 class PromptEncoder:
@@ -130,12 +190,22 @@ class PromptEncoder:
     return ids + [self.eos_id]
 
   def entity_text(self, kind: str, index: int) -> str:
-    if kind == "user":
+    if kind == P.USER:
       return f"{USER_PREFIX}{index}"
     return self.item_index.identifier(index)
 
   def entity_row(self, kind: str, index: int) -> int:
-    return index if kind == "user" else self.num_users + index
+    return index if kind == P.USER else self.num_users + index
+
+  def candidate_label(self, position: int, item: int) -> str:
+    """How a re-ranking prompt names its ``position``-th candidate."""
+    if self.coding.candidate_labels == "letters":
+      if position >= len(LETTERS):
+        raise ValueError(
+          f"letter labels name at most {len(LETTERS)} candidates"
+        )
+      return LETTERS[position]
+    return self.item_index.identifier(item)
 
   def encode(self, prompt: P.Prompt, with_answer: bool) -> Encoded:
     """Tokenises a prompt (and its answer when ``with_answer``)."""
@@ -156,25 +226,36 @@ class PromptEncoder:
         range(coding.soft_prompt),
       )
     pending = ""  # text is tokenised in runs, as the LLM would read it
+    listed = 0  # candidates so far
     for kind, value in (*prompt.segments, ("text", PROMPT_SUFFIX)):
       if kind == "text":
         pending += str(value)
         continue
-      if coding.ids_as_text:
+      if kind == P.CANDIDATE:
+        pending += self.candidate_label(listed, int(value))
+        listed += 1
+        # Text-only prompts have no soft tokens to tell lettered
+        # candidates apart: they get the identifier too.
+        if coding.candidate_labels == "letters" and not coding.soft_tokens:
+          pending += " " + self.entity_text(kind, int(value))
+      elif coding.ids_as_text:
         pending += self.entity_text(kind, int(value))
-      if coding.soft_tokens:
+      first, count = coding.tokens_of(kind)
+      if count:
         if pending:
           ids = self._text(pending, first=not tokens)
           add(ids, WORD, [0] * len(ids))
           pending = ""
         add(
-          [self.pad_id] * coding.soft_tokens,
+          [self.pad_id] * count,
           self.entity_row(kind, int(value)),
-          range(coding.soft_tokens),
+          range(first, first + count),
         )
     ids = self._text(pending, first=not tokens)
     add(ids, WORD, [0] * len(ids))
     answer_start = len(tokens)
+    if prompt.candidates:
+      return self._pack_candidates(prompt, tokens, entity, query)
     if with_answer:
       if prompt.answer is None:
         raise ValueError(f"{prompt.task} prompt has no answer to train on")
@@ -189,10 +270,78 @@ class PromptEncoder:
       user=prompt.user,
       task=prompt.task,
       target_row=(
-        self.entity_row("item", prompt.target_item)
+        self.entity_row(P.ITEM, prompt.target_item)
         if prompt.target_item >= 0
         else -1
       ),
+    )
+
+
+  def candidate_answers(self, prompt: P.Prompt) -> list[list[int]]:
+    """Answer tokens (EOS last) naming each candidate of ``prompt``."""
+    return [
+      self.answer_tokens(self.candidate_label(n, int(item)))
+      for n, item in enumerate(prompt.candidates)
+    ]
+
+  def _pack_candidates(self, prompt, tokens, entity, query) -> Encoded:
+    """The prompt followed by every candidate's answer, packed.
+
+    Answer tokens all candidates share (e.g. ``" item", "_"``) are fed once
+    after the prompt; each candidate's remaining tokens but the last form
+    its own segment, positioned right after the shared part.
+    """
+    answers = self.candidate_answers(prompt)
+    if len({tuple(a) for a in answers}) < len(answers):
+      raise ValueError(f"{prompt.task}: two candidates share one answer")
+    common = 0
+    shortest = min(len(a) for a in answers)
+    while common < shortest - 1 and all(
+      a[common] == answers[0][common] for a in answers
+    ):
+      common += 1
+    prompt_end = len(tokens)
+    shared = list(tokens) + answers[0][:common]
+    n_shared = len(shared)
+    tokens = shared
+    entity = list(entity) + [WORD] * common
+    query = list(query) + [0] * common
+    segment = [0] * n_shared
+    positions = list(range(n_shared))
+    logits_at, cand_tokens = [], []
+    for c, answer in enumerate(answers):
+      at = [prompt_end - 1 + j for j in range(common)] + [n_shared - 1]
+      fed = answer[common:-1]
+      start = len(tokens)
+      tokens += fed
+      entity += [WORD] * len(fed)
+      query += [0] * len(fed)
+      segment += [c + 1] * len(fed)
+      positions += [n_shared + j for j in range(len(fed))]
+      at += [start + j for j in range(len(fed))]
+      logits_at.append(np.asarray(at, np.int32))
+      cand_tokens.append(np.asarray(answer, np.int32))
+    candidates = np.asarray(prompt.candidates, np.int32)
+    hits = np.flatnonzero(candidates == prompt.target_item)
+    return Encoded(
+      tokens=np.asarray(tokens, np.int32),
+      slot_entity=np.asarray(entity, np.int32),
+      slot_query=np.asarray(query, np.int32),
+      answer_start=prompt_end,
+      target_item=prompt.target_item,
+      user=prompt.user,
+      task=prompt.task,
+      target_row=(
+        self.entity_row(P.ITEM, prompt.target_item)
+        if prompt.target_item >= 0
+        else -1
+      ),
+      segment=np.asarray(segment, np.int32),
+      positions=np.asarray(positions, np.int32),
+      candidates=candidates,
+      label=int(hits[0]) if len(hits) else -1,
+      cand_logits_at=tuple(logits_at),
+      cand_tokens=tuple(cand_tokens),
     )
 
 
@@ -378,8 +527,8 @@ def encode_fitting(
     enc = encoder.encode(prompt, with_answer)
     if len(enc.tokens) <= max_length:
       return enc
-    items = [i for i, (k, _) in enumerate(prompt.segments) if k == "item"]
-    if prompt.task not in (P.SEQUENTIAL, P.CONVERSATIONAL) or len(items) < 2:
+    items = [i for i, (k, _) in enumerate(prompt.segments) if k == P.HISTORY]
+    if len(items) < 2:
       return None
     # Drop the oldest history item and the separator that follows it.
     first = items[0]
@@ -404,6 +553,8 @@ def collate(
   with_answer: bool = True,
   retrieval_targets: bool = False,
   num_users: int | None = None,
+  num_candidates: int = 1,
+  answer_length: int = 1,
 ) -> dict[str, np.ndarray]:
   """Pads examples into one fixed-shape batch.
 
@@ -419,16 +570,22 @@ def collate(
       ``entity_is_candidate``.
     num_users: U (CF rows from U on are items); needed with
       ``retrieval_targets``.
+    num_candidates: N, candidates per row (re-ranking; >= 1).
+    answer_length: M, answer tokens per candidate (re-ranking; >= 1).
 
   Returns:
-    tokens int32[B, L], input_mask bool[B, L], slot_entity int32[B, L]
-    (local index into ``entities``, WORD or SOFT_PROMPT), slot_query
-    int32[B, L], entities int32[E] (CF rows, each distinct one once, padded
-    by repeating the first), and when ``with_answer``: target_positions
-    int32[B, P] (positions whose logits predict the answer), target_tokens
-    int32[B, P], target_mask bool[B, P]; when ``retrieval_targets``:
-    target_entity int32[B] (local index of the target item, -1 for text
-    tasks) and entity_is_candidate bool[E] (distinct real item rows).
+    tokens int32[B, L], input_mask bool[B, L], positions int32[B, L],
+    segment_ids int32[B, L], slot_entity int32[B, L] (local index into
+    ``entities``, WORD or SOFT_PROMPT), slot_query int32[B, L], entities
+    int32[E] (CF rows, each distinct one once, padded by repeating the
+    first); cand_logits_at int32[B, N, M] (positions whose logits predict
+    each candidate's answer tokens), cand_tokens int32[B, N, M], cand_mask
+    bool[B, N, M] and cand_label int32[B] (the target's candidate, -1 for
+    none); when ``with_answer``: target_positions int32[B, P] (positions
+    whose logits predict the answer), target_tokens int32[B, P],
+    target_mask bool[B, P]; when ``retrieval_targets``: target_entity
+    int32[B] (local index of the target item, -1 for text tasks) and
+    entity_is_candidate bool[E] (distinct real item rows).
   """
   b = len(examples)
   if retrieval_targets and num_users is None:
@@ -452,9 +609,15 @@ def collate(
   out = {
     "tokens": np.full((b, length), pad_id, np.int32),
     "input_mask": np.zeros((b, length), bool),
+    "positions": np.zeros((b, length), np.int32),
+    "segment_ids": np.zeros((b, length), np.int32),
     "slot_entity": np.full((b, length), WORD, np.int32),
     "slot_query": np.zeros((b, length), np.int32),
     "entities": entities,
+    "cand_logits_at": np.zeros((b, num_candidates, answer_length), np.int32),
+    "cand_tokens": np.full((b, num_candidates, answer_length), pad_id, np.int32),
+    "cand_mask": np.zeros((b, num_candidates, answer_length), bool),
+    "cand_label": np.full(b, -1, np.int32),
   }
   if retrieval_targets:
     out["target_entity"] = np.array(
@@ -478,14 +641,33 @@ def collate(
       raise ValueError(f"example of {n} tokens does not fit length {length}")
     out["tokens"][r, :n] = e.tokens
     out["input_mask"][r, :n] = True
+    out["positions"][r, :n] = np.arange(n) if e.positions is None else (
+      e.positions
+    )  # fmt: skip
+    if e.segment is not None:
+      out["segment_ids"][r, :n] = e.segment
     local = np.where(
       e.slot_entity >= 0, np.searchsorted(rows, e.slot_entity), e.slot_entity
     )
     out["slot_entity"][r, :n] = local
     out["slot_query"][r, :n] = e.slot_query
+    if len(e.cand_tokens) > num_candidates or e.answer_length > answer_length:
+      raise ValueError(
+        f"{len(e.cand_tokens)} candidates of up to {e.answer_length} answer "
+        f"tokens do not fit {num_candidates} x {answer_length}"
+      )
+    for c, (at, tok) in enumerate(zip(e.cand_logits_at, e.cand_tokens)):
+      out["cand_logits_at"][r, c, : len(at)] = at
+      out["cand_tokens"][r, c, : len(tok)] = tok
+      out["cand_mask"][r, c, : len(tok)] = True
+    out["cand_label"][r] = e.label
     if with_answer:
-      m = min(n - e.answer_start, num_targets)
+      # Re-ranking rows have no answer of their own; their first target
+      # position still marks the prompt's last token (the retrieval head
+      # reads its hidden state there).
+      m = min(n - e.answer_start, num_targets) if not e.is_rerank else 0
       out["target_positions"][r, :m] = e.answer_start - 1 + np.arange(m)
+      out["target_positions"][r, m:] = e.answer_start - 1 if m == 0 else 0
       out["target_tokens"][r, :m] = e.tokens[
         e.answer_start : e.answer_start + m
       ]
@@ -498,7 +680,9 @@ class BucketBatches:
 
   Each epoch shuffles every bucket, cuts it into batches (the last one of a
   bucket topped up with random members of that bucket) and shuffles the
-  batch order; the state is (epoch, batch within epoch).
+  batch order; the state is (epoch, batch within epoch). Re-ranking
+  examples and the other tasks' examples fill separate batches, so each
+  kind keeps its own fixed shapes (one compile per bucket and kind).
 
   Args:
     examples: encoded training examples (with answers).
@@ -534,22 +718,28 @@ class BucketBatches:
     self.num_entities = self.batch_size * (
       max(1, max(e.num_entities for e in examples)) + (num_users is not None)
     )
-    self.members: list[list[int]] = [[] for _ in self.buckets]
+    rerank = [e for e in examples if e.is_rerank]
+    self.num_candidates = max([1] + [len(e.cand_tokens) for e in rerank])
+    self.answer_length = max([1] + [e.answer_length for e in rerank])
+    # Group key: (bucket index, is re-ranking).
+    self.groups = sorted(
+      {(bucket_of(len(e.tokens), self.buckets), e.is_rerank) for e in examples}
+    )
+    self.members: list[list[int]] = [[] for _ in self.groups]
     for n, e in enumerate(examples):
-      self.members[bucket_of(len(e.tokens), self.buckets)].append(n)
+      key = (bucket_of(len(e.tokens), self.buckets), e.is_rerank)
+      self.members[self.groups.index(key)].append(n)
     self.epoch, self.position = 0, 0
     self._plan = self._epoch_plan(0)
 
   def _epoch_plan(self, epoch: int) -> list[tuple[int, np.ndarray]]:
     rng = np.random.default_rng([self.seed, epoch])
     plan = []
-    for b, members in enumerate(self.members):
-      if not members:
-        continue
+    for g, members in enumerate(self.members):
       order = rng.permutation(np.asarray(members))
       extra = -len(order) % self.batch_size
       order = np.concatenate([order, rng.choice(order, extra)])
-      plan += [(b, chunk) for chunk in order.reshape(-1, self.batch_size)]
+      plan += [(g, chunk) for chunk in order.reshape(-1, self.batch_size)]
     return [plan[i] for i in rng.permutation(len(plan))]
 
   def __iter__(self):
@@ -559,16 +749,19 @@ class BucketBatches:
     if self.position >= len(self._plan):
       self.epoch, self.position = self.epoch + 1, 0
       self._plan = self._epoch_plan(self.epoch)
-    bucket, rows = self._plan[self.position]
+    group, rows = self._plan[self.position]
     self.position += 1
+    bucket, rerank = self.groups[group]
     return collate(
       [self.examples[i] for i in rows],
       self.buckets[bucket],
-      self.num_targets,
+      1 if rerank else self.num_targets,
       self.num_entities,
       self.pad_id,
       retrieval_targets=self.num_users is not None,
       num_users=self.num_users,
+      num_candidates=self.num_candidates if rerank else 1,
+      answer_length=self.answer_length if rerank else 1,
     )
 
   def get_state(self) -> dict:

@@ -48,6 +48,9 @@ def prompt_batches(prompt_encoder, prompts, batch_size, buckets):
       )
     encoded.append(enc)
   per_entity = max([1] + [e.num_entities for e in encoded])
+  # Re-ranking prompts: every batch has the same candidate shape.
+  num_candidates = max([1] + [len(e.cand_tokens) for e in encoded])
+  answer_length = max([1] + [e.answer_length for e in encoded])
   groups = collections.defaultdict(list)
   for n, e in enumerate(encoded):
     groups[S2.bucket_of(len(e.tokens), buckets)].append(n)
@@ -62,6 +65,8 @@ def prompt_batches(prompt_encoder, prompts, batch_size, buckets):
         batch_size * per_entity,
         prompt_encoder.pad_id,
         with_answer=False,
+        num_candidates=num_candidates,
+        answer_length=answer_length,
       )
       yield chunk, batch
 

@@ -139,6 +139,18 @@ def word_embedding_rms(decoder: Decoder, llm_params, sample: int = 4096):
   return float(jnp.sqrt(jnp.mean(jnp.square(x.astype(jnp.float32)))))
 
 
+def _candidate_scores(logits: jax.Array, batch) -> jax.Array:
+  """float32[B, N] candidate answer log-likelihoods from float32[B, N, M, V]
+  logits at ``batch["cand_logits_at"]`` (-inf for padding candidates)."""
+  logprobs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  token = jnp.take_along_axis(
+    logprobs, batch["cand_tokens"][..., None], axis=-1
+  )[..., 0]
+  mask = batch["cand_mask"]
+  scores = jnp.where(mask, token, 0.0).sum(axis=-1)
+  return jnp.where(mask.any(axis=-1), scores, -jnp.inf)
+
+
 def splice_soft_tokens(
   words: jax.Array,
   soft: jax.Array,
@@ -183,12 +195,17 @@ class ItemLanguageModel:
     num_users: U; CF rows below it are users (entity type USER_TYPE).
     retrieval_weight: weight of the retrieval head's in-batch softmax loss
       beside the generative loss; 0 = no head (``retrieval_head``).
+    list_tokens: soft tokens of a history or candidate item: each entity's
+      S tokens are mean-pooled into this many groups, appended after its S
+      tokens (``EntityCoding.list_tokens``); 0 = lists use all S. Pooling
+      after the linear adapter equals adapting pooled query outputs.
   """
 
   decoder: Decoder
   encoder: SoftTokenEncoder
   num_users: int
   retrieval_weight: float = 0.0
+  list_tokens: int = 0
 
   @property
   def head(self) -> RetrievalHead:
@@ -230,10 +247,50 @@ class ItemLanguageModel:
     words = self.decoder.apply(
       {"params": llm_params}, batch["tokens"], method=Decoder.embed
     )
+    table = soft
+    e, s, d = soft.shape
+    if 0 < self.list_tokens < s:
+      pooled = soft.reshape(e, self.list_tokens, s // self.list_tokens, d)
+      table = jnp.concatenate([soft, pooled.mean(axis=2)], axis=1)
     x = splice_soft_tokens(
-      words, soft, prompt, batch["slot_entity"], batch["slot_query"]
+      words, table, prompt, batch["slot_entity"], batch["slot_query"]
     )
     return x, soft
+
+  def _forward(self, encoder_params, llm_params, cf_table, batch, logits_at):
+    """(DecoderOutput with logits at ``logits_at``, entity soft tokens)."""
+    x, soft = self._spliced(encoder_params, llm_params, cf_table, batch)
+    out = self.decoder.apply(
+      {"params": llm_params},
+      embeddings=x,
+      input_mask=batch["input_mask"],
+      positions=batch.get("positions"),
+      segment_ids=batch.get("segment_ids"),
+      logits_at=logits_at,
+    )
+    return out, soft
+
+  def candidate_scores(
+    self, encoder_params, llm_params, cf_table, batch
+  ) -> jax.Array:
+    """Log-likelihood of each candidate's answer, one forward pass.
+
+    Args:
+      encoder_params: trainable params.
+      llm_params: the frozen LLM's params.
+      cf_table: float32[rows, d].
+      batch: a collated batch of packed re-ranking prompts (``collate``).
+
+    Returns:
+      float32[B, N] sum of log p(answer token) over each candidate's answer
+      tokens given the prompt (teacher forced); -inf for padding candidates.
+    """
+    at = batch["cand_logits_at"]
+    b, n, m = at.shape
+    out, _ = self._forward(
+      encoder_params, llm_params, cf_table, batch, at.reshape(b, n * m)
+    )
+    return _candidate_scores(out.logits.reshape(b, n, m, -1), batch)
 
   def prompt_embeddings(
     self, encoder_params, llm_params, cf_table, batch
@@ -284,14 +341,19 @@ class ItemLanguageModel:
       "retrieval_accuracy", "retrieval_rows").
     """
     del rng
-    x, soft = self._spliced(encoder_params, frozen["llm"], frozen["cf"], batch)
-    out = self.decoder.apply(
-      {"params": frozen["llm"]},
-      embeddings=x,
-      input_mask=batch["input_mask"],
-      logits_at=batch["target_positions"],
+    cand_at = batch["cand_logits_at"]
+    b, n, m = cand_at.shape
+    p = batch["target_positions"].shape[1]
+    out, soft = self._forward(
+      encoder_params,
+      frozen["llm"],
+      frozen["cf"],
+      batch,
+      jnp.concatenate(
+        [batch["target_positions"], cand_at.reshape(b, n * m)], axis=1
+      ),
     )
-    logprobs = jax.nn.log_softmax(out.logits, axis=-1)
+    logprobs = jax.nn.log_softmax(out.logits[:, :p], axis=-1)
     target = batch["target_tokens"]
     nll = -jnp.take_along_axis(logprobs, target[..., None], axis=-1)[..., 0]
     mask = batch["target_mask"].astype(jnp.float32)
@@ -302,6 +364,25 @@ class ItemLanguageModel:
       "answer_tokens": mask.sum(),
     }
     loss = (nll * mask).sum() / count
+    # Re-ranking rows: softmax over the candidates' answer log-likelihoods,
+    # the held-out item's candidate the class (rows without one add 0).
+    scores = _candidate_scores(
+      out.logits[:, p:].reshape(b, n, m, -1), batch
+    )
+    label = batch["cand_label"]
+    labelled = (label >= 0).astype(jnp.float32)
+    rows = jnp.maximum(labelled.sum(), 1.0)
+    # Finite stand-ins for padding candidates: rows with none stay finite.
+    finite = jnp.where(jnp.isfinite(scores), scores, -1e9)
+    picked = jnp.take_along_axis(
+      jax.nn.log_softmax(finite, axis=-1), jnp.maximum(label, 0)[:, None], 1
+    )[:, 0]
+    rerank_loss = -(picked * labelled).sum() / rows
+    hit = (jnp.argmax(scores, axis=-1) == label).astype(jnp.float32)
+    metrics["rerank_loss"] = rerank_loss
+    metrics["rerank_accuracy"] = (hit * labelled).sum() / rows
+    metrics["rerank_rows"] = labelled.sum()
+    loss = loss + rerank_loss
     if self.retrieval_weight <= 0:
       return loss, metrics
     # Hidden state where the first answer token is predicted (the last

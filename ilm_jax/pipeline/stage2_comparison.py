@@ -20,9 +20,11 @@ import time
 import ml_collections
 
 from ilm_jax.data import prompts as P
+from ilm_jax.eval.metrics import SE_SUFFIX
 from ilm_jax.eval.report import bar_plot, markdown_table
 from ilm_jax.pipeline import run as pipeline
 from ilm_jax.pipeline.baselines_stage import summary_rows
+from ilm_jax.pipeline.stage2_report import text_row
 from ilm_jax.train import stage1, stage2
 
 # Variant name -> config.stage2 overrides.
@@ -75,6 +77,13 @@ def variant_config(
   return out
 
 
+def _copy_with_se(row: dict, name: str, metrics: dict, key: str) -> None:
+  """``row[name] = metrics[key]`` and likewise for the SE, when present."""
+  for suffix in ("", SE_SUFFIX):
+    if key + suffix in metrics:
+      row[name + suffix] = metrics[key + suffix]
+
+
 def summary_row(
   results: dict, split: str, templates: str, mode: str = "filtered"
 ) -> dict[str, float]:
@@ -90,25 +99,24 @@ def summary_row(
     {"HR@5", ..., "NDCG@10"} of sequential recommendation (generative
     decoding), "retrieval HR@10" / "retrieval NDCG@10" when the retrieval
     head was trained, "SC description", "SC profile", "title accuracy",
-    "train s" (whichever are present).
+    "train s" (whichever are present); each metric but "train s" with its
+    standard error under ``name + "_se"`` (as ``stage2_report`` gives it).
   """
   ev = results.get("eval", {})
   row = {}
   seq = ev.get(f"{P.SEQUENTIAL}/{split}/{templates}", {})
   for key in RANKING_KEYS:
-    if f"{mode}/{key}" in seq:
-      row[key] = seq[f"{mode}/{key}"]
+    _copy_with_se(row, key, seq, f"{mode}/{key}")
   ret = ev.get(f"retrieval/{P.SEQUENTIAL}/{split}/{templates}", {})
   for key in ("HR@10", "NDCG@10"):
-    if f"{mode}/{key}" in ret:
-      row[f"retrieval {key}"] = ret[f"{mode}/{key}"]
+    _copy_with_se(row, f"retrieval {key}", ret, f"{mode}/{key}")
   for task in (P.DESCRIPTION, P.PROFILE):
     text = ev.get(f"{task}/{templates}", {})
     if "SC" in text:
-      row[f"SC {task}"] = text["SC"]
+      _copy_with_se(row, f"SC {task}", text_row(text), "SC")
   desc = ev.get(f"{P.DESCRIPTION}/{templates}", {})
   if "title_accuracy" in desc:
-    row["title accuracy"] = desc["title_accuracy"]
+    _copy_with_se(row, "title accuracy", text_row(desc), "title_accuracy")
   if "train_seconds" in results:
     row["train s"] = results["train_seconds"]
   return row
@@ -173,7 +181,9 @@ def compare(
   results, rows = {}, {}
   for model, values in summary_rows(base["eval"], split, "filtered").items():
     rows[f"{model} (all users)"] = {
-      k: v for k, v in values.items() if k in RANKING_KEYS
+      k: v
+      for k, v in values.items()
+      if k.removesuffix(SE_SUFFIX) in RANKING_KEYS
     }
   for name in variants:
     start = time.time()

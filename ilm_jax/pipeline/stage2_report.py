@@ -10,47 +10,92 @@ printed by the launcher and written to ``stage2/results.md`` and
 
 from __future__ import annotations
 
+import math
 import pathlib
 
+from ilm_jax.eval.metrics import SE_SUFFIX
 from ilm_jax.eval.report import bar_plot, markdown_table
 
 RANKING = ("HR@5", "HR@10", "NDCG@5", "NDCG@10")
 TABLE_FILE = "results.md"
 PLOT_FILE = "results.png"
+_PLOTTED_RANKING = tuple(
+  m + s for m in ("HR@10", "NDCG@10") for s in ("", SE_SUFFIX)
+)
+
+
+def _with_se(row: dict, name: str, metrics: dict, key: str) -> None:
+  """Sets ``row[name]`` to ``metrics[key]`` and, when present, its SE."""
+  row[name] = metrics[key]
+  if key + SE_SUFFIX in metrics:
+    row[name + SE_SUFFIX] = metrics[key + SE_SUFFIX]
 
 
 def ranking_rows(results: dict) -> dict[str, dict[str, float]]:
   """``"{task}/{split}/{templates}"`` (and ``retrieval/...``) -> metrics.
 
   Columns: filtered HR/NDCG, then unfiltered HR@10 / NDCG@10, then the
-  share of beams that spelled an item and the users evaluated.
+  share of beams that spelled an item and the users evaluated; each HR/NDCG
+  comes with its standard error (``"HR@10_se"``, ``"unfiltered HR@10_se"``)
+  when the results hold one.
   """
   rows = {}
   for key, metrics in results.get("eval", {}).items():
     if "filtered/HR@10" not in metrics:
       continue
-    row = {m: metrics[f"filtered/{m}"] for m in RANKING}
+    row = {}
+    for m in RANKING:
+      _with_se(row, m, metrics, f"filtered/{m}")
     for m in ("HR@10", "NDCG@10"):
-      row[f"unfiltered {m}"] = metrics[f"unfiltered/{m}"]
-    for m in ("valid_rate", "users"):
+      _with_se(row, f"unfiltered {m}", metrics, f"unfiltered/{m}")
+    if "valid_rate" in metrics:
+      row["valid_rate"] = metrics["valid_rate"]
+    for m in ("users", "filtered/users"):
       if m in metrics:
-        row[m] = metrics[m]
+        row["users"] = metrics[m]
+        break
     rows[key] = row
   return rows
 
 
-def text_rows(results: dict) -> dict[str, dict[str, float]]:
-  """``"{task}/{templates}"`` -> SC (mean, std), title accuracy, prompts."""
-  rows = {}
-  for key, metrics in results.get("eval", {}).items():
-    if "SC" not in metrics:
+def _mean_se(std: float, n: int) -> float:
+  """SE of a mean from the population std (ddof=0) of ``n`` values."""
+  return float(std / math.sqrt(n - 1)) if n > 1 else 0.0
+
+
+def text_row(metrics: dict) -> dict[str, float]:
+  """SC (mean, SE, std), title accuracy (with SE) and prompts of one text
+  evaluation's metrics.
+
+  The SEs are those ``metrics`` holds (``"SC_se"``, ``"title_accuracy_se"``)
+  or else follow from ``SC_std`` (a ddof=0 std over prompts) and, for the
+  title accuracy (a share of prompts), from the binomial variance.
+  """
+  n = metrics.get("prompts")
+  row = {}
+  for m in ("SC", "SC_std", "title_accuracy", "prompts"):
+    if m not in metrics:
       continue
-    rows[key] = {
-      m: metrics[m]
-      for m in ("SC", "SC_std", "title_accuracy", "prompts")
-      if m in metrics
-    }
-  return rows
+    row[m] = metrics[m]
+    se = metrics.get(m + SE_SUFFIX)
+    if se is None and n is not None:
+      if m == "SC" and "SC_std" in metrics:
+        se = _mean_se(metrics["SC_std"], n)
+      elif m == "title_accuracy":
+        p = metrics[m]
+        se = _mean_se(math.sqrt(max(p * (1.0 - p), 0.0)), n)
+    if se is not None:
+      row[m + SE_SUFFIX] = se
+  return row
+
+
+def text_rows(results: dict) -> dict[str, dict[str, float]]:
+  """``"{task}/{templates}"`` -> ``text_row`` of its metrics."""
+  return {
+    key: text_row(metrics)
+    for key, metrics in results.get("eval", {}).items()
+    if "SC" in metrics
+  }
 
 
 def tables(results: dict, name: str) -> str:
@@ -85,11 +130,11 @@ def write(results: dict, out_dir: str | pathlib.Path, name: str) -> str:
   text = tables(results, name)
   (out_dir / TABLE_FILE).write_text(text)
   plotted = {
-    key: {"HR@10": row["HR@10"], "NDCG@10": row["NDCG@10"]}
+    key: {m: row[m] for m in _PLOTTED_RANKING if m in row}
     for key, row in ranking_rows(results).items()
   }
   for key, row in text_rows(results).items():
-    plotted[key] = {"SC": row["SC"]}
+    plotted[key] = {m: row[m] for m in ("SC", "SC" + SE_SUFFIX) if m in row}
   if plotted:
     bar_plot(plotted, out_dir / PLOT_FILE, f"{name}: stage 2")
   return text

@@ -130,6 +130,7 @@ class Decoder(nn.Module):
     cache: kvc.KVCache | None = None,
     logits_at: jax.Array | None = None,
     return_logits: bool = True,
+    segment_ids: jax.Array | None = None,
   ) -> DecoderOutput:
     """Runs the decoder over T new tokens.
 
@@ -147,6 +148,10 @@ class Decoder(nn.Module):
       logits_at: int32[B, P] indices into the T new tokens at which to
         compute logits; None computes them at every token.
       return_logits: False skips the output head (``logits`` is None).
+      segment_ids: int32[B, T] packed continuations (no cache): tokens of
+        segment s > 0 attend only to segment 0 and to their own segment
+        (``kv_cache.context_without_cache``). Give ``positions`` with it so
+        each continuation continues the shared prefix's positions.
 
     Returns:
       A DecoderOutput (logits, final hidden states, updated cache).
@@ -173,7 +178,11 @@ class Decoder(nn.Module):
     positions = positions.astype(jnp.int32)
     window = cfg.sliding_window if LOCAL in cfg.layer_types else None
     if cache is None:
-      ctx = kvc.context_without_cache(positions, input_mask, window)
+      ctx = kvc.context_without_cache(
+        positions, input_mask, window, segment_ids
+      )
+    elif segment_ids is not None:
+      raise ValueError("Decoder: segment_ids work without a cache only")
     else:
       cache, ctx = kvc.advance_cache(cache, positions, input_mask, window)
 

@@ -114,13 +114,31 @@ def _masks(q_positions, q_slots, k_positions, k_slots, k_valid, window):
 
 
 def context_without_cache(
-  positions: jax.Array, input_mask: jax.Array, window: int | None
+  positions: jax.Array,
+  input_mask: jax.Array,
+  window: int | None,
+  segment_ids: jax.Array | None = None,
 ) -> AttentionContext:
-  """Masks for a call that attends only within its own T tokens."""
+  """Masks for a call that attends only within its own T tokens.
+
+  Args:
+    positions: int32[B, T] RoPE positions.
+    input_mask: bool[B, T] real tokens.
+    window: sliding window of local layers, or None.
+    segment_ids: int32[B, T] or None. Segment 0 is shared: every token may
+      attend to it (causally). A token of segment s > 0 attends to segment 0
+      and to earlier tokens of its own segment only, so several short
+      continuations packed after one prompt never see each other (each reads
+      as if it alone followed the prompt).
+  """
   slots = jnp.arange(positions.shape[1], dtype=jnp.int32)
   global_mask, local_mask = _masks(
     positions, slots, positions, slots, input_mask, window
   )
+  if segment_ids is not None:
+    q, k = segment_ids[:, :, None], segment_ids[:, None, :]
+    same = (k == 0) | (k == q)
+    global_mask, local_mask = global_mask & same, local_mask & same
   return AttentionContext(global_mask, local_mask, jnp.zeros((), jnp.int32))
 
 
