@@ -166,6 +166,11 @@ def _config(**stage2_fields):
   s.eval.batch_size = 4
   s.eval.splits = ("valid",)
   s.eval.max_text_prompts = 4
+  # Character tokens: short candidate names keep re-ranking prompts short.
+  s.rerank.labels = "letters"
+  s.list_tokens = 1
+  s.rerank.max_users = 6
+  s.rerank.batch_size = 4
   for key, value in stage2_fields.items():
     setattr(s, key, value)
   return c

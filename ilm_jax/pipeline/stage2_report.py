@@ -19,6 +19,14 @@ from ilm_jax.eval.report import bar_plot, markdown_table
 RANKING = ("HR@5", "HR@10", "NDCG@5", "NDCG@10")
 TABLE_FILE = "results.md"
 PLOT_FILE = "results.png"
+RERANK_PLOT_FILE = "rerank.png"
+# Rows of a re-ranking result: what ranked the list, in table order.
+RERANK_ROWS = (
+  ("ilm", "ILM re-ranks"),
+  ("retriever", "retriever order (null)"),
+  ("shuffled", "top N shuffled (null)"),
+  ("popularity", "popularity"),
+)
 _PLOTTED_RANKING = tuple(
   m + s for m in ("HR@10", "NDCG@10") for s in ("", SE_SUFFIX)
 )
@@ -98,6 +106,50 @@ def text_rows(results: dict) -> dict[str, dict[str, float]]:
   }
 
 
+def _verdict(comparison: dict, metric: str) -> str:
+  c = comparison[metric]
+  return f"{c['diff']:+.4f} ± {c['se']:.4f} ({c['verdict']})"
+
+
+def rerank_rows(results: dict) -> dict[str, dict]:
+  """Re-ranking results: per key, the ILM and the rows it is compared with.
+
+  Row names are ``"{task}/{split}/{templates}: {model}"``; the ILM's row
+  also says how it differs from each null on HR@10 (paired difference ±
+  SE, "above" only beyond two SEs).
+  """
+  rows = {}
+  for key, result in results.get("rerank", {}).items():
+    for name, label in RERANK_ROWS:
+      metrics = result.get(name)
+      if metrics is None:
+        continue
+      row = {}
+      for m in RANKING:
+        _with_se(row, m, metrics, m)
+      row["users"] = metrics.get("users")
+      if name == "ilm":
+        for null in ("retriever", "shuffled"):
+          if f"vs_{null}" in result:
+            row[f"HR@10 vs {null}"] = _verdict(result[f"vs_{null}"], "HR@10")
+      rows[f"{key}: {label}"] = row
+  return rows
+
+
+def _rerank_setting(results: dict) -> str:
+  for result in results.get("rerank", {}).values():
+    lists = result.get("lists", {})
+    n = result.get("num_candidates", "?")
+    recall = lists.get(f"recall@{n}")
+    ceiling = f", target in top {n}: {recall:.4f}" if recall is not None else ""
+    return (
+      f"top {n} of {result.get('retrieved_by', '?')}, shown in "
+      f"{result.get('order', '?')} order, named by "
+      f"{result.get('labels', '?')}{ceiling}"
+    )
+  return ""
+
+
 def tables(results: dict, name: str) -> str:
   """Both markdown tables of one stage-2 result (``name`` titles them)."""
   variant = results.get("variant", "ilm")
@@ -106,6 +158,16 @@ def tables(results: dict, name: str) -> str:
     f"{results.get('train_examples', '?')} training prompts"
   )
   out = []
+  rerank = rerank_rows(results)
+  if rerank:
+    out.append(
+      markdown_table(
+        rerank,
+        f"{name}: stage 2 ({variant}, {budget}), re-ranking retrieved "
+        f"candidates ({_rerank_setting(results)}); full-catalogue HR/NDCG, "
+        "seen items removed",
+      )
+    )
   ranking = ranking_rows(results)
   if ranking:
     out.append(
@@ -137,4 +199,12 @@ def write(results: dict, out_dir: str | pathlib.Path, name: str) -> str:
     plotted[key] = {m: row[m] for m in ("SC", "SC" + SE_SUFFIX) if m in row}
   if plotted:
     bar_plot(plotted, out_dir / PLOT_FILE, f"{name}: stage 2")
+  rerank = {
+    key: {m: row[m] for m in _PLOTTED_RANKING if m in row}
+    for key, row in rerank_rows(results).items()
+  }
+  if rerank:
+    bar_plot(
+      rerank, out_dir / RERANK_PLOT_FILE, f"{name}: re-ranking (± 1 SE)"
+    )
   return text

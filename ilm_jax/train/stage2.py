@@ -46,7 +46,8 @@ from ilm_jax.models.ilm import (
 )
 from ilm_jax.models.llm.decoder import Decoder
 from ilm_jax.pipeline import stage2_report
-from ilm_jax.pipeline.cf_stage import run_cf
+from ilm_jax.pipeline.cf_stage import als_config, run_cf
+from ilm_jax.rerank import stage as rerank
 from ilm_jax.sharding.mesh import make_mesh
 from ilm_jax.train import loop, stage1
 from ilm_jax.train.stage2_llm import load_stage2_llm
@@ -63,7 +64,7 @@ def stage2_config() -> ml_collections.ConfigDict:
   c.init = "stage1"  # "stage1" (checkpoint when present) | "random"
   c.stage1_dir = "stage1"  # workdir subdirectory of the stage-1 run used
   c.llm = "smollm2"  # LLM source (load_llm) or "tiny" (random, tests)
-  c.tasks = P.TASKS  # multitask mixture
+  c.tasks = P.ALL_TASKS  # multitask mixture (re-ranking tasks included)
   # Defaults are the accelerator-scale recipe (paper-like: long histories,
   # thousands of steps, every user, both splits and template sets);
   # ``cpu_recipe`` is the README main job's 2-core-CPU budget.
@@ -80,6 +81,10 @@ def stage2_config() -> ml_collections.ConfigDict:
   # (beyond the paper, which has none; 0 = off).
   c.shared_prompt = 0
   c.mlp_hidden = 256  # "mlp" variant: hidden width
+  # Soft tokens of each history / candidate item: the entity's K tokens
+  # mean-pooled into this many (0 = all K), so long lists stay short.
+  c.list_tokens = 0
+  c.rerank = rerank.rerank_config()  # re-ranking retrieved candidates
   # Retrieval head (beyond the paper): in-batch softmax loss weight beside
   # the generative loss; > 0 adds the head and reports its full ranking.
   c.retrieval_weight = 0.0
@@ -139,6 +144,10 @@ def shrink_stage2_for_cpu(c: ml_collections.ConfigDict):
   c.eval.max_users = 20
   c.eval.max_text_prompts = 8
   c.eval.templates = ("unseen",)
+  c.rerank.num_candidates = 10
+  c.rerank.train_holdout = 5
+  c.rerank.examples_per_task = 100
+  c.rerank.max_users = 40
   return c
 
 
@@ -219,7 +228,11 @@ def build_model(
       "variant has none"
     )
   model = ItemLanguageModel(
-    Decoder(llm_config), encoder, num_users, float(c.retrieval_weight)
+    Decoder(llm_config),
+    encoder,
+    num_users,
+    float(c.retrieval_weight),
+    list_tokens=int(c.list_tokens),
   )
   boxed = model.init_encoder(jax.random.key(seed), cf_dim)
   init = "random"
@@ -237,11 +250,18 @@ def build_model(
 
 def coding_of(c, encoder: SoftTokenEncoder) -> S2.EntityCoding:
   if c.variant == "text":
-    return S2.EntityCoding(0, ids_as_text=True, soft_prompt=c.soft_prompt)
+    return S2.EntityCoding(
+      0,
+      ids_as_text=True,
+      soft_prompt=c.soft_prompt,
+      candidate_labels=c.rerank.labels,
+    )
   return S2.EntityCoding(
     encoder.tokens_per_entity,
     ids_as_text=c.ids_as_text,
     soft_prompt=encoder.soft_prompt,
+    list_tokens=c.list_tokens,
+    candidate_labels=c.rerank.labels,
   )
 
 
@@ -253,11 +273,18 @@ def build_trie(prompt_encoder: S2.PromptEncoder, vocab_size: int):
   return build_item_trie(sequences, vocab_size)
 
 
-def training_examples(c, split, index, prompt_encoder, seed):
-  """(encoded training examples, set of items that descriptions use)."""
-  prompts = S2.training_prompts(
-    split, index, tuple(c.tasks), c.examples_per_task, c.max_history, seed
-  )
+def training_examples(c, split, index, prompt_encoder, seed, rerank_prompts=()):
+  """(encoded training examples, set of items that descriptions use).
+
+  ``rerank_prompts`` (``rerank.training_prompts``) join the generative
+  tasks' prompts.
+  """
+  generative = tuple(t for t in c.tasks if t in P.TASKS)
+  prompts = list(rerank_prompts)
+  if generative:
+    prompts += S2.training_prompts(
+      split, index, generative, c.examples_per_task, c.max_history, seed
+    )
   examples, described = [], set()
   for p in prompts:
     enc = S2.encode_fitting(prompt_encoder, p, c.length_buckets[-1], True)
@@ -423,9 +450,15 @@ def run(
     c.max_answer_tokens,
   )
   trie = build_trie(prompt_encoder, llm_config.vocab_size)
+  rerank.check_config(c)
+  mesh = make_mesh(tuple(config.mesh.shape))
   start = time.time()
+  ks = tuple(config.eval.ks)
+  rerank_train, rerank_stats = rerank.training_prompts(
+    c, split, als_config(config), ks, config.seed, mesh
+  )
   examples, described = training_examples(
-    c, split, index, prompt_encoder, config.seed
+    c, split, index, prompt_encoder, config.seed, rerank_train
   )
   data = S2.BucketBatches(
     examples,
@@ -455,7 +488,7 @@ def run(
     data,
     c.train,
     out_dir,
-    mesh=make_mesh(tuple(config.mesh.shape)),
+    mesh=mesh,
     rules=config.mesh.rules,
     frozen=frozen,
     frozen_specs=frozen_specs,
@@ -478,6 +511,12 @@ def run(
     described,
     text_examples,
   )
+  rerank_results = {}
+  if c.rerank.tasks:
+    rerank_results = rerank.evaluate(
+      c, split, model, encoder_params, llm_params, frozen["cf"], table,
+      prompt_encoder, ks, config.seed,
+    )  # fmt: skip
   results = {
     "variant": c.variant,
     "init": init,
@@ -488,6 +527,8 @@ def run(
     "train_seconds": train_seconds,
     "train": result.metrics,
     "eval": metrics,
+    "rerank": rerank_results,
+    "rerank_training": rerank_stats,
     "text_examples": text_examples,
   }
   (out_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2))

@@ -1,0 +1,158 @@
+"""The re-ranking part of stage 2: its config, training prompts, evaluation.
+
+Training prompts come from the inner retriever's lists (``candidates``),
+kept where the held-out item is among the top N (a list without it teaches
+nothing about choosing). Evaluation re-ranks the evaluated retriever's top
+N for every held-out user (``rerank.max_users = -1``) per task, split and
+template set, beside the retriever's order, the shuffled list and
+popularity, all with standard errors.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+import numpy as np
+
+from ilm_jax.data import prompts as P
+from ilm_jax.eval import full_ranking
+from ilm_jax.eval import metrics as M
+from ilm_jax.rerank import candidates as C
+from ilm_jax.rerank import evaluate as E
+from ilm_jax.rerank.prompts import rerank_prompts, shown_order
+
+RETRIEVERS = ("als",)
+
+
+def rerank_config() -> ml_collections.ConfigDict:
+  """``config.stage2.rerank`` fields."""
+  c = ml_collections.ConfigDict()
+  c.num_candidates = 20  # N retrieved items the LLM re-ranks
+  c.retriever = "als"  # evaluation lists: "als" (the CF table's dot product)
+  c.order = "retriever"  # candidates shown "retriever" order | "shuffled"
+  # Candidate names in prompts and answers: "identifiers" (item_1234) or
+  # "letters" (A, B, ...: one token each, as LlamaRec).
+  c.labels = "identifiers"
+  # Training lists: the last ``train_holdout`` training items of every user
+  # are held out of an inner ALS, whose lists for those positions train.
+  c.train_holdout = 10
+  c.examples_per_task = 2000  # training prompts per re-ranking task (cap)
+  c.tasks = P.RERANK_TASKS  # re-ranking tasks evaluated
+  c.max_users = -1  # held-out users evaluated (-1 = all)
+  c.batch_size = 8  # prompts per scoring call
+  return c
+
+
+def check_config(c: ml_collections.ConfigDict) -> None:
+  if c.rerank.retriever not in RETRIEVERS:
+    raise ValueError(
+      f"stage2.rerank.retriever {c.rerank.retriever!r} not in {RETRIEVERS}"
+    )
+  if c.rerank.num_candidates < 2:
+    raise ValueError("stage2.rerank.num_candidates must be >= 2")
+
+
+def list_length(c, ks) -> int:
+  """Items retrieved per list: N candidates, or more for a tail up to k."""
+  return max(int(c.rerank.num_candidates), max(ks))
+
+
+def training_prompts(c, split, als_config, ks, seed, mesh=None):
+  """(re-ranking training prompts, their list statistics).
+
+  Args:
+    c: ``config.stage2``.
+    split: the leave-one-out split.
+    als_config: ALS hyper-parameters (``cf_stage.als_config``).
+    ks: metric cut-offs (the list length covers them).
+    seed: seeds sampling, shuffling and templates.
+    mesh: optional device mesh for the inner ALS.
+  """
+  tasks = [t for t in c.tasks if t in P.RERANK_TASKS]
+  if not tasks:
+    return [], {}
+  r = c.rerank
+  n = int(r.num_candidates)
+  lists, info = C.training_lists(
+    split, als_config, int(r.train_holdout), list_length(c, ks), mesh
+  )
+  stats = {"lists": C.rank_summary(lists, n), **info}
+  keep = np.flatnonzero(lists.target_ranks(n) >= 0)
+  rng = np.random.default_rng([seed, 5])
+  prompts = []
+  for task in tasks:
+    rows = rng.permutation(keep)[: int(r.examples_per_task)]
+    chosen = lists.subset(rows)
+    shown = shown_order(chosen, n, r.order, seed + len(prompts))
+    prompts += rerank_prompts(
+      chosen, shown, task, True, split.catalog, c.max_history, seed, False
+    )
+  stats["usable_lists"] = len(keep)  # lists holding their target
+  return prompts, stats
+
+
+def evaluation_users(c, split, seed) -> np.ndarray:
+  users = np.arange(split.num_users)
+  m = int(c.rerank.max_users)
+  if 0 < m < len(users):
+    rng = np.random.default_rng([seed, 3])
+    users = np.sort(rng.choice(users, m, replace=False))
+  return users
+
+
+def evaluate(
+  c, split, model, encoder_params, llm_params, cf_table, cf, prompt_encoder,
+  ks, seed=0,
+) -> dict:  # fmt: skip
+  """Re-ranking results per ``"{task}/{split}/{templates}"``.
+
+  Args:
+    c: ``config.stage2``.
+    split: the split.
+    model, encoder_params, llm_params: the trained ILM.
+    cf_table: float32[rows, d] CF table (the model's input).
+    cf: the CFTable (the ALS retriever).
+    prompt_encoder: as in training.
+    ks: cut-offs.
+    seed: seeds shuffling, wishes, user sampling.
+
+  Returns:
+    {key: {"ilm", "retriever", "shuffled", "popularity": metrics with SEs,
+    "vs_retriever", "vs_shuffled": paired comparisons, "lists": the target's
+    rank distribution, "order", "labels", "num_candidates", "retrieved_by", "seconds"}}.
+  """
+  r = c.rerank
+  n = int(r.num_candidates)
+  users = evaluation_users(c, split, seed)
+  score_fn = full_ranking.dot_product_scorer(cf.users, cf.items)
+  _, train_items = split.train_interactions()
+  popularity = full_ranking.popularity_scorer(train_items, split.num_items)
+  out = {}
+  for split_name in c.eval.splits:
+    lists = C.evaluation_lists(
+      split, split_name, users, score_fn, list_length(c, ks)
+    )
+    shown = shown_order(lists, n, r.order, seed)
+    seen = split.seen_items(split_name)  # indexed by user
+    pop_ranks = full_ranking.rank_targets(
+      popularity, users, lists.targets, split.num_items, seen,
+      batch_size=min(full_ranking.DEFAULT_BATCH, len(users)),
+    )  # fmt: skip
+    for task in r.tasks:
+      for templates in c.eval.templates:
+        prompts = rerank_prompts(
+          lists, shown, task, templates == "seen", split.catalog,
+          c.max_history, seed, True,
+        )  # fmt: skip
+        result = E.evaluate_task(
+          model, encoder_params, llm_params, cf_table, prompt_encoder,
+          lists, shown, prompts, batch_size=int(r.batch_size),
+          buckets=tuple(c.length_buckets), ks=ks, seed=seed,
+        )  # fmt: skip
+        result["popularity"] = M.metrics_from_ranks(pop_ranks, ks)
+        result["lists"] = C.rank_summary(lists, n)
+        result.update(
+          order=r.order, labels=r.labels, num_candidates=n,
+          retrieved_by=r.retriever,
+        )  # fmt: skip
+        out[f"{task}/{split_name}/{templates}"] = result
+  return out
