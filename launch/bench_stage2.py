@@ -8,6 +8,7 @@ time is measured) and times, per length bucket,
 * one constrained beam search over ``stage2.eval.batch_size`` sequential
   prompts (compile, then steady),
 * one greedy decode of as many item-description prompts,
+* one re-ranking scoring call (``stage2.rerank.batch_size`` prompts),
 
 then projects the wall time of the config's stage 2: its training steps
 (spread over buckets as its examples are) and its evaluation (users, tasks,
@@ -36,6 +37,12 @@ from ilm_jax.data import prompts as P  # noqa: E402
 from ilm_jax.data import stage2_examples as S2  # noqa: E402
 from ilm_jax.data.indexing import make_index  # noqa: E402
 from ilm_jax.eval import generative  # noqa: E402
+from ilm_jax.eval.full_ranking import dot_product_scorer  # noqa: E402
+from ilm_jax.pipeline.cf_stage import als_config  # noqa: E402
+from ilm_jax.rerank import candidates  # noqa: E402
+from ilm_jax.rerank import stage as rerank  # noqa: E402
+from ilm_jax.rerank.evaluate import score_prompts  # noqa: E402
+from ilm_jax.rerank.prompts import rerank_prompts, shown_order  # noqa: E402
 from ilm_jax.train import loop, stage2  # noqa: E402
 from ilm_jax.train.stage2_llm import load_stage2_llm  # noqa: E402
 
@@ -55,16 +62,23 @@ def _timed(fn):
   return time.perf_counter() - start
 
 
-def _bucket_batches(data, buckets, count):
-  """``count`` training batches of each bucket length (where any exist)."""
-  want = {b: [] for b in buckets if any(data.members[buckets.index(b)])}
-  for _ in range(100 * count * len(buckets)):
+def _group_name(length: int, rerank: bool) -> str:
+  return f"{length}{' rerank' if rerank else ''}"
+
+
+def _group_batches(data, count):
+  """``count`` + 1 training batches of each (bucket length, kind) group."""
+  names = [_group_name(data.buckets[b], r) for b, r in data.groups]
+  want = {name: [] for name in names}
+  for _ in range(100 * count * len(names)):
     if all(len(v) >= count + 1 for v in want.values()):
       break
     batch = next(data)
-    length = batch["tokens"].shape[1]
-    if len(want[length]) < count + 1:
-      want[length].append(batch)
+    name = _group_name(
+      batch["tokens"].shape[1], batch["cand_logits_at"].shape[1] > 1
+    )
+    if len(want[name]) < count + 1:
+      want[name].append(batch)
   return want
 
 
@@ -91,13 +105,20 @@ def main(argv):
     c.max_answer_tokens,
   )
   trie = stage2.build_trie(encoder, llm_config.vocab_size)
-  examples, _ = stage2.training_examples(c, split, index, encoder, config.seed)
+  ks = tuple(config.eval.ks)
+  rerank_train, _ = rerank.training_prompts(
+    c, split, als_config(config), ks, config.seed
+  )
+  examples, _ = stage2.training_examples(
+    c, split, index, encoder, config.seed, rerank_train
+  )
   data = S2.BucketBatches(
     examples, c.batch_size, buckets, c.max_answer_tokens, encoder.pad_id,
     num_users=split.num_users if c.retrieval_weight > 0 else None,
   )  # fmt: skip
   share = {
-    b: len(m) / len(examples) for b, m in zip(buckets, data.members) if m
+    _group_name(data.buckets[b], r): len(m) / len(examples)
+    for (b, r), m in zip(data.groups, data.members)
   }
   trainer = loop.Trainer(
     model.loss, c.train, nn.unbox(boxed), nn.get_partition_spec(boxed)
@@ -105,7 +126,7 @@ def main(argv):
   state = trainer.init_state(nn.unbox(boxed))
   frozen = trainer.place_frozen({"llm": llm_params, "cf": cf})
   train = {}
-  for length, batches in _bucket_batches(data, buckets, _STEPS.value).items():
+  for length, batches in _group_batches(data, _STEPS.value).items():
     times = []
     for batch in batches:
       placed = trainer.place_batch(batch)
@@ -139,6 +160,26 @@ def main(argv):
     for _ in range(2)
   ]  # fmt: skip
   print(f"beam search batch: {beam}, greedy text batch: {text}")
+  scored = []
+  if c.rerank.tasks:
+    lists = candidates.evaluation_lists(
+      split, "test", np.arange(c.rerank.batch_size),
+      dot_product_scorer(cf[: split.num_users], cf[split.num_users :]),
+      rerank.list_length(c, ks),
+    )  # fmt: skip
+    shown = shown_order(lists, c.rerank.num_candidates, c.rerank.order, 0)
+    prompts = rerank_prompts(
+      lists, shown, c.rerank.tasks[0], False, split.catalog, c.max_history,
+      0, True,
+    )  # fmt: skip
+    scored = [
+      _timed(lambda: score_prompts(
+        model, params, llm_params, cf, encoder, prompts,
+        batch_size=int(c.rerank.batch_size), buckets=buckets,
+      ))
+      for _ in range(2)
+    ]  # fmt: skip
+    print(f"re-ranking batch: {scored}")
   steps = int(c.train.num_steps)
   train_s = sum(
     train[b]["first"] + share[b] * steps * train[b]["step"] for b in train
@@ -152,6 +193,14 @@ def main(argv):
   text_batches = -(-c.eval.max_text_prompts // c.eval.batch_size)
   text_batches *= len(text_tasks) * sets
   eval_s = beam[0] + item_batches * beam[1] + text[0] + text_batches * text[1]
+  rerank_batches = 0
+  if scored:
+    rerank_users = (
+      c.rerank.max_users if c.rerank.max_users > 0 else split.num_users
+    )
+    rerank_batches = -(-rerank_users // int(c.rerank.batch_size))
+    rerank_batches *= len(c.rerank.tasks) * len(c.eval.splits) * sets
+    eval_s += scored[0] + rerank_batches * scored[1]
   out = {
     "config": {
       "steps": steps, "batch_size": int(c.batch_size), "buckets": buckets,
@@ -163,6 +212,10 @@ def main(argv):
     "train_seconds_per_bucket": train,
     "beam_search_batch_seconds": {"first": beam[0], "steady": beam[1]},
     "greedy_text_batch_seconds": {"first": text[0], "steady": text[1]},
+    "rerank_batch_seconds": (
+      {"first": scored[0], "steady": scored[1], "batches": rerank_batches}
+      if scored else None
+    ),
     "projected_train_seconds": train_s,
     "projected_eval_seconds": eval_s,
     "devices": [str(d) for d in jax.devices()][:1] + [len(jax.devices())],

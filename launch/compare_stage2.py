@@ -75,6 +75,8 @@ def main(argv):
   print("wall seconds: " + ", ".join(
     f"{k} {v:.0f}" for k, v in out["seconds"].items()
   ))  # fmt: skip
+  if out["rerank_rows"]:
+    print(markdown_table(out["rerank_rows"], "stage-2 comparison: re-ranking"))
   print(markdown_table(out["rows"], "stage-2 comparison"))
   print(f"written: {os.path.join(_WORKDIR.value, 'compare.md')}")
 

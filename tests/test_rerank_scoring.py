@@ -43,9 +43,7 @@ def _setup(llm, labels, list_tokens):
     Decoder(config), encoder, NUM_USERS, list_tokens=list_tokens
   )
   params = nn.unbox(model.init_encoder(jax.random.key(1), CF_DIM))
-  coding = S2.EntityCoding(
-    4, list_tokens=list_tokens, candidate_labels=labels
-  )
+  coding = S2.EntityCoding(4, list_tokens=list_tokens, candidate_labels=labels)
   enc = S2.PromptEncoder(
     char_tokenizer(), random_indexing(NUM_ITEMS, seed=3), NUM_USERS, coding, 12
   )

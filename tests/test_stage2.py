@@ -18,6 +18,7 @@ from ilm_jax.data import load_split
 from ilm_jax.data import prompts as P
 from ilm_jax.data import stage2_examples as S2
 from ilm_jax.data.indexing import random_indexing
+from ilm_jax.eval import metrics as M
 from ilm_jax.experiment_config import base_config
 from ilm_jax.models.bert import BertConfig
 from ilm_jax.models.ilm import ItemLanguageModel, SoftTokenEncoder
@@ -244,6 +245,19 @@ def test_run_end_to_end_on_tiny_llm(tmp_path, variant):
     assert -1.0 <= metrics["SC"] <= 1.0 and metrics["prompts"] > 0
     assert len(results["text_examples"][f"{task}/unseen"]) > 0
   assert 0.0 <= results["eval"]["description/unseen"]["title_accuracy"] <= 1
+  # Re-ranking: every evaluated user, the ILM beside both nulls, with SEs.
+  for task in P.RERANK_TASKS:
+    rr = results["rerank"][f"{task}/valid/unseen"]
+    for name in ("ilm", "retriever", "shuffled", "popularity"):
+      assert rr[name]["users"] == 6
+      assert 0.0 <= rr[name]["HR@10"] <= 1.0 and rr[name]["HR@10_se"] >= 0
+    assert rr["vs_shuffled"]["HR@10"]["verdict"] in (M.ABOVE, M.BELOW, M.WITHIN)
+    assert rr["order"] == "retriever" and rr["labels"] == "letters"
+  assert results["rerank_training"]["positions"] > 0
+  assert (
+    "re-ranking retrieved candidates"
+    in (tmp_path / "stage2" / "results.md").read_text()
+  )
   saved = json.loads((tmp_path / "stage2" / "results.json").read_text())
   assert saved["eval"] == results["eval"]
   assert (

@@ -109,3 +109,68 @@ def test_comparison_summary_row_carries_standard_errors():
     "title accuracy": 0.25,
     "title accuracy_se": pytest.approx(0.25),
   }
+
+
+def _rerank_result(hr10):
+  from ilm_jax.eval import metrics as M
+
+  def metrics(v):
+    return {
+      **{m: v for m in R.RANKING},
+      **{m + M.SE_SUFFIX: 0.01 for m in R.RANKING},
+      "users": 610,
+    }
+
+  return {
+    "ilm": metrics(hr10),
+    "retriever": metrics(0.07),
+    "shuffled": metrics(0.05),
+    "popularity": metrics(0.04),
+    "vs_retriever": {m: {"diff": hr10 - 0.07, "se": 0.004,
+                         "verdict": M.verdict(hr10 - 0.07, 0.004)}
+                     for m in R.RANKING},
+    "vs_shuffled": {m: {"diff": hr10 - 0.05, "se": 0.004,
+                        "verdict": M.verdict(hr10 - 0.05, 0.004)}
+                    for m in R.RANKING},
+    "lists": {"examples": 610, "recall@20": 0.11, "rank_mean": 9.0},
+    "order": "retriever", "labels": "letters", "num_candidates": 20,
+    "retrieved_by": "als",
+  }  # fmt: skip
+
+
+def test_rerank_table_puts_the_ilm_beside_its_nulls_with_verdicts(tmp_path):
+  results = {
+    **RESULTS,
+    "rerank": {"rerank/test/unseen": _rerank_result(0.08)},
+    "rerank_training": {"lists": {"examples": 6000, "recall@20": 0.13}},
+  }
+  rows = R.rerank_rows(results)
+  assert list(rows) == [
+    "rerank/test/unseen: ILM re-ranks",
+    "rerank/test/unseen: retriever order (null)",
+    "rerank/test/unseen: top N shuffled (null)",
+    "rerank/test/unseen: popularity",
+  ]
+  ilm = rows["rerank/test/unseen: ILM re-ranks"]
+  assert ilm["HR@10"] == 0.08 and ilm["HR@10_se"] == 0.01
+  assert ilm["HR@10 vs retriever"] == "+0.0100 ± 0.0040 (above)"
+  assert ilm["HR@10 vs shuffled"] == "+0.0300 ± 0.0040 (above)"
+  lists = R.list_rows(results)
+  assert list(lists) == [
+    "training lists (inner ALS)",
+    "evaluation lists (test)",
+  ]
+  text = R.write(results, tmp_path, "toy")
+  assert "0.0800 ± 0.0100" in text and "top 20 of als" in text
+  assert "training lists (inner ALS)" in text
+  assert (tmp_path / R.RERANK_PLOT_FILE).stat().st_size > 0
+  comparison = C.rerank_rows(
+    {"ilm": results, "text": {"rerank": {
+      "rerank/test/unseen": _rerank_result(0.06)}}},
+    "test", "unseen",
+  )  # fmt: skip
+  assert list(comparison) == [
+    "ilm (re-ranks)", "text (re-ranks)", "als order (null)",
+    "top N shuffled (null)",
+  ]  # fmt: skip
+  assert comparison["text (re-ranks)"]["HR@10 vs retriever"].endswith("(below)")

@@ -73,8 +73,7 @@ class EntityCoding:
       )
     if self.candidate_labels not in CANDIDATE_LABELS:
       raise ValueError(
-        f"candidate_labels {self.candidate_labels!r} not in "
-        f"{CANDIDATE_LABELS}"
+        f"candidate_labels {self.candidate_labels!r} not in {CANDIDATE_LABELS}"
       )
 
   @property
@@ -276,9 +275,18 @@ class PromptEncoder:
       ),
     )
 
-
   def candidate_answers(self, prompt: P.Prompt) -> list[list[int]]:
-    """Answer tokens (EOS last) naming each candidate of ``prompt``."""
+    """Answer tokens naming each candidate of ``prompt``.
+
+    Identifiers are answers as in generation (EOS last). A letter is the
+    whole answer (no EOS, as in LlamaRec): every candidate is then scored
+    by one logit at the prompt's last position, with nothing to feed.
+    """
+    if self.coding.candidate_labels == "letters":
+      return [
+        self._text(" " + self.candidate_label(n, 0), first=False)
+        for n in range(len(prompt.candidates))
+      ]
     return [
       self.answer_tokens(self.candidate_label(n, int(item)))
       for n, item in enumerate(prompt.candidates)
@@ -294,7 +302,7 @@ class PromptEncoder:
     answers = self.candidate_answers(prompt)
     if len({tuple(a) for a in answers}) < len(answers):
       raise ValueError(f"{prompt.task}: two candidates share one answer")
-    common = 0
+    common = 0  # leading tokens every answer shares
     shortest = min(len(a) for a in answers)
     while common < shortest - 1 and all(
       a[common] == answers[0][common] for a in answers
@@ -615,7 +623,9 @@ def collate(
     "slot_query": np.zeros((b, length), np.int32),
     "entities": entities,
     "cand_logits_at": np.zeros((b, num_candidates, answer_length), np.int32),
-    "cand_tokens": np.full((b, num_candidates, answer_length), pad_id, np.int32),
+    "cand_tokens": np.full(
+      (b, num_candidates, answer_length), pad_id, np.int32
+    ),
     "cand_mask": np.zeros((b, num_candidates, answer_length), bool),
     "cand_label": np.full(b, -1, np.int32),
   }

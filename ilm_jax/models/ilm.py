@@ -366,9 +366,7 @@ class ItemLanguageModel:
     loss = (nll * mask).sum() / count
     # Re-ranking rows: softmax over the candidates' answer log-likelihoods,
     # the held-out item's candidate the class (rows without one add 0).
-    scores = _candidate_scores(
-      out.logits[:, p:].reshape(b, n, m, -1), batch
-    )
+    scores = _candidate_scores(out.logits[:, p:].reshape(b, n, m, -1), batch)
     label = batch["cand_label"]
     labelled = (label >= 0).astype(jnp.float32)
     rows = jnp.maximum(labelled.sum(), 1.0)

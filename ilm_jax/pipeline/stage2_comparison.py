@@ -122,6 +122,47 @@ def summary_row(
   return row
 
 
+def rerank_rows(
+  results: dict[str, dict], split: str, templates: str, task: str = P.RERANK
+) -> dict[str, dict]:
+  """Re-ranking table: one row per variant, then the nulls and popularity.
+
+  Args:
+    results: variant name -> ``stage2.run`` results.
+    split, templates: which evaluation.
+    task: P.RERANK or P.RERANK_CONVERSATIONAL.
+
+  Returns:
+    {row name: {"HR@5", ..., "NDCG@10" with SEs, "users", "HR@10 vs
+    retriever": paired difference ± SE and verdict}}; empty when no
+    variant re-ranked.
+  """
+  key = f"{task}/{split}/{templates}"
+  rows, nulls = {}, {}
+  for name, res in results.items():
+    result = res.get("rerank", {}).get(key)
+    if result is None:
+      continue
+    row = {}
+    for m in RANKING_KEYS:
+      _copy_with_se(row, m, result["ilm"], m)
+    row["users"] = result["ilm"].get("users")
+    for null in ("retriever", "shuffled"):
+      c = result[f"vs_{null}"]["HR@10"]
+      row[f"HR@10 vs {null}"] = (
+        f"{c['diff']:+.4f} ± {c['se']:.4f} ({c['verdict']})"
+      )
+    rows[f"{name} (re-ranks)"] = row
+    if not nulls:
+      for null, label in (
+        ("retriever", f"{result.get('retrieved_by', 'retriever')} order"),
+        ("shuffled", "top N shuffled"),
+      ):
+        nulls[f"{label} (null)"] = {m: v for m, v in result[null].items()}
+  rows.update(nulls)
+  return rows
+
+
 def _train_stage1_runs(config, workdir, variants) -> dict[str, float]:
   """Stage-1 runs the variants start from: the shared one (full loss mix)
   and one per loss ablation. Returns wall seconds per run."""
@@ -212,6 +253,9 @@ def compare(
     "llm": c.llm,
     "dataset": config.dataset.name,
     "max_users": int(config.dataset.max_users),
+    "tasks": list(c.tasks),
+    "list_tokens": int(c.list_tokens),
+    "rerank": c.rerank.to_dict(),
   }
   out = {"rows": rows, "results": results, "seconds": seconds, "budget": budget}
   (workdir / RESULTS_FILE).write_text(json.dumps(out, indent=2, default=str))
@@ -236,6 +280,20 @@ def compare(
           f"{config.dataset.name}: {other_split}, {other} templates, filtered",
         )
       )
+  reranked = rerank_rows(results, split, templates)
+  if reranked:
+    r = c.rerank
+    tables.insert(
+      0,
+      markdown_table(
+        reranked,
+        f"{config.dataset.name}: re-ranking the top {r.num_candidates} of "
+        f"{r.retriever} ({r.order} order, {r.labels}), {split}, {templates} "
+        f"templates ({budget['steps']} steps x {budget['batch_size']})",
+      ),
+    )
+  out["rerank_rows"] = reranked
+  (workdir / RESULTS_FILE).write_text(json.dumps(out, indent=2, default=str))
   (workdir / TABLE_FILE).write_text("\n\n".join(tables))
   plotted = {
     m: {k: v for k, v in r.items() if k != "train s"} for m, r in rows.items()

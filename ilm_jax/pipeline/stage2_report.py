@@ -136,6 +136,22 @@ def rerank_rows(results: dict) -> dict[str, dict]:
   return rows
 
 
+def list_rows(results: dict) -> dict[str, dict]:
+  """Where the held-out item sits in candidate lists: the training lists
+  (inner retriever, every held-out position) beside each evaluation."""
+  rows = {}
+  training = results.get("rerank_training", {}).get("lists")
+  if training:
+    rows["training lists (inner ALS)"] = training
+  seen = set()
+  for key, result in results.get("rerank", {}).items():
+    split = key.split("/")[1]
+    if "lists" in result and split not in seen:
+      seen.add(split)
+      rows[f"evaluation lists ({split})"] = result["lists"]
+  return rows
+
+
 def _rerank_setting(results: dict) -> str:
   for result in results.get("rerank", {}).values():
     lists = result.get("lists", {})
@@ -166,6 +182,15 @@ def tables(results: dict, name: str) -> str:
         f"{name}: stage 2 ({variant}, {budget}), re-ranking retrieved "
         f"candidates ({_rerank_setting(results)}); full-catalogue HR/NDCG, "
         "seen items removed",
+      )
+    )
+  lists = list_rows(results)
+  if lists:
+    out.append(
+      markdown_table(
+        lists,
+        f"{name}: the held-out item in candidate lists (recall of the top "
+        "N; 1-based rank where present)",
       )
     )
   ranking = ranking_rows(results)
@@ -204,7 +229,5 @@ def write(results: dict, out_dir: str | pathlib.Path, name: str) -> str:
     for key, row in rerank_rows(results).items()
   }
   if rerank:
-    bar_plot(
-      rerank, out_dir / RERANK_PLOT_FILE, f"{name}: re-ranking (± 1 SE)"
-    )
+    bar_plot(rerank, out_dir / RERANK_PLOT_FILE, f"{name}: re-ranking (± 1 SE)")
   return text

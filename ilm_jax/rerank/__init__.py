@@ -1,1 +1,1 @@
-"""Re-ranking retrieved candidates with the frozen LLM: lists, prompts, scoring."""
+"""Re-ranking retrieved candidates with the frozen LLM."""

@@ -55,7 +55,7 @@ class CandidateLists:
     match = self.ranked[:, :num_candidates] == self.targets[:, None]
     return np.where(match.any(axis=1), np.argmax(match, axis=1), -1)
 
-  def subset(self, rows: np.ndarray) -> "CandidateLists":
+  def subset(self, rows: np.ndarray) -> CandidateLists:
     return CandidateLists(
       self.users[rows],
       [self.histories[r] for r in rows],
@@ -176,9 +176,7 @@ def training_lists(
   score_fn = dot_product_scorer(table.users, table.items)
   ex_users = np.asarray([u for u, _ in held], np.int32)
   histories = [split.train_sequences[u][:t] for u, t in held]
-  targets = np.asarray(
-    [split.train_sequences[u][t] for u, t in held], np.int32
-  )
+  targets = np.asarray([split.train_sequences[u][t] for u, t in held], np.int32)
   ranked = top_items(score_fn, ex_users, histories, length, split.num_items)
   lists = CandidateLists(ex_users, histories, targets, ranked)
   return lists, {"inner_als_seconds": info["seconds"], "positions": len(held)}

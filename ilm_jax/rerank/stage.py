@@ -14,20 +14,24 @@ import ml_collections
 import numpy as np
 
 from ilm_jax.data import prompts as P
-from ilm_jax.eval import full_ranking
+from ilm_jax.data import stage2_examples as S2
+from ilm_jax.eval import full_ranking, retrieval
 from ilm_jax.eval import metrics as M
 from ilm_jax.rerank import candidates as C
 from ilm_jax.rerank import evaluate as E
 from ilm_jax.rerank.prompts import rerank_prompts, shown_order
 
-RETRIEVERS = ("als",)
+RETRIEVERS = ("als", "retrieval_head")
 
 
 def rerank_config() -> ml_collections.ConfigDict:
   """``config.stage2.rerank`` fields."""
   c = ml_collections.ConfigDict()
   c.num_candidates = 20  # N retrieved items the LLM re-ranks
-  c.retriever = "als"  # evaluation lists: "als" (the CF table's dot product)
+  # Evaluation lists: "als" (the CF table's dot product) or
+  # "retrieval_head" (needs stage2.retrieval_weight > 0; its query reads a
+  # sequential prompt). Training lists always come from the inner ALS.
+  c.retriever = "als"
   c.order = "retriever"  # candidates shown "retriever" order | "shuffled"
   # Candidate names in prompts and answers: "identifiers" (item_1234) or
   # "letters" (A, B, ...: one token each, as LlamaRec).
@@ -46,6 +50,11 @@ def check_config(c: ml_collections.ConfigDict) -> None:
   if c.rerank.retriever not in RETRIEVERS:
     raise ValueError(
       f"stage2.rerank.retriever {c.rerank.retriever!r} not in {RETRIEVERS}"
+    )
+  if c.rerank.retriever == "retrieval_head" and c.retrieval_weight <= 0:
+    raise ValueError(
+      "stage2.rerank.retriever='retrieval_head' needs a trained head: set "
+      "stage2.retrieval_weight > 0"
     )
   if c.rerank.num_candidates < 2:
     raise ValueError("stage2.rerank.num_candidates must be >= 2")
@@ -99,6 +108,27 @@ def evaluation_users(c, split, seed) -> np.ndarray:
   return users
 
 
+def _head_scorer(
+  c, split, split_name, users, model, encoder_params, llm_params, cf_table,
+  prompt_encoder, seed,
+):  # fmt: skip
+  """score_fn of the retrieval head: each user's sequential-prompt query
+  against every item's adapted embedding."""
+  prompts = S2.evaluation_prompts(
+    split, split_name, True, users, P.SEQUENTIAL, c.max_history, seed
+  )
+  queries = retrieval.prompt_queries(
+    model, encoder_params, llm_params, cf_table, prompt_encoder, prompts,
+    batch_size=int(c.rerank.batch_size), buckets=tuple(c.length_buckets),
+  )  # fmt: skip
+  items = retrieval.catalogue_vectors(
+    model, encoder_params, cf_table, split.num_items
+  )
+  per_user = np.zeros((split.num_users, queries.shape[1]), np.float32)
+  per_user[users] = queries
+  return full_ranking.dot_product_scorer(per_user, items)
+
+
 def evaluate(
   c, split, model, encoder_params, llm_params, cf_table, cf, prompt_encoder,
   ks, seed=0,
@@ -118,16 +148,23 @@ def evaluate(
   Returns:
     {key: {"ilm", "retriever", "shuffled", "popularity": metrics with SEs,
     "vs_retriever", "vs_shuffled": paired comparisons, "lists": the target's
-    rank distribution, "order", "labels", "num_candidates", "retrieved_by", "seconds"}}.
+    rank distribution, "order", "labels", "num_candidates", "retrieved_by",
+    "seconds"}}.
   """
   r = c.rerank
   n = int(r.num_candidates)
   users = evaluation_users(c, split, seed)
-  score_fn = full_ranking.dot_product_scorer(cf.users, cf.items)
+  als = full_ranking.dot_product_scorer(cf.users, cf.items)
   _, train_items = split.train_interactions()
   popularity = full_ranking.popularity_scorer(train_items, split.num_items)
   out = {}
   for split_name in c.eval.splits:
+    score_fn = als
+    if r.retriever == "retrieval_head":
+      score_fn = _head_scorer(
+        c, split, split_name, users, model, encoder_params, llm_params,
+        cf_table, prompt_encoder, seed,
+      )  # fmt: skip
     lists = C.evaluation_lists(
       split, split_name, users, score_fn, list_length(c, ks)
     )
