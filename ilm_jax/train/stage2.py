@@ -72,7 +72,7 @@ def stage2_config() -> ml_collections.ConfigDict:
   c.max_history = 20  # items in a prompt's history (OpenP5: 20)
   # Padded prompt+answer lengths; longer prompts drop their oldest history
   # items to fit the largest bucket. One bucket = one compile.
-  c.length_buckets = (128, 256, 384)
+  c.length_buckets = (128, 256, 384, 512)
   c.max_answer_tokens = 32  # answer tokens incl. EOS (longer text is cut)
   c.batch_size = 32  # global batch (divisible by data-parallel devices)
   c.ids_as_text = True  # write item/user ids as text before soft tokens
@@ -82,8 +82,9 @@ def stage2_config() -> ml_collections.ConfigDict:
   c.shared_prompt = 0
   c.mlp_hidden = 256  # "mlp" variant: hidden width
   # Soft tokens of each history / candidate item: the entity's K tokens
-  # mean-pooled into this many (0 = all K), so long lists stay short.
-  c.list_tokens = 0
+  # mean-pooled into this many (0 = all K), so long lists stay short (a
+  # re-ranking prompt of 20 history items and 20 candidates fits 512).
+  c.list_tokens = 2
   c.rerank = rerank.rerank_config()  # re-ranking retrieved candidates
   # Retrieval head (beyond the paper): in-batch softmax loss weight beside
   # the generative loss; > 0 adds the head and reports its full ranking.

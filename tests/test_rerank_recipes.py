@@ -1,0 +1,60 @@
+"""Re-ranking prompts of every recipe fit its largest length bucket."""
+
+import numpy as np
+import pytest
+
+from ilm_jax.convert.gguf_tokenizer import load_gguf_tokenizer
+from ilm_jax.convert.model_packages import smollm2_gguf_path
+from ilm_jax.data import load_split
+from ilm_jax.data import prompts as P
+from ilm_jax.data import stage2_examples as S2
+from ilm_jax.data.indexing import make_index
+from ilm_jax.experiment_config import base_config, get_variant
+from ilm_jax.models.ilm import SoftTokenEncoder
+from ilm_jax.rerank import candidates as C
+from ilm_jax.rerank.prompts import rerank_prompts, shown_order
+from ilm_jax.train import stage1, stage2
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+  return load_gguf_tokenizer(smollm2_gguf_path())
+
+
+@pytest.mark.parametrize("variant", ["", "cpu"])
+def test_rerank_prompts_with_full_history_fit_the_largest_bucket(
+  tokenizer, variant
+):
+  config = get_variant(base_config(), variant)
+  c = config.stage2
+  split = load_split(config.dataset)
+  index = make_index(split, config.dataset.indexing, config.seed)
+  qcfg = stage1.qformer_shape(config.qformer, config.cf.dim)
+  encoder = SoftTokenEncoder("ilm", 576, qcfg, soft_prompt=c.shared_prompt)
+  coding = stage2.coding_of(c, encoder)
+  enc = S2.PromptEncoder(
+    tokenizer, index, split.num_users, coding, c.max_answer_tokens
+  )
+  users = np.arange(0, split.num_users, 10)
+  rng = np.random.default_rng(0)
+  ranked = np.stack(
+    [rng.permutation(split.num_items)[: c.rerank.num_candidates]
+     for _ in users]
+  )  # fmt: skip
+  lists = C.CandidateLists(
+    users.astype(np.int32),
+    [split.history(int(u), "test") for u in users],
+    split.targets("test")[users],
+    ranked.astype(np.int32),
+  )
+  shown = shown_order(lists, c.rerank.num_candidates, "retriever", 0)
+  for task in P.RERANK_TASKS:
+    for seen in (True, False):
+      prompts = rerank_prompts(
+        lists, shown, task, seen, split.catalog, c.max_history, 0, True
+      )
+      for p in prompts:
+        e = enc.encode(p, with_answer=False)
+        # the whole history fits: nothing has to be dropped
+        assert len(e.tokens) <= c.length_buckets[-1], (task, len(e.tokens))
+        assert len(e.cand_tokens) == c.rerank.num_candidates
