@@ -167,6 +167,7 @@ def _config(**stage2_fields):
   s.eval.batch_size = 4
   s.eval.splits = ("valid",)
   s.eval.max_text_prompts = 4
+  s.eval.tasks = P.TASKS
   # Character tokens: short candidate names keep re-ranking prompts short.
   s.rerank.labels = "letters"
   s.list_tokens = 1
