@@ -271,12 +271,28 @@ def test_run_end_to_end_on_tiny_llm(tmp_path, variant):
   assert again["eval"]["sequential/valid/unseen"]["valid_rate"] == 1.0
 
 
+def _head_without_weight():
+  config = _config()
+  config.stage2.rerank.retriever = "retrieval_head"
+  return config
+
+
 @pytest.mark.slow
 def test_run_with_retrieval_head_reports_full_ranking(tmp_path):
   _write_cf_table(_config(), tmp_path)
-  config = _config(retrieval_weight=1.0, tasks=(P.SEQUENTIAL, P.DESCRIPTION))
+  config = _config(
+    retrieval_weight=1.0, tasks=(P.SEQUENTIAL, P.DESCRIPTION, P.RERANK)
+  )
   config.stage2.eval.tasks = (P.SEQUENTIAL,)
+  # The trained head also proposes the candidates the LLM re-ranks.
+  config.stage2.rerank.retriever = "retrieval_head"
+  config.stage2.rerank.tasks = (P.RERANK,)
   results = stage2.run(config, tmp_path, "stage2_retrieval")
+  rr = results["rerank"]["rerank/valid/unseen"]
+  assert rr["retrieved_by"] == "retrieval_head"
+  assert rr["ilm"]["users"] == 6
+  with pytest.raises(ValueError, match="retrieval_weight"):
+    stage2.run(_head_without_weight(), tmp_path, "y")
   assert "retrieval_loss" in results["train"]
   generative = results["eval"]["sequential/valid/unseen"]
   full = results["eval"]["retrieval/sequential/valid/unseen"]

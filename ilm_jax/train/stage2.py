@@ -10,8 +10,12 @@
    starts random, which is also ILM-rand's ``init = "random"``);
 3. trains the encoder only on the multitask prompt mixture with the shared
    loop (the LLM and the CF table are the loop's frozen inputs, so they never
-   enter the optimiser state), checkpointing to ``workdir/stage2``;
-4. ranks items for held-out users by trie-constrained beam search (the
+   enter the optimiser state), checkpointing to ``workdir/stage2``; the
+   re-ranking tasks' prompts list an inner retriever's candidates
+   (``ilm_jax.rerank``);
+4. re-ranks the retriever's top N for every held-out user beside the
+   retriever's order, the shuffled list and popularity (``rerank.stage``);
+5. ranks items for held-out users by trie-constrained beam search (the
    sequential, straightforward and conversational tasks), decodes item
    descriptions and user profiles greedily and scores them by semantic
    consistency and title accuracy, each with seen and unseen templates,
@@ -446,6 +450,7 @@ def run(
   """
   workdir = pathlib.Path(workdir)
   c = config.stage2
+  rerank.check_config(c)
   out_dir = workdir / out_name
   out_dir.mkdir(parents=True, exist_ok=True)
   table = run_cf(config, workdir)
@@ -465,7 +470,6 @@ def run(
     c.max_answer_tokens,
   )
   trie = build_trie(prompt_encoder, llm_config.vocab_size)
-  rerank.check_config(c)
   mesh = make_mesh(tuple(config.mesh.shape))
   start = time.time()
   ks = tuple(config.eval.ks)
