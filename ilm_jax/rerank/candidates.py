@@ -20,6 +20,7 @@ the target's rank distribution in both kinds of list.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -64,10 +65,10 @@ class CandidateLists:
     )
 
 
-@jax.jit
-def _top(scores, exclude, length_like):
-  masked = jnp.where(exclude, -jnp.inf, scores)
-  return jax.lax.top_k(masked, length_like.shape[0])[1]
+@functools.partial(jax.jit, static_argnames="length")
+def _top(scores, exclude, length: int):
+  """int32[B, length] indices of the best scores outside ``exclude``."""
+  return jax.lax.top_k(jnp.where(exclude, -jnp.inf, scores), length)[1]
 
 
 def top_items(
@@ -93,14 +94,13 @@ def top_items(
   """
   users = np.asarray(users, np.int32)
   out = np.empty((len(users), length), np.int32)
-  dummy = jnp.zeros(length)
   for start in range(0, len(users), batch_size):
     stop = min(start + batch_size, len(users))
     rows = np.pad(users[start:stop], (0, batch_size - (stop - start)), "edge")
     mask = np.zeros((batch_size, num_items), bool)
     for r in range(start, stop):
       mask[r - start, exclude[r]] = True
-    top = _top(score_fn(rows), jnp.asarray(mask), dummy)
+    top = _top(score_fn(rows), jnp.asarray(mask), length=length)
     out[start:stop] = np.asarray(top)[: stop - start]
   return out
 
