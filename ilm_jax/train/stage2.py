@@ -126,7 +126,9 @@ def cpu_recipe(c: ml_collections.ConfigDict):
   c.tasks = (P.RERANK, P.SEQUENTIAL, P.DESCRIPTION, P.PROFILE)
   c.examples_per_task = 40  # per generative task; re-ranking has its own
   c.max_history = 5
-  c.length_buckets = (112,)
+  # Soft-token prompts fit 112; text-only ones (identifiers written out)
+  # need the second bucket.
+  c.length_buckets = (112, 224)
   c.max_answer_tokens = 32
   c.batch_size = 8
   c.list_tokens = 1
