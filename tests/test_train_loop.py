@@ -161,3 +161,15 @@ def test_batch_not_divisible_by_data_devices_is_named():
   trainer = loop.Trainer(_toy_loss, _config(), params, specs, _mesh())
   with pytest.raises(ValueError, match="'x' has 6 rows"):
     trainer.place_batch({"x": np.zeros((6, 4))})
+
+
+def test_window_mean_weighs_metrics_that_carry_a_weight():
+  window = [
+    {"loss": 1.0, "rerank_loss": 3.0, "rerank_loss_weight": 6.0},
+    {"loss": 3.0, "rerank_loss": 0.0, "rerank_loss_weight": 0.0},
+    {"loss": 2.0, "rerank_loss": 1.0, "rerank_loss_weight": 2.0},
+  ]
+  out = loop.window_mean(window)
+  assert out == {"loss": 2.0, "rerank_loss": (3.0 * 6 + 1.0 * 2) / 8}
+  none = loop.window_mean([window[1]])
+  assert none == {"loss": 3.0}  # no rows: no re-ranking figure at all

@@ -361,6 +361,7 @@ class ItemLanguageModel:
     correct = (jnp.argmax(logprobs, axis=-1) == target).astype(jnp.float32)
     metrics = {
       "token_accuracy": (correct * mask).sum() / count,
+      "token_accuracy_weight": mask.sum(),
       "answer_tokens": mask.sum(),
     }
     loss = (nll * mask).sum() / count
@@ -380,6 +381,9 @@ class ItemLanguageModel:
     metrics["rerank_loss"] = rerank_loss
     metrics["rerank_accuracy"] = (hit * labelled).sum() / rows
     metrics["rerank_rows"] = labelled.sum()
+    # Logged means weigh each batch by its rows (``loop.WEIGHT_SUFFIX``).
+    for name in ("rerank_loss", "rerank_accuracy"):
+      metrics[name + "_weight"] = labelled.sum()
     loss = loss + rerank_loss
     if self.retrieval_weight <= 0:
       return loss, metrics

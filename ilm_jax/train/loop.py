@@ -35,6 +35,10 @@ from ilm_jax.train import optimizer as optim
 from ilm_jax.train.summaries import MetricsLog
 
 CHECKPOINT_DIR = "checkpoints"
+# A metric "x" with a companion "x_weight" is averaged over a logging window
+# weighted by it (e.g. a loss over the re-ranking rows of mixed batches);
+# windows with zero total weight leave it out.
+WEIGHT_SUFFIX = "_weight"
 # loss_fn(params, frozen, batch, rng) -> (scalar loss, metrics)
 LossFn = Callable[[Any, Any, dict, jax.Array], tuple[jax.Array, dict]]
 
@@ -77,6 +81,22 @@ class TrainState:
   step: jax.Array
   params: Any
   opt_state: Any
+
+
+def window_mean(window: list[dict]) -> dict[str, float]:
+  """Means of the logged metrics over a window of steps (``WEIGHT_SUFFIX``)."""
+  out = {}
+  for k in window[0]:
+    if k.endswith(WEIGHT_SUFFIX):
+      continue
+    values = np.asarray([m[k] for m in window], np.float64)
+    if k + WEIGHT_SUFFIX not in window[0]:
+      out[k] = float(values.mean())
+      continue
+    weights = np.asarray([m[k + WEIGHT_SUFFIX] for m in window], np.float64)
+    if weights.sum() > 0:
+      out[k] = float((values * weights).sum() / weights.sum())
+  return out
 
 
 class NonFiniteLossError(RuntimeError):
@@ -340,9 +360,7 @@ def train(
       window.append(metrics)
       bar.update(1)
       if step % log_every == 0 or step == num_steps:
-        last_metrics = {
-          k: float(np.mean([m[k] for m in window])) for k in window[0]
-        }
+        last_metrics = window_mean(window)
         window = []
         log.write("train", step, last_metrics)
         bar.set_postfix(loss=f"{last_metrics['loss']:.4f}")
