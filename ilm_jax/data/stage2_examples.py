@@ -196,6 +196,12 @@ class PromptEncoder:
   def entity_row(self, kind: str, index: int) -> int:
     return index if kind == P.USER else self.num_users + index
 
+  def target_row(self, prompt: P.Prompt) -> int:
+    """CF row of the item a prompt asks for (-1 for text tasks)."""
+    if prompt.target_item < 0:
+      return -1
+    return self.entity_row(P.ITEM, prompt.target_item)
+
   def candidate_label(self, position: int, item: int) -> str:
     """How a re-ranking prompt names its ``position``-th candidate."""
     if self.coding.candidate_labels == "letters":
@@ -268,11 +274,7 @@ class PromptEncoder:
       target_item=prompt.target_item,
       user=prompt.user,
       task=prompt.task,
-      target_row=(
-        self.entity_row(P.ITEM, prompt.target_item)
-        if prompt.target_item >= 0
-        else -1
-      ),
+      target_row=self.target_row(prompt),
     )
 
   def candidate_answers(self, prompt: P.Prompt) -> list[list[int]]:
@@ -339,11 +341,7 @@ class PromptEncoder:
       target_item=prompt.target_item,
       user=prompt.user,
       task=prompt.task,
-      target_row=(
-        self.entity_row(P.ITEM, prompt.target_item)
-        if prompt.target_item >= 0
-        else -1
-      ),
+      target_row=self.target_row(prompt),
       segment=np.asarray(segment, np.int32),
       positions=np.asarray(positions, np.int32),
       candidates=candidates,

@@ -71,6 +71,24 @@ def prompt_batches(prompt_encoder, prompts, batch_size, buckets):
       yield chunk, batch
 
 
+def per_prompt(
+  fn, encoder_params, llm_params, cf_table, prompt_encoder, prompts,
+  *, batch_size, buckets,
+) -> np.ndarray:  # fmt: skip
+  """``fn(encoder_params, llm_params, cf_table, batch)`` -> float[B, ...],
+  jitted and run over prompt batches; float32[N, ...] rows in prompt order."""
+  fn = jax.jit(fn)
+  out = None
+  for chunk, batch in prompt_batches(
+    prompt_encoder, prompts, batch_size, buckets
+  ):
+    values = np.asarray(fn(encoder_params, llm_params, cf_table, batch))
+    if out is None:
+      out = np.zeros((len(prompts),) + values.shape[1:], np.float32)
+    out[chunk] = values[: len(chunk)]
+  return out
+
+
 def _embedded_batches(
   model,
   encoder_params,

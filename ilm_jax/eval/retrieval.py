@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ilm_jax.eval import full_ranking
-from ilm_jax.eval.generative import prompt_batches
+from ilm_jax.eval.generative import per_prompt
 from ilm_jax.eval.metrics import DEFAULT_KS, metrics_from_ranks
 
 ITEM_CHUNK = 256  # items encoded per call
@@ -47,16 +47,10 @@ def prompt_queries(
   buckets,
 ) -> np.ndarray:
   """float32[N, D] unit retrieval queries of N prompts."""  # fmt: skip
-  query = jax.jit(model.retrieval_queries)
-  out = None
-  for chunk, batch in prompt_batches(
-    prompt_encoder, prompts, batch_size, buckets
-  ):
-    q = np.asarray(query(encoder_params, llm_params, cf_table, batch))
-    if out is None:
-      out = np.zeros((len(prompts), q.shape[1]), np.float32)
-    out[chunk] = q[: len(chunk)]
-  return out
+  return per_prompt(
+    model.retrieval_queries, encoder_params, llm_params, cf_table,
+    prompt_encoder, prompts, batch_size=batch_size, buckets=buckets,
+  )  # fmt: skip
 
 
 def retrieval_metrics(

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import time
 
-import jax
 import numpy as np
 
 from ilm_jax.eval import metrics as M
-from ilm_jax.eval.generative import prompt_batches
+from ilm_jax.eval.generative import per_prompt
 from ilm_jax.rerank.candidates import CandidateLists
 
 NULLS = ("retriever", "shuffled")
@@ -28,16 +27,10 @@ def score_prompts(
   *, batch_size: int, buckets,
 ) -> np.ndarray:  # fmt: skip
   """float32[R, N] candidate log-likelihoods, in each prompt's list order."""
-  score = jax.jit(model.candidate_scores)
-  out = None
-  for chunk, batch in prompt_batches(
-    prompt_encoder, prompts, batch_size, buckets
-  ):
-    s = np.asarray(score(encoder_params, llm_params, cf_table, batch))
-    if out is None:
-      out = np.full((len(prompts), s.shape[1]), -np.inf, np.float32)
-    out[chunk] = s[: len(chunk)]
-  return out
+  return per_prompt(
+    model.candidate_scores, encoder_params, llm_params, cf_table,
+    prompt_encoder, prompts, batch_size=batch_size, buckets=buckets,
+  )  # fmt: skip
 
 
 def reorder(ranked: np.ndarray, shown: np.ndarray, scores: np.ndarray):
