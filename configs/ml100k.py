@@ -1,12 +1,12 @@
 """OpenP5 MovieLens-100K (../shared/data), titles joined from u.item.
 
-Usage: launch/train.py --config=configs/ml100k.py[:cpu|:small] --workdir=...
+Usage:
+  launch/train.py --config=configs/ml100k.py[:cpu|:small|:full] --workdir=...
+(no suffix = :cpu; budgets in ilm_jax/experiment_config.py).
 """
 
 from ilm_jax import experiment_config
 
 
-def get_config(variant: str = ""):
-  c = experiment_config.base_config()
-  c.dataset.name = "openp5-ml100k"
-  return experiment_config.get_variant(c, variant)
+def get_config(arg: str = ""):
+  return experiment_config.get_config("openp5-ml100k", arg)

@@ -1,115 +1,348 @@
-"""The shared shape of every experiment config (configs/*.py build on it).
+"""Every default of an experiment, as plain data: the recipe in one place.
 
 A config is an ``ml_collections.ConfigDict``; every field carries a comment.
-Named variants, selected on the command line with
-``--config=configs/<name>.py:<variant>`` (big_vision's ``runlocal`` idea):
-``cpu`` is the README main job's 2-core-CPU budget on the full data
-(``cpu_budget``), ``small`` runs in about a minute (``shrink_for_cpu``).
+Building one imports no JAX, Flax or orbax (configs are parsed before a
+device is touched, and by tools that never train), and the code reads every
+choice from it: what stage 2 starts from (``stage2.init``), which parameters
+train (``*.train.freeze_regex``; the LLM and the CF table are frozen inputs of
+the loss and never reach the optimiser), which skip weight decay
+(``*.train.no_decay_regex``).
+
+Both stages are shaped alike: ``stage{1,2}.train.*`` are the shared training
+loop's fields, ``stage{1,2}.eval.*`` their evaluations.
+
+Budgets mean the same in every ``configs/<dataset>.py``, selected after a
+colon (big_vision's ``parse_arg`` style): ``configs/ml100k.py`` or
+``configs/ml100k.py:cpu`` is the 2-core-CPU recipe of the README's main job,
+``:small`` runs in a few CPU minutes, ``:full`` is the accelerator-scale
+recipe. ``configs/ilm.py:dataset=openp5-beauty,budget=full`` names any
+registered dataset.
 """
 
 from __future__ import annotations
 
 import ml_collections
 
-from ilm_jax.sharding.mesh import DEFAULT_RULES
+from ilm_jax.data import prompts as P
+
+BUDGETS = ("cpu", "small", "full")
+# Logical-axis rules shared by all models: logical name -> mesh axes (a
+# tuple, one axis, or None = replicated). ``ilm_jax.sharding.mesh`` applies
+# them; configs may override ``mesh.rules``.
+MESH_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+  ("batch", ("data", "fsdp")),
+  ("length", None),
+  ("embed", "fsdp"),
+  ("mlp", "tensor"),
+  ("heads", "tensor"),
+  ("kv_heads", "tensor"),
+  ("head_dim", None),
+  ("vocab", "tensor"),
+  ("queries", None),
+  ("cf_rows", ("data", "fsdp")),
+  ("cf_dim", None),
+  ("norm", None),
+)
+# Stage-2 training steps of the CPU recipe (tests compare budgets by it).
+CPU_STAGE2_STEPS = 60
+
+
+def loop_config() -> ml_collections.ConfigDict:
+  """The shared training loop's fields (``stage1.train``, ``stage2.train``)."""
+  c = ml_collections.ConfigDict()
+  c.num_steps = 1000  # optimiser updates in the whole run
+  c.learning_rate = 1e-4  # peak learning rate after warmup
+  c.warmup_steps = 100  # linear warmup from 0
+  c.end_learning_rate_ratio = 0.1  # cosine decays to this fraction of peak
+  c.weight_decay = 0.05  # AdamW decay on every parameter but no_decay_regex
+  # Parameters weight decay would only hurt: biases, norms, temperatures
+  # (the AdamW convention of BERT and BLIP-2), matched on their path.
+  c.no_decay_regex = r"(bias|scale|temperature|lm_bias)$"
+  c.adam_b1 = 0.9  # AdamW first-moment decay
+  c.adam_b2 = 0.999  # AdamW second-moment decay
+  c.grad_clip_norm = 1.0  # global-norm clipping; 0 = off
+  c.freeze_regex = ""  # params whose path matches get no updates
+  c.seed = 0  # seeds init, data order and per-step randomness
+  c.log_every = 10  # steps between TensorBoard / metrics.json records
+  c.eval_every = 0  # steps between evaluations; 0 = only at the end
+  c.checkpoint_every = 100  # FixedIntervalPolicy interval
+  c.keep_checkpoints = 2  # LatestN: checkpoints kept on disk
+  c.progress_bar = True  # tqdm progress bar on stderr
+  return c
+
+
+def dataset_config() -> ml_collections.ConfigDict:
+  """``config.dataset``: which interactions, filtered how."""
+  c = ml_collections.ConfigDict()
+  c.name = "ml-latest-small"  # a key of ilm_jax.data.DATASETS
+  c.path = ""  # file/dir of the raw data; "" = default location
+  c.item_text = ""  # item-text CSV/TSV for "interactions"/"openp5"; "" = none
+  c.kcore = -1  # k-core filter; -1 = the dataset's default (5)
+  c.min_rating = 0.0  # ratings below this are dropped (0 = keep all)
+  c.max_history = 20  # history cap in prompts (OpenP5: 20)
+  c.indexing = "random"  # OpenP5 item ids: "random" | "sequential"
+  c.max_users = -1  # keep only the first N users (-1 = all); CPU runs
+  return c
+
+
+def cf_config() -> ml_collections.ConfigDict:
+  """``config.cf``: the implicit-ALS table of items and users."""
+  c = ml_collections.ConfigDict()
+  c.dim = 64  # CF embedding width d
+  c.reg = 1.0  # ALS L2 regularisation (chosen on ML-100K validation)
+  c.alpha = 10.0  # ALS confidence slope: c = 1 + alpha * count
+  c.sweeps = 15  # ALS sweeps (users then items)
+  c.solver = "cholesky"  # "cholesky" (exact) | "cg" (implicit-style)
+  c.cg_steps = 3  # conjugate-gradient steps per half-sweep (solver=cg)
+  return c
+
+
+def qformer_config() -> ml_collections.ConfigDict:
+  """``config.qformer``: the Q-Former's shape (stage 1 trains it)."""
+  c = ml_collections.ConfigDict()
+  c.bert_path = ""  # HF BERT dir for the text branch; "" = all-MiniLM-L6-v2
+  c.pretrained = True  # False: text branch randomly initialised too
+  c.num_layers = 0  # Q-Former depth: first N BERT layers; 0 = all (MiniLM: 6)
+  c.num_queries = 8  # K query vectors per entity (1..32)
+  c.num_cf_tokens = 4  # tokens the CF vector expands to for cross-attention
+  c.cross_attention_freq = 2  # queries cross-attend to CF every N layers
+  c.embed_dim = 256  # width of the contrastive (ITC/II/UI) space
+  c.max_text_length = 32  # word pieces per item text, incl. [CLS]/[SEP]
+  return c
+
+
+def stage1_config() -> ml_collections.ConfigDict:
+  """``config.stage1``: item-language pre-training of the Q-Former."""
+  c = ml_collections.ConfigDict()
+  c.losses = "all"  # "it" | "it-ii" | "it-ui" | "all" | "ii-ui" | comma list
+  c.loss_weights = ml_collections.ConfigDict(
+    {"itc": 1.0, "itm": 1.0, "itg": 1.0, "ii": 1.0, "ui": 1.0}
+  )  # per-objective weight in the summed loss
+  c.batch_size = 32  # global rows per objective (in-batch negatives)
+  c.train = loop_config()
+  c.train.num_steps = 300
+  c.train.learning_rate = 1e-4  # BLIP-2's peak AdamW rate
+  c.train.warmup_steps = 30
+  c.eval = ml_collections.ConfigDict()
+  c.eval.k = 10  # recall@k cut-off of the retrieval evaluation
+  c.eval.candidates = 100  # held-out accuracy: top-1 among this many items
+  c.eval.batch_size = 256  # entities/texts per encoding batch
+  return c
+
+
+def rerank_config() -> ml_collections.ConfigDict:
+  """``config.stage2.rerank``: the LLM re-ranks retrieved candidates."""
+  c = ml_collections.ConfigDict()
+  c.num_candidates = 20  # N retrieved items the LLM re-ranks
+  # Evaluation lists: "als" (the CF table's dot product) or
+  # "retrieval_head" (needs stage2.retrieval_weight > 0; its query reads a
+  # sequential prompt). Training lists always come from the inner ALS.
+  c.retriever = "als"
+  c.order = "retriever"  # candidates shown "retriever" order | "shuffled"
+  # Candidate names in prompts and answers: "identifiers" (item_1234) or
+  # "letters" (A, B, ...: one token each, as LlamaRec).
+  c.labels = "identifiers"
+  # Training lists: the last ``train_holdout`` training items of every user
+  # are held out of an inner ALS, whose lists for those positions train.
+  c.train_holdout = 10
+  c.examples_per_task = 2000  # training prompts per re-ranking task (cap)
+  c.tasks = P.RERANK_TASKS  # re-ranking tasks evaluated
+  c.max_users = -1  # held-out users evaluated (-1 = all)
+  c.batch_size = 8  # prompts per scoring call
+  return c
+
+
+def stage2_config() -> ml_collections.ConfigDict:
+  """``config.stage2``: the ILM on the frozen LLM (accelerator scale).
+
+  Paper-like defaults: long histories, thousands of steps, every user, both
+  splits and template sets; ``cpu_budget`` is the 2-core-CPU recipe.
+  """
+  c = ml_collections.ConfigDict()
+  c.variant = "ilm"  # "ilm" | "mlp" (CoLLM) | "text" (ids + soft prompt)
+  # What the encoder starts from: "stage1" = the Q-Former of the stage-1 run
+  # in ``stage1_dir`` (an error if there is none), "random" = ILM-rand.
+  c.init = "stage1"
+  c.stage1_dir = "stage1"  # workdir subdirectory of the stage-1 run used
+  c.llm = "smollm2"  # LLM source (load_llm) or "tiny" (random, tests)
+  c.tasks = P.ALL_TASKS  # multitask mixture (re-ranking tasks included)
+  c.examples_per_task = 2000  # training prompts per task (sampled)
+  c.max_history = 20  # items in a prompt's history (OpenP5: 20)
+  # Padded prompt+answer lengths; longer prompts drop their oldest history
+  # items to fit the largest bucket. One bucket = one compile.
+  c.length_buckets = (128, 256, 384, 512)
+  c.max_answer_tokens = 32  # answer tokens incl. EOS (longer text is cut)
+  c.batch_size = 32  # global batch (divisible by data-parallel devices)
+  c.ids_as_text = True  # write item/user ids as text before soft tokens
+  c.soft_prompt = 8  # "text" variant: trainable soft-prompt vectors
+  # "ilm" / "mlp": a shared trainable soft prompt beside the entity tokens
+  # (beyond the paper, which has none; 0 = off).
+  c.shared_prompt = 0
+  c.mlp_hidden = 256  # "mlp" variant: hidden width
+  # Soft tokens of each history / candidate item: the entity's K tokens
+  # mean-pooled into this many (0 = all K), so long lists stay short (a
+  # re-ranking prompt of 20 history items and 20 candidates fits 512).
+  c.list_tokens = 2
+  c.rerank = rerank_config()
+  # Retrieval head (beyond the paper): in-batch softmax loss weight beside
+  # the generative loss; > 0 adds the head and reports its full ranking.
+  c.retrieval_weight = 0.0
+  c.train = loop_config()
+  c.train.num_steps = 5000
+  c.train.warmup_steps = 200
+  # Soft tokens are trained from scratch through a frozen LLM; 1e-3 learned
+  # clearly faster than BLIP-2's 1e-4 in short CPU runs (README).
+  c.train.learning_rate = 1e-3
+  c.train.checkpoint_every = 500
+  c.eval = ml_collections.ConfigDict()
+  c.eval.num_beams = 10  # beams = length of the ranked list
+  c.eval.max_users = -1  # held-out users evaluated (-1 = all)
+  c.eval.batch_size = 32  # prompts per beam-search call
+  c.eval.splits = ("valid", "test")  # held-out splits ("valid", "test")
+  c.eval.templates = ("seen", "unseen")  # template sets
+  c.eval.tasks = P.TASKS  # tasks evaluated (item tasks rank, text tasks SC)
+  c.eval.max_text_prompts = 200  # items / users per text task (-1 = all)
+  c.eval.keep_examples = 5  # generated texts kept in results.json
+  return c
 
 
 def base_config() -> ml_collections.ConfigDict:
-  """Defaults shared by all experiments."""
+  """The accelerator-scale defaults of every experiment (``:full``)."""
   c = ml_collections.ConfigDict()
   c.seed = 0  # master seed: splits of randomness derive from it
-
-  c.dataset = ml_collections.ConfigDict()
-  c.dataset.name = "ml-latest-small"  # a key of ilm_jax.data.DATASETS
-  c.dataset.path = ""  # file/dir of the raw data; "" = default location
-  c.dataset.kcore = -1  # k-core filter; -1 = the dataset's default (5)
-  c.dataset.min_rating = 0.0  # ratings below this are dropped (0 = keep all)
-  c.dataset.max_history = 20  # history cap in prompts (OpenP5: 20)
-  c.dataset.indexing = "random"  # OpenP5 item ids: "random" | "sequential"
-  c.dataset.max_users = -1  # keep only the first N users (-1 = all); CPU runs
-
-  c.cf = ml_collections.ConfigDict()
-  c.cf.dim = 64  # CF embedding width d
-  c.cf.reg = 1.0  # ALS L2 regularisation (chosen on ML-100K validation)
-  c.cf.alpha = 10.0  # ALS confidence slope: c = 1 + alpha * count
-  c.cf.sweeps = 15  # ALS sweeps (users then items)
-  c.cf.solver = "cholesky"  # "cholesky" (exact) | "cg" (implicit-style)
-  c.cf.cg_steps = 3  # conjugate-gradient steps per half-sweep (solver=cg)
-
-  c.eval = ml_collections.ConfigDict()
+  c.dataset = dataset_config()
+  c.cf = cf_config()
+  c.eval = ml_collections.ConfigDict()  # full-ranking baselines
   c.eval.ks = (5, 10)  # HR@k / NDCG@k cut-offs
   c.eval.splits = ("valid", "test")  # held-out splits to report
   c.eval.batch_size = 256  # users per full-ranking batch
-
-  # The model stages own their fields; imported here so every experiment
-  # config has them (and --config.<stage>.<field> overrides work).
-  from ilm_jax.train import stage1, stage2
-
-  c.qformer = stage1.qformer_config()  # Q-Former shape (stage 1)
-  c.stage1 = stage1.stage1_config()  # stage-1 training
-  c.stage2 = stage2.stage2_config()  # ILM on the frozen LLM
-
+  c.qformer = qformer_config()
+  c.stage1 = stage1_config()
+  c.stage2 = stage2_config()
   c.mesh = ml_collections.ConfigDict()
   c.mesh.shape = (-1, 1, 1)  # devices on (data, fsdp, tensor); -1 = rest
-  c.mesh.rules = DEFAULT_RULES  # logical axis -> mesh axes
+  c.mesh.rules = MESH_RULES  # logical axis -> mesh axes
   return c
 
 
 def cpu_budget(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The README main job's 2-core-CPU recipe (``:cpu``; configs/default.py).
+  """The README main job's 2-core-CPU recipe, in place (``:cpu``).
 
   Full datasets and models (all users, SmolLM2-135M, MiniLM-initialised
   Q-Former) with budgets cut to about a quarter of an hour for the whole
-  pipeline on latest-small: the Q-Former keeps the first two MiniLM layers,
-  stage 1 takes 200 steps of 16 rows (the README's measured CPU recipe) and
-  stage 2 ``stage2.cpu_recipe``. Accelerator runs use the defaults.
+  pipeline on latest-small. Stage 1 keeps the first two MiniLM layers and
+  takes 120 steps of 16 rows. In stage 2 a step of 8 prompts x 128 tokens
+  takes 2-4 s on two cores (``launch/bench_stage2.py``), so training is
+  ``CPU_STAGE2_STEPS`` steps of short prompts, most of them re-ranking.
+  Re-ranking is evaluated for every test user on held-out templates;
+  candidates are named by letters and listed items get one pooled soft
+  token each, which keeps a prompt of 20 candidates under 112 tokens.
+  Generation and the text tasks keep a sampled evaluation.
   """
   c.qformer.num_layers = 2  # first two MiniLM layers
-  c.stage1.batch_size = 16  # rows per objective (in-batch negatives)
-  c.stage1.num_steps = 120  # about 3 minutes on 2 CPU cores
-  c.stage1.warmup_steps = 20  # linear warmup
-  c.stage1.learning_rate = 3e-4  # measured to lift item-text recall on CPU
-  c.stage1.checkpoint_every = 100  # steps between checkpoints
-  from ilm_jax.train import stage2
-
-  stage2.cpu_recipe(c.stage2)
+  s1 = c.stage1
+  s1.batch_size = 16  # rows per objective (in-batch negatives)
+  s1.train.num_steps = 120  # about 3 minutes on 2 CPU cores
+  s1.train.warmup_steps = 20
+  s1.train.learning_rate = 3e-4  # measured to lift item-text recall on CPU
+  s1.train.checkpoint_every = 100
+  s2 = c.stage2
+  s2.tasks = (P.RERANK, P.SEQUENTIAL, P.DESCRIPTION, P.PROFILE)
+  s2.examples_per_task = 40  # per generative task; re-ranking has its own
+  s2.max_history = 5
+  # Soft-token prompts fit 112; text-only ones (identifiers written out)
+  # need the second bucket.
+  s2.length_buckets = (112, 224)
+  s2.max_answer_tokens = 32
+  s2.batch_size = 8
+  s2.list_tokens = 1
+  s2.ids_as_text = False  # entities as soft tokens only: short prompts
+  # A shared soft prompt lets a few steps set the task's behaviour.
+  s2.shared_prompt = 8
+  s2.train.num_steps = CPU_STAGE2_STEPS
+  s2.train.learning_rate = 3e-3
+  s2.train.warmup_steps = 10
+  s2.train.checkpoint_every = 50
+  s2.rerank.labels = "letters"
+  s2.rerank.examples_per_task = 1000
+  s2.rerank.tasks = (P.RERANK,)
+  s2.eval.max_users = 24
+  s2.eval.batch_size = 8
+  s2.eval.splits = ("test",)
+  s2.eval.templates = ("unseen",)
+  s2.eval.tasks = (P.SEQUENTIAL, P.DESCRIPTION, P.PROFILE)
+  s2.eval.max_text_prompts = 8
   return c
 
 
-def shrink_for_cpu(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The ~1 minute CPU variant of a config (``:small`` on the command line)."""
-  c.dataset.max_users = min(c.dataset.max_users, 300) if (
-    c.dataset.max_users > 0
-  ) else 300  # fmt: skip
+def small_budget(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A few CPU minutes for the whole pipeline, in place (``:small``)."""
+  cpu_budget(c)
+  c.dataset.max_users = (
+    min(c.dataset.max_users, 300) if c.dataset.max_users > 0 else 300
+  )
   c.cf.dim = 32
   c.cf.sweeps = 5
-  c.qformer.num_layers = 2
   c.qformer.num_queries = 4
   c.qformer.max_text_length = 24
-  c.stage1.num_steps = 30
-  c.stage1.warmup_steps = 5
-  c.stage1.checkpoint_every = 30
-  c.stage1.batch_size = 16
-  from ilm_jax.train import stage2
-
-  stage2.shrink_stage2_for_cpu(c.stage2)
+  c.stage1.train.num_steps = 30
+  c.stage1.train.warmup_steps = 5
+  c.stage1.train.checkpoint_every = 30
+  s2 = c.stage2
+  s2.examples_per_task = 200
+  s2.length_buckets = (64, 128)
+  s2.max_answer_tokens = 16
+  s2.train.num_steps = 30
+  s2.train.warmup_steps = 5
+  s2.train.log_every = 5
+  s2.train.checkpoint_every = 30
+  s2.eval.max_users = 20
+  s2.rerank.num_candidates = 10
+  s2.rerank.train_holdout = 5
+  s2.rerank.examples_per_task = 100
+  s2.rerank.max_users = 40
   return c
 
 
-def get_variant(
-  config: ml_collections.ConfigDict, variant: str | None
-) -> ml_collections.ConfigDict:
-  """Applies a named variant.
+_BUDGETS = {"cpu": cpu_budget, "small": small_budget, "full": lambda c: c}
 
-  "" = as configured, "cpu" = the main job's 2-core-CPU budget
-  (``cpu_budget``), "small" = a CPU minute (``shrink_for_cpu``).
+
+def parse_arg(arg: str) -> dict[str, str]:
+  """``"small"`` or ``"dataset=ml-1m,budget=full"`` -> {field: value}.
+
+  A bare word is the budget; the budget defaults to ``cpu``.
   """
-  if not variant:
-    return config
-  if variant == "cpu":
-    return cpu_budget(config)
-  if variant == "small":
-    return shrink_for_cpu(config)
-  raise ValueError(
-    f"unknown config variant {variant!r}; known: '', 'cpu', 'small'"
-  )
+  out = {"budget": "cpu"}
+  for part in filter(None, (p.strip() for p in (arg or "").split(","))):
+    key, sep, value = part.partition("=")
+    if not sep:
+      key, value = "budget", key
+    out[key.strip()] = value.strip()
+  return out
+
+
+def get_config(dataset: str, arg: str = "") -> ml_collections.ConfigDict:
+  """The config of ``dataset`` under the budget ``arg`` names.
+
+  Args:
+    dataset: the dataset a config file stands for (``arg`` may override it
+      with ``dataset=...``).
+    arg: the text after ``:`` on the command line (``parse_arg``).
+
+  Raises:
+    ValueError: an unknown budget or key, naming the known ones.
+  """
+  fields = parse_arg(arg)
+  unknown = set(fields) - {"budget", "dataset"}
+  if unknown:
+    raise ValueError(
+      f"unknown config argument(s) {sorted(unknown)}; known: budget, dataset"
+    )
+  budget = fields["budget"]
+  if budget not in _BUDGETS:
+    raise ValueError(
+      f"unknown config variant {budget!r}; known budgets: {BUDGETS}"
+    )
+  c = base_config()
+  c.dataset.name = fields.get("dataset", dataset)
+  return _BUDGETS[budget](c)

@@ -17,20 +17,18 @@ import os
 
 # implicit wants single-threaded BLAS (it parallelises over users itself).
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-import json  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-import types  # noqa: E402
+import json
+import time
+import types
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import numpy as np
+from absl import app, flags
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-from absl import app, flags  # noqa: E402
-
-from ilm_jax.cf.als import ALSConfig, train_als  # noqa: E402
-from ilm_jax.data import leave_one_out, load_dataset  # noqa: E402
-from ilm_jax.eval.full_ranking import (  # noqa: E402
+from ilm_jax import console
+from ilm_jax.cf.als import ALSConfig, train_als
+from ilm_jax.data import leave_one_out, load_dataset
+from ilm_jax.eval.full_ranking import (
   dot_product_scorer,
   evaluate_scorer,
 )
@@ -105,6 +103,7 @@ def _fit_implicit(split, solver):
 
 
 def main(argv):
+  console.quiet_by_default()
   del argv
   split = _split()
   users, items = split.train_interactions()

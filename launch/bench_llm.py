@@ -21,21 +21,19 @@ to --workdir.
 import json
 import os
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from absl import app, flags  # noqa: E402
-
-from ilm_jax.convert.gguf_checkpoint import load_gguf  # noqa: E402
-from ilm_jax.convert.hf_params import params_to_hf  # noqa: E402
-from ilm_jax.convert.model_packages import smollm2_gguf_path  # noqa: E402
-from ilm_jax.decode.sampling import generate  # noqa: E402
-from ilm_jax.models.llm import Decoder  # noqa: E402
+from ilm_jax import console
+from ilm_jax.convert.gguf_checkpoint import load_gguf
+from ilm_jax.convert.hf_params import params_to_hf
+from ilm_jax.convert.model_packages import smollm2_gguf_path
+from ilm_jax.decode.sampling import generate
+from ilm_jax.models.llm import Decoder
 
 _PROMPT_LEN = flags.DEFINE_integer("prompt_len", 128, "Prompt tokens.")
 _NEW_TOKENS = flags.DEFINE_integer("new_tokens", 64, "Greedy tokens.")
@@ -81,6 +79,7 @@ def _torch_model(config, params):
 
 
 def main(argv):
+  console.quiet_by_default()
   del argv
   import torch
 

@@ -21,30 +21,29 @@ splits, template sets). Writes ``bench_stage2.json`` to --workdir.
 import json
 import os
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import numpy as np
+from absl import app, flags
+from flax import linen as nn
+from ml_collections import config_flags
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-from absl import app, flags  # noqa: E402
-from flax import linen as nn  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from ilm_jax.data import load_split  # noqa: E402
-from ilm_jax.data import prompts as P  # noqa: E402
-from ilm_jax.data import stage2_examples as S2  # noqa: E402
-from ilm_jax.data.indexing import make_index  # noqa: E402
-from ilm_jax.eval import generative  # noqa: E402
-from ilm_jax.eval.full_ranking import dot_product_scorer  # noqa: E402
-from ilm_jax.pipeline.cf_stage import als_config  # noqa: E402
-from ilm_jax.rerank import candidates  # noqa: E402
-from ilm_jax.rerank import stage as rerank  # noqa: E402
-from ilm_jax.rerank.evaluate import score_prompts  # noqa: E402
-from ilm_jax.rerank.prompts import rerank_prompts, shown_order  # noqa: E402
-from ilm_jax.train import loop, stage2  # noqa: E402
-from ilm_jax.train.stage2_llm import load_stage2_llm  # noqa: E402
+from ilm_jax import console
+from ilm_jax.convert.frozen_llm import load_stage2_llm
+from ilm_jax.data import load_split
+from ilm_jax.data import prompts as P
+from ilm_jax.data import stage2_examples as S2
+from ilm_jax.data.indexing import make_index
+from ilm_jax.eval import generative
+from ilm_jax.eval.full_ranking import dot_product_scorer
+from ilm_jax.pipeline import stage2
+from ilm_jax.pipeline.cf import als_config
+from ilm_jax.rerank import candidates
+from ilm_jax.rerank import stage as rerank
+from ilm_jax.rerank.evaluate import score_prompts
+from ilm_jax.rerank.prompts import rerank_prompts, shown_order
+from ilm_jax.train import loop
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config", "configs/default.py", "Experiment config (as for train.py)."
@@ -85,6 +84,7 @@ def _group_batches(data, count):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  console.quiet_by_default()
   config = _CONFIG.value
   c = config.stage2
   buckets = tuple(c.length_buckets)

@@ -21,15 +21,13 @@ Examples:
 """
 
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import app, flags
+from ml_collections import config_flags
 
-from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from ilm_jax.eval.report import markdown_table  # noqa: E402
-from ilm_jax.pipeline import stage2_comparison  # noqa: E402
+from ilm_jax import console
+from ilm_jax.eval.report import markdown_table
+from ilm_jax.pipeline import stage2_comparison
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config",
@@ -63,6 +61,7 @@ _REPORT_ONLY = flags.DEFINE_bool(
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  console.quiet_by_default()
   out = stage2_comparison.compare(
     _CONFIG.value,
     _WORKDIR.value,

@@ -10,16 +10,12 @@ The output holds llm_config.json, params/ (orbax) and tokenizer/ (HF-style
 tokenizer.json + tokenizer_config.json with the chat template).
 """
 
-import os
-import sys
+import ml_dtypes
+import numpy as np
+from absl import app, flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import ml_dtypes  # noqa: E402
-import numpy as np  # noqa: E402
-from absl import app, flags  # noqa: E402
-
-from ilm_jax.convert.convert_llm import PACKAGED, convert_llm  # noqa: E402
+from ilm_jax import console
+from ilm_jax.convert.convert_llm import PACKAGED, convert_llm
 
 _SOURCE = flags.DEFINE_string(
   "source",
@@ -37,6 +33,7 @@ _DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
 
 
 def main(argv):
+  console.quiet_by_default()
   del argv
   config = convert_llm(_SOURCE.value, _OUTPUT.value, _DTYPES[_DTYPE.value])
   print(

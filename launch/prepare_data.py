@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import tensorflow_datasets as tfds
 from absl import app, flags
 
+from ilm_jax import console
 from ilm_jax.data import registry, split, tfds_builder
 
 _DATASET = flags.DEFINE_enum(
@@ -50,6 +51,7 @@ _MAX_HISTORY = flags.DEFINE_integer(
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  console.quiet_by_default()
   tfds.disable_progress_bar()  # progress bars garble non-interactive logs
   builder = tfds_builder.make_builder(
     _DATASET.value,

@@ -13,18 +13,16 @@ Examples:
 """
 
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
 
-import jax  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from ilm_jax.eval.report import markdown_table  # noqa: E402
-from ilm_jax.pipeline import run as pipeline  # noqa: E402
-from ilm_jax.pipeline import stage2_report  # noqa: E402
-from ilm_jax.pipeline.baselines_stage import summary_rows  # noqa: E402
+from ilm_jax import console
+from ilm_jax.eval.report import markdown_table
+from ilm_jax.pipeline import run as pipeline
+from ilm_jax.pipeline import stage2_report
+from ilm_jax.pipeline.baselines import summary_rows
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config",
@@ -53,6 +51,7 @@ _STAGE = flags.DEFINE_enum(
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  console.quiet_by_default()
   config = _CONFIG.value
   if _CACHE.value:
     jax.config.update("jax_compilation_cache_dir", _CACHE.value)

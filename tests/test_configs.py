@@ -1,50 +1,105 @@
-"""Experiment configs: every file loads, variants change what they claim."""
+"""Experiment configs: every file loads, budgets mean the same everywhere."""
 
 import importlib.util
+import json
+import subprocess
+import sys
 
 import pytest
 
+from ilm_jax import experiment_config as EC
 from ilm_jax.data import DATASETS
-from ilm_jax.train import stage2
 from tests.conftest import REPO_ROOT
 
 CONFIG_FILES = sorted((REPO_ROOT / "configs").glob("*.py"))
 
 
-def _load(path, variant=""):
+def _load(path, arg=""):
   spec = importlib.util.spec_from_file_location(path.stem, path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config(variant)
+  return module.get_config(arg)
 
 
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: p.stem)
-def test_every_config_loads_in_every_variant(path):
-  for variant in ("", "cpu", "small"):
-    c = _load(path, variant)
+def test_every_config_loads_under_every_budget(path):
+  for budget in ("", *EC.BUDGETS):
+    c = _load(path, budget)
     assert c.dataset.name in DATASETS
     assert set(c.stage2.eval.splits) <= {"valid", "test"}
-  with pytest.raises(ValueError, match="unknown config variant"):
+  # No suffix is the CPU recipe in every file.
+  assert _load(path).to_dict() == _load(path, "cpu").to_dict()
+  with pytest.raises(ValueError, match="unknown config variant 'huge'"):
     _load(path, "huge")
+  with pytest.raises(ValueError, match="unknown config argument"):
+    _load(path, "steps=3")
+
+
+def test_budgets_differ_only_in_budget_fields_across_datasets():
+  for budget in EC.BUDGETS:
+    a = _load(REPO_ROOT / "configs" / "default.py", budget).to_dict()
+    b = _load(REPO_ROOT / "configs" / "ml100k.py", budget).to_dict()
+    assert a.pop("dataset")["name"] != b.pop("dataset")["name"]
+    assert a == b
+
+
+def test_budgets_are_ordered_by_size():
+  cpu, small, full = (
+    _load(REPO_ROOT / "configs" / "default.py", b) for b in EC.BUDGETS
+  )
+  assert cpu.stage2.train.num_steps == EC.CPU_STAGE2_STEPS
+  assert (
+    full.stage2.train.num_steps
+    > cpu.stage2.train.num_steps
+    > small.stage2.train.num_steps
+  )
+  assert (
+    full.stage1.train.num_steps
+    > cpu.stage1.train.num_steps
+    > small.stage1.train.num_steps
+  )
+  assert full.qformer.num_layers == 0  # every MiniLM layer
+  assert small.dataset.max_users == 300 and cpu.dataset.max_users == -1
 
 
 def test_full_stage2_defaults_report_both_splits_and_template_sets():
-  c = _load(REPO_ROOT / "configs" / "ml100k.py")
+  c = _load(REPO_ROOT / "configs" / "ml100k.py", "full")
   assert tuple(c.stage2.eval.splits) == ("valid", "test")
   assert tuple(c.stage2.eval.templates) == ("seen", "unseen")
   assert c.stage2.eval.max_users == -1  # every held-out user
   assert c.stage2.max_history == c.dataset.max_history == 20
 
 
-def test_cpu_budget_is_the_main_job_recipe_on_any_dataset():
-  default = _load(REPO_ROOT / "configs" / "default.py")
-  ml100k = _load(REPO_ROOT / "configs" / "ml100k.py", "cpu")
-  assert default.stage2.train.num_steps == stage2.CPU_STEPS
-  # Same budget, different data: only the dataset fields differ.
-  a, b = default.to_dict(), ml100k.to_dict()
-  assert a.pop("dataset")["name"] != b.pop("dataset")["name"]
-  assert a == b
-  # The accelerator variant of the default keeps the full-size stage 2.
-  full = _load(REPO_ROOT / "configs" / "default.py", "full")
-  assert full.stage2.train.num_steps > stage2.CPU_STEPS
-  assert full.qformer.num_layers == 0  # every MiniLM layer
+def test_generic_config_names_dataset_and_budget():
+  c = _load(REPO_ROOT / "configs" / "ilm.py", "dataset=ml-1m,budget=small")
+  want = EC.get_config("ml-1m", "small")
+  assert c.to_dict() == want.to_dict()
+  assert c.dataset.name == "ml-1m" and c.dataset.max_users == 300
+  assert EC.parse_arg("") == {"budget": "cpu"}
+  assert EC.parse_arg("full") == {"budget": "full"}
+
+
+def test_both_stages_are_shaped_alike():
+  c = EC.base_config()
+  for stage in (c.stage1, c.stage2):
+    assert set(stage.train) == set(EC.loop_config())
+    assert "eval" in stage
+  # Loop fields live only under train.
+  assert "num_steps" not in c.stage1 and "learning_rate" not in c.stage1
+
+
+def test_parsing_a_config_imports_no_jax():
+  code = (
+    "import importlib.util, json, sys\n"
+    f"path = {str(CONFIG_FILES[0])!r}\n"
+    "spec = importlib.util.spec_from_file_location('c', path)\n"
+    "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
+    "m.get_config('full'); m.get_config('small')\n"
+    "heavy = ('jax', 'flax', 'orbax', 'optax', 'tensorflow')\n"
+    "print(json.dumps([n for n in sys.modules if n.split('.')[0] in heavy]))\n"
+  )
+  out = subprocess.run(
+    [sys.executable, "-c", code], capture_output=True, text=True, check=True,
+    cwd=REPO_ROOT,
+  )  # fmt: skip
+  assert json.loads(out.stdout.strip().splitlines()[-1]) == []

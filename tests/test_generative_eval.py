@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
+from ilm_jax.convert.frozen_llm import tiny_llm
 from ilm_jax.data import prompts as P
 from ilm_jax.data import stage2_examples as S2
 from ilm_jax.data.indexing import random_indexing
 from ilm_jax.eval import generative, semantic
 from ilm_jax.models.ilm import ItemLanguageModel, SoftTokenEncoder
 from ilm_jax.models.llm import Decoder
-from ilm_jax.train.stage2_llm import tiny_llm
 from tests.test_ilm import CF_DIM, NUM_ITEMS, NUM_USERS, QCFG
 
 NEW_TOKENS = 6

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
+from ilm_jax.convert.frozen_llm import char_tokenizer, tiny_llm
 from ilm_jax.data import prompts as P
 from ilm_jax.data import stage2_examples as S2
 from ilm_jax.data.indexing import random_indexing
@@ -17,7 +18,6 @@ from ilm_jax.models.ilm import (
 )
 from ilm_jax.models.llm import Decoder
 from ilm_jax.models.qformer import QFormerConfig
-from ilm_jax.train.stage2_llm import char_tokenizer, tiny_llm
 
 NUM_USERS, NUM_ITEMS, CF_DIM = 5, 9, 8
 QCFG = QFormerConfig(

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from ilm_jax.convert.frozen_llm import char_tokenizer, tiny_config
 from ilm_jax.decode.beam_search import beam_search
 from ilm_jax.decode.item_trie import (
   allowed_by_trie,
@@ -13,7 +14,6 @@ from ilm_jax.decode.item_trie import (
   ranked_items,
 )
 from ilm_jax.models.llm import Decoder
-from ilm_jax.train.stage2_llm import char_tokenizer, tiny_config
 
 TOK = char_tokenizer()
 EOS = TOK.eos_ids[0]

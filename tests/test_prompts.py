@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 
+from ilm_jax.convert.frozen_llm import char_tokenizer
 from ilm_jax.data import prompts as P
 from ilm_jax.data import stage2_examples as S2
 from ilm_jax.data.dataset import Catalog
 from ilm_jax.data.indexing import random_indexing
 from ilm_jax.data.split import LeaveOneOutSplit
-from ilm_jax.train.stage2_llm import char_tokenizer
 
 
 def _split(num_users=6, num_items=12, seed=0):

@@ -9,11 +9,11 @@ from ilm_jax.data import load_split
 from ilm_jax.data import prompts as P
 from ilm_jax.data import stage2_examples as S2
 from ilm_jax.data.indexing import make_index
-from ilm_jax.experiment_config import base_config, get_variant
+from ilm_jax.experiment_config import get_config
 from ilm_jax.models.ilm import SoftTokenEncoder
+from ilm_jax.pipeline import stage1, stage2
 from ilm_jax.rerank import candidates as C
 from ilm_jax.rerank.prompts import rerank_prompts, shown_order
-from ilm_jax.train import stage1, stage2
 
 
 @pytest.fixture(scope="module")
@@ -21,11 +21,11 @@ def tokenizer():
   return load_gguf_tokenizer(smollm2_gguf_path())
 
 
-@pytest.mark.parametrize("variant", ["", "cpu"])
+@pytest.mark.parametrize("variant", ["full", "cpu"])
 def test_rerank_prompts_with_full_history_fit_the_largest_bucket(
   tokenizer, variant
 ):
-  config = get_variant(base_config(), variant)
+  config = get_config("ml-latest-small", variant)
   c = config.stage2
   split = load_split(config.dataset)
   index = make_index(split, config.dataset.indexing, config.seed)

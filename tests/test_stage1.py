@@ -15,7 +15,9 @@ from ilm_jax.data.stage1 import (
   Stage1Batches,
   build_stage1_examples,
 )
-from ilm_jax.train import stage1
+from ilm_jax.experiment_config import base_config
+from ilm_jax.pipeline import cf as cf_stage
+from ilm_jax.pipeline import stage1
 
 
 def _split(with_text=True):
@@ -97,7 +99,7 @@ def test_batches_resume_at_saved_position():
 
 
 def test_latest_small_text_has_title_genres_tags():
-  config = stage1.default_config()
+  config = base_config()
   split = load_split(config.dataset)
   ex = build_stage1_examples(split)
   assert ex.has_text and len(ex.text_items) == split.num_items
@@ -128,21 +130,21 @@ def _tiny_bert_dir(tmp_path):
 
 
 def _tiny_config(bert_dir, num_steps):
-  c = stage1.default_config()
+  c = base_config()
   c.dataset.max_users = 24
   c.qformer.bert_path = str(bert_dir)
   c.qformer.num_queries = 2
   c.qformer.num_cf_tokens = 2
   c.qformer.embed_dim = 8
   c.qformer.max_text_length = 12
-  c.stage1.num_steps = num_steps
-  c.stage1.warmup_steps = 1
   c.stage1.batch_size = 8
-  c.stage1.checkpoint_every = 2
-  c.stage1.log_every = 1
-  c.stage1.eval_batch_size = 64
-  c.stage1.eval_candidates = 10
-  c.stage1.progress_bar = False
+  c.stage1.train.num_steps = num_steps
+  c.stage1.train.warmup_steps = 1
+  c.stage1.train.checkpoint_every = 2
+  c.stage1.train.log_every = 1
+  c.stage1.train.progress_bar = False
+  c.stage1.eval.batch_size = 64
+  c.stage1.eval.candidates = 10
   return c
 
 
@@ -156,7 +158,7 @@ def _svd_cf_table(config, workdir, dim=8):
   root = np.sqrt(s[:dim])
   table = np.concatenate([u[:, :dim] * root, vt[:dim].T * root])
   CFTable(table.astype(np.float32), split.num_users, split.num_items).save(
-    workdir / "cf"
+    workdir / "cf", config=cf_stage._provenance(config)
   )
 
 
@@ -197,15 +199,20 @@ def test_run_resumes_after_interruption(tmp_path, monkeypatch):
 
 
 def test_cf_table_mismatch_is_named(tmp_path):
-  config = stage1.default_config()
+  config = base_config()
   config.dataset.max_users = 24
-  CFTable(np.zeros((5, 4), np.float32), 2, 3).save(tmp_path / "cf")
+  CFTable(np.zeros((5, 4), np.float32), 2, 3).save(
+    tmp_path / "cf", config=cf_stage._provenance(config)
+  )
   with pytest.raises(ValueError, match="rerun the cf stage"):
     stage1.run(config, tmp_path)
 
 
 def test_retrieval_metrics_match_brute_force():
-  from ilm_jax.train.stage1_eval import heldout_retrieval, item_to_text_recall
+  from ilm_jax.eval.stage1_retrieval import (
+    heldout_retrieval,
+    item_to_text_recall,
+  )
 
   r = np.random.default_rng(0)
   unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)

@@ -14,20 +14,21 @@ from flax import linen as nn
 
 from ilm_jax.cf.table import CFTable
 from ilm_jax.checkpoint import manager as ckpt
+from ilm_jax.convert.frozen_llm import tiny_llm
 from ilm_jax.data import load_split
 from ilm_jax.data import prompts as P
 from ilm_jax.data import stage2_examples as S2
 from ilm_jax.data.indexing import random_indexing
 from ilm_jax.eval import metrics as M
-from ilm_jax.experiment_config import base_config
+from ilm_jax.experiment_config import base_config, loop_config, small_budget
 from ilm_jax.models.bert import BertConfig
 from ilm_jax.models.ilm import ItemLanguageModel, SoftTokenEncoder
 from ilm_jax.models.llm import Decoder
 from ilm_jax.models.qformer import QFormerConfig
 from ilm_jax.models.stage1_model import Stage1Model
-from ilm_jax.pipeline import cf_stage
-from ilm_jax.train import loop, stage2
-from ilm_jax.train.stage2_llm import tiny_llm
+from ilm_jax.pipeline import cf as cf_stage
+from ilm_jax.pipeline import stage2
+from ilm_jax.train import loop
 from tests.test_prompts import _split
 
 QCFG = QFormerConfig(
@@ -60,7 +61,7 @@ def test_frozen_llm_unchanged_and_absent_from_optimiser_state(tmp_path):
   prompts = S2.training_prompts(split, index, P.TASKS, 8, 3)
   ex = [S2.encode_fitting(enc, p, 256, True) for p in prompts]
   data = S2.BucketBatches(ex, 8, (256,), 16, enc.pad_id)  # one compile
-  cfg = loop.loop_config()
+  cfg = loop_config()
   cfg.learning_rate, cfg.warmup_steps, cfg.num_steps = 1e-2, 0, 3
   trainer = loop.Trainer(
     model.loss, cfg, nn.unbox(boxed), nn.get_partition_spec(boxed)
@@ -144,9 +145,9 @@ def _tiny_bert_config_dir() -> str:
 
 
 def _config(**stage2_fields):
-  c = base_config()
-  # The random Q-Former (ILM-rand, or no stage-1 checkpoint) takes the shape
-  # of config.qformer, as stage 1 would build it.
+  c = small_budget(base_config())
+  # The random Q-Former (ILM-rand) takes the shape of config.qformer, as
+  # stage 1 would build it.
   c.qformer.bert_path = _tiny_bert_config_dir()
   c.qformer.num_layers = 2
   c.qformer.num_queries = 2
@@ -154,9 +155,9 @@ def _config(**stage2_fields):
   c.qformer.max_text_length = 12
   c.dataset.max_users = 24
   c.cf.dim, c.cf.sweeps = 8, 2
-  c.stage2 = stage2.shrink_stage2_for_cpu(stage2.stage2_config())
   s = c.stage2
   s.llm = "tiny"
+  s.init = "random"  # no stage-1 run in these workdirs
   s.examples_per_task = 16
   s.length_buckets = (128, 256)
   s.batch_size = 8  # the 8 fake devices of the data axis
@@ -182,7 +183,7 @@ def _config(**stage2_fields):
 
 def test_stage2_starts_from_stage1_checkpoint(tmp_path):
   saved = _save_stage1(tmp_path)
-  config = _config()
+  config = _config(init="stage1")
   llm_config, _, _ = tiny_llm(0)
   model, boxed, init = stage2.build_model(config, tmp_path, 5, 8, llm_config)
   assert init == "stage1"
@@ -199,10 +200,11 @@ def test_stage2_starts_from_stage1_checkpoint(tmp_path):
   assert "ffn" not in q["layer_0"] and "word_embeddings" not in q.get(
     "embeddings", {}
   )
-  # A loss-ablation run lives in its own directory: absent here -> random.
+  # A loss-ablation run lives in its own directory; a missing one is an
+  # error naming it, never a silent random start.
   config.stage2.stage1_dir = "stage1_it"
-  _, _, init = stage2.build_model(config, tmp_path, 5, 8, llm_config)
-  assert init == "random"
+  with pytest.raises(FileNotFoundError, match="stage1_it"):
+    stage2.build_model(config, tmp_path, 5, 8, llm_config)
   (tmp_path / "stage1").rename(tmp_path / "stage1_it")
   _, boxed, init = stage2.build_model(config, tmp_path, 5, 8, llm_config)
   assert init == "stage1"

@@ -9,6 +9,7 @@ import pytest
 from flax import linen as nn
 
 from ilm_jax.checkpoint import manager as ckpt
+from ilm_jax.experiment_config import loop_config
 from ilm_jax.sharding.mesh import make_mesh
 from ilm_jax.train import loop, optimizer
 
@@ -68,7 +69,7 @@ def _toy_setup():
 
 
 def _config(**kw):
-  c = loop.loop_config()
+  c = loop_config()
   c.num_steps = 10
   c.warmup_steps = 2
   c.learning_rate = 0.05

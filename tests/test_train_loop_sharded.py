@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
+from ilm_jax.experiment_config import loop_config
 from ilm_jax.models.bert import BertConfig
 from ilm_jax.models.qformer import QFormerConfig
 from ilm_jax.models.stage1_model import Stage1Model
@@ -64,7 +65,7 @@ def test_sharded_step_equals_single_device_step():
   loss_fn, boxed, table, batch = _stage1_setup()
   params = nn.unbox(boxed)["params"]
   specs = nn.get_partition_spec(boxed)["params"]
-  config = loop.loop_config()
+  config = loop_config()
   config.warmup_steps = 0
   config.learning_rate = 1e-3
   results = []

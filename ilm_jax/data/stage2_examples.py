@@ -25,9 +25,8 @@ import numpy as np
 from ilm_jax.data import prompts as P
 from ilm_jax.data.indexing import ItemIndex
 from ilm_jax.data.split import LeaveOneOutSplit
+from ilm_jax.models.slots import SOFT_PROMPT, WORD
 
-WORD = -1  # slot_entity of a position that holds a plain word embedding
-SOFT_PROMPT = -2  # slot_entity of a trainable soft-prompt position
 PROMPT_SUFFIX = "\nAnswer:"
 USER_PREFIX = "user_"
 # Conversational evaluation wish for a target without genres or tags.

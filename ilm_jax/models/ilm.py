@@ -24,7 +24,6 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from ilm_jax.cf.table import ITEM_TYPE, USER_TYPE
-from ilm_jax.data.stage2_examples import SOFT_PROMPT
 from ilm_jax.models.llm.decoder import Decoder
 from ilm_jax.models.qformer import QFormer, QFormerConfig
 from ilm_jax.models.retrieval_head import (
@@ -33,6 +32,7 @@ from ilm_jax.models.retrieval_head import (
   in_batch_softmax_loss,
   item_vectors,
 )
+from ilm_jax.models.slots import SOFT_PROMPT
 
 VARIANTS = ("ilm", "mlp", "text")
 

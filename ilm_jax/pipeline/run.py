@@ -2,36 +2,31 @@
 
 Stages: "cf" (ALS table), "eval" (popularity and CF baselines), "stage1"
 (Q-Former item-language pre-training), "stage2" (ILM on the frozen LLM),
-"all" (every stage that exists, in order).
+"all" (every stage, in order).
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import pathlib
 
 import ml_collections
 
-from ilm_jax.pipeline.baselines_stage import run_baselines
-from ilm_jax.pipeline.cf_stage import run_cf
+from ilm_jax.pipeline import stage1, stage2
+from ilm_jax.pipeline.baselines import run_baselines
+from ilm_jax.pipeline.cf import cf_table
 
 STAGES = ("cf", "eval", "stage1", "stage2", "all")
-# Stages implemented in their own packages, found at run time so the
-# foundation stages work before (and without) the model stages.
-_MODEL_STAGES = {
-  "stage1": "ilm_jax.train.stage1",
-  "stage2": "ilm_jax.train.stage2",
+# Stage name -> run(config, workdir) -> results, in pipeline order; each
+# reads what the stages before it wrote to the workdir.
+_RUNNERS = {
+  "cf": lambda config, workdir: {
+    "rows": int(cf_table(config, workdir).embeddings.shape[0])
+  },
+  "eval": run_baselines,
+  "stage1": stage1.run,
+  "stage2": stage2.run,
 }
-
-
-def available_stages() -> list[str]:
-  """Stages this installation can run, in pipeline order."""
-  out = ["cf", "eval"]
-  for stage, module in _MODEL_STAGES.items():
-    if importlib.util.find_spec(module) is not None:
-      out.append(stage)
-  return out
 
 
 def run(
@@ -43,21 +38,8 @@ def run(
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
-  todo = available_stages() if stage == "all" else [stage]
-  results = {}
-  for name in todo:
-    if name == "cf":
-      table = run_cf(config, workdir)
-      results["cf"] = {"rows": int(table.embeddings.shape[0])}
-    elif name == "eval":
-      run_cf(config, workdir)  # no-op when the table is up to date
-      results["eval"] = run_baselines(config, workdir)
-    else:
-      run_cf(config, workdir)  # both model stages read the CF table
-      if importlib.util.find_spec(_MODEL_STAGES[name]) is None:
-        raise NotImplementedError(f"stage {name!r} is not available yet")
-      module = importlib.import_module(_MODEL_STAGES[name])
-      results[name] = module.run(config, workdir)
+  todo = list(_RUNNERS) if stage == "all" else [stage]
+  results = {name: _RUNNERS[name](config, workdir) for name in todo}
   # Merge with what earlier invocations wrote, so running stages one at a
   # time leaves the same results.json as running them all.
   path = workdir / "results.json"

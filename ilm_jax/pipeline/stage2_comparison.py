@@ -23,9 +23,9 @@ from ilm_jax.data import prompts as P
 from ilm_jax.eval.metrics import SE_SUFFIX
 from ilm_jax.eval.report import bar_plot, markdown_table
 from ilm_jax.pipeline import run as pipeline
-from ilm_jax.pipeline.baselines_stage import summary_rows
+from ilm_jax.pipeline import stage1, stage2
+from ilm_jax.pipeline.baselines import summary_rows
 from ilm_jax.pipeline.stage2_report import text_row
-from ilm_jax.train import stage1, stage2
 
 # Variant name -> config.stage2 overrides.
 VARIANTS: dict[str, dict] = {

@@ -13,37 +13,18 @@ from __future__ import annotations
 import ml_collections
 import numpy as np
 
+from ilm_jax.cf.table import CFTable
 from ilm_jax.data import prompts as P
 from ilm_jax.data import stage2_examples as S2
+from ilm_jax.data.split import LeaveOneOutSplit
 from ilm_jax.eval import full_ranking, retrieval
 from ilm_jax.eval import metrics as M
+from ilm_jax.eval.trained_ilm import TrainedIlm
 from ilm_jax.rerank import candidates as C
 from ilm_jax.rerank import evaluate as E
 from ilm_jax.rerank.prompts import rerank_prompts, shown_order
 
 RETRIEVERS = ("als", "retrieval_head")
-
-
-def rerank_config() -> ml_collections.ConfigDict:
-  """``config.stage2.rerank`` fields."""
-  c = ml_collections.ConfigDict()
-  c.num_candidates = 20  # N retrieved items the LLM re-ranks
-  # Evaluation lists: "als" (the CF table's dot product) or
-  # "retrieval_head" (needs stage2.retrieval_weight > 0; its query reads a
-  # sequential prompt). Training lists always come from the inner ALS.
-  c.retriever = "als"
-  c.order = "retriever"  # candidates shown "retriever" order | "shuffled"
-  # Candidate names in prompts and answers: "identifiers" (item_1234) or
-  # "letters" (A, B, ...: one token each, as LlamaRec).
-  c.labels = "identifiers"
-  # Training lists: the last ``train_holdout`` training items of every user
-  # are held out of an inner ALS, whose lists for those positions train.
-  c.train_holdout = 10
-  c.examples_per_task = 2000  # training prompts per re-ranking task (cap)
-  c.tasks = P.RERANK_TASKS  # re-ranking tasks evaluated
-  c.max_users = -1  # held-out users evaluated (-1 = all)
-  c.batch_size = 8  # prompts per scoring call
-  return c
 
 
 def check_config(c: ml_collections.ConfigDict) -> None:
@@ -108,21 +89,18 @@ def evaluation_users(c, split, seed) -> np.ndarray:
   return users
 
 
-def _head_scorer(
-  c, split, split_name, users, model, encoder_params, llm_params, cf_table,
-  prompt_encoder, seed,
-):  # fmt: skip
+def _head_scorer(c, split, split_name, users, ilm: TrainedIlm, seed):
   """score_fn of the retrieval head: each user's sequential-prompt query
   against every item's adapted embedding."""
   prompts = S2.evaluation_prompts(
     split, split_name, True, users, P.SEQUENTIAL, c.max_history, seed
   )
   queries = retrieval.prompt_queries(
-    model, encoder_params, llm_params, cf_table, prompt_encoder, prompts,
-    batch_size=int(c.rerank.batch_size), buckets=tuple(c.length_buckets),
+    *ilm.inputs, prompts, batch_size=int(c.rerank.batch_size),
+    buckets=tuple(c.length_buckets),
   )  # fmt: skip
   items = retrieval.catalogue_vectors(
-    model, encoder_params, cf_table, split.num_items
+    ilm.model, ilm.encoder_params, ilm.cf, split.num_items
   )
   per_user = np.zeros((split.num_users, queries.shape[1]), np.float32)
   per_user[users] = queries
@@ -130,18 +108,20 @@ def _head_scorer(
 
 
 def evaluate(
-  c, split, model, encoder_params, llm_params, cf_table, cf, prompt_encoder,
-  ks, seed=0,
-) -> dict:  # fmt: skip
+  c: ml_collections.ConfigDict,
+  split: LeaveOneOutSplit,
+  ilm: TrainedIlm,
+  cf: CFTable,
+  ks: tuple[int, ...],
+  seed: int = 0,
+) -> dict:
   """Re-ranking results per ``"{task}/{split}/{templates}"``.
 
   Args:
     c: ``config.stage2``.
     split: the split.
-    model, encoder_params, llm_params: the trained ILM.
-    cf_table: float32[rows, d] CF table (the model's input).
+    ilm: the trained ILM and its inputs.
     cf: the CFTable (the ALS retriever).
-    prompt_encoder: as in training.
     ks: cut-offs.
     seed: seeds shuffling, wishes, user sampling.
 
@@ -161,10 +141,7 @@ def evaluate(
   for split_name in c.eval.splits:
     score_fn = als
     if r.retriever == "retrieval_head":
-      score_fn = _head_scorer(
-        c, split, split_name, users, model, encoder_params, llm_params,
-        cf_table, prompt_encoder, seed,
-      )  # fmt: skip
+      score_fn = _head_scorer(c, split, split_name, users, ilm, seed)
     lists = C.evaluation_lists(
       split, split_name, users, score_fn, list_length(c, ks)
     )
@@ -181,8 +158,7 @@ def evaluate(
           c.max_history, seed, True,
         )  # fmt: skip
         result = E.evaluate_task(
-          model, encoder_params, llm_params, cf_table, prompt_encoder,
-          lists, shown, prompts, batch_size=int(r.batch_size),
+          *ilm.inputs, lists, shown, prompts, batch_size=int(r.batch_size),
           buckets=tuple(c.length_buckets), ks=ks, seed=seed,
         )  # fmt: skip
         result["popularity"] = M.metrics_from_ranks(pop_ranks, ks)

@@ -15,26 +15,14 @@ import numpy as np
 from flax import linen as nn
 from jax.sharding import NamedSharding, PartitionSpec
 
+from ilm_jax.experiment_config import MESH_RULES
+
 # Physical axes, outermost first: pure data parallelism, parameter sharding
 # (ZeRO-3 style, also a data axis for activations) and tensor parallelism.
 MESH_AXES = ("data", "fsdp", "tensor")
 
-# Logical-axis rules shared by all models. A logical name may map to a tuple of
-# mesh axes, or to None (replicated). Configs may override them.
-DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
-  ("batch", ("data", "fsdp")),
-  ("length", None),
-  ("embed", "fsdp"),
-  ("mlp", "tensor"),
-  ("heads", "tensor"),
-  ("kv_heads", "tensor"),
-  ("head_dim", None),
-  ("vocab", "tensor"),
-  ("queries", None),
-  ("cf_rows", ("data", "fsdp")),
-  ("cf_dim", None),
-  ("norm", None),
-)
+# The default logical-axis rules (configs carry them as ``mesh.rules``).
+DEFAULT_RULES = MESH_RULES
 
 
 def make_mesh(

@@ -22,7 +22,6 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import jax
-import ml_collections
 import numpy as np
 import optax
 from flax import linen as nn
@@ -30,6 +29,7 @@ from flax import struct
 from tqdm import tqdm
 
 from ilm_jax.checkpoint import manager as ckpt
+from ilm_jax.experiment_config import MESH_RULES
 from ilm_jax.sharding import mesh as mesh_lib
 from ilm_jax.train import optimizer as optim
 from ilm_jax.train.summaries import MetricsLog
@@ -41,27 +41,6 @@ CHECKPOINT_DIR = "checkpoints"
 WEIGHT_SUFFIX = "_weight"
 # loss_fn(params, frozen, batch, rng) -> (scalar loss, metrics)
 LossFn = Callable[[Any, Any, dict, jax.Array], tuple[jax.Array, dict]]
-
-
-def loop_config() -> ml_collections.ConfigDict:
-  """Defaults for the loop fields every stage config carries."""
-  c = ml_collections.ConfigDict()
-  c.num_steps = 1000  # optimiser updates in the whole run
-  c.learning_rate = 1e-4  # peak learning rate after warmup
-  c.warmup_steps = 100  # linear warmup from 0
-  c.end_learning_rate_ratio = 0.1  # cosine decays to this fraction of peak
-  c.weight_decay = 0.05  # AdamW decay (not on biases, norms, temperatures)
-  c.adam_b1 = 0.9  # AdamW first-moment decay
-  c.adam_b2 = 0.999  # AdamW second-moment decay
-  c.grad_clip_norm = 1.0  # global-norm clipping; 0 = off
-  c.freeze_regex = ""  # params whose path matches get no updates
-  c.seed = 0  # seeds init, data order and per-step randomness
-  c.log_every = 10  # steps between TensorBoard / metrics.json records
-  c.eval_every = 0  # steps between evaluations; 0 = only at the end
-  c.checkpoint_every = 100  # FixedIntervalPolicy interval
-  c.keep_checkpoints = 2  # LatestN: checkpoints kept on disk
-  c.progress_bar = True  # tqdm progress bar on stderr
-  return c
 
 
 class CheckpointableIterator(Protocol):
@@ -108,7 +87,7 @@ class Trainer:
 
   Args:
     loss_fn: ``loss_fn(params, frozen, batch, rng) -> (loss, metrics)``.
-    config: loop config (see ``loop_config``).
+    config: loop config (``experiment_config.loop_config``).
     params: trainable params (host or device arrays, unboxed).
     param_specs: the same tree of logical PartitionSpecs
       (``nn.get_partition_spec`` of the boxed params).
@@ -124,7 +103,7 @@ class Trainer:
     params,
     param_specs,
     mesh: jax.sharding.Mesh | None = None,
-    rules=mesh_lib.DEFAULT_RULES,
+    rules=MESH_RULES,
     frozen_specs=None,
   ):
     self.config = config
@@ -285,7 +264,7 @@ def train(
   workdir: str | pathlib.Path,
   *,
   mesh: jax.sharding.Mesh | None = None,
-  rules=mesh_lib.DEFAULT_RULES,
+  rules=MESH_RULES,
   frozen=None,
   frozen_specs=None,
   run_config: dict | None = None,
@@ -299,7 +278,7 @@ def train(
     params: initial trainable params (ignored when resuming).
     param_specs: logical PartitionSpecs of params.
     data: checkpointable iterator of global host batches.
-    config: loop config (``loop_config`` fields).
+    config: loop config (``experiment_config.loop_config``).
     workdir: this stage's directory: checkpoints/, tensorboard/,
       metrics.json.
     mesh: device mesh (default: all devices data-parallel).

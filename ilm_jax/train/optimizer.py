@@ -14,9 +14,6 @@ import optax
 
 TRAIN = "train"
 FROZEN = "frozen"
-# Parameters that weight decay would only hurt: biases, norms, embeddings of
-# positions/types, temperatures (AdamW convention from BERT/BLIP-2).
-NO_DECAY = re.compile(r"(bias|scale|temperature|lm_bias)$")
 
 
 def param_path(path) -> str:
@@ -63,14 +60,16 @@ def make_optimizer(config, params) -> optax.GradientTransformation:
   Args:
     config: ``learning_rate``, ``warmup_steps``, ``num_steps``,
       ``end_learning_rate_ratio``, ``weight_decay``, ``adam_b1``,
-      ``adam_b2``, ``grad_clip_norm`` (0 = off), ``freeze_regex`` ('' = none).
+      ``adam_b2``, ``grad_clip_norm`` (0 = off), ``freeze_regex`` ('' = none),
+      ``no_decay_regex`` (paths that skip weight decay).
     params: the trainable params (for masks).
 
   Returns:
     An optax GradientTransformation.
   """
+  no_decay = re.compile(str(config.no_decay_regex))
   decay_mask = jax.tree_util.tree_map_with_path(
-    lambda p, _: not NO_DECAY.search(param_path(p)), params
+    lambda p, _: not no_decay.search(param_path(p)), params
   )
   chain = []
   if float(config.grad_clip_norm) > 0:

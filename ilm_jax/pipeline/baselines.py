@@ -8,10 +8,9 @@ import pathlib
 import ml_collections
 import tensorboardX
 
-from ilm_jax.cf.table import load_cf_table
 from ilm_jax.data import load_split
 from ilm_jax.eval import full_ranking, report
-from ilm_jax.pipeline.cf_stage import CF_DIR
+from ilm_jax.pipeline.cf import cf_table
 
 EVAL_DIR = "eval"
 MODES = ("unfiltered", "filtered")
@@ -27,13 +26,7 @@ def run_baselines(
   """
   workdir = pathlib.Path(workdir)
   split = load_split(config.dataset)
-  table = load_cf_table(workdir / CF_DIR)
-  if (table.num_users, table.num_items) != (split.num_users, split.num_items):
-    raise ValueError(
-      f"{workdir / CF_DIR}: CF table is for {table.num_users} users / "
-      f"{table.num_items} items but the dataset has {split.num_users} / "
-      f"{split.num_items}; rerun the 'cf' stage"
-    )
+  table = cf_table(config, workdir, split)
   _, train_items = split.train_interactions()
   scorers = {
     "popularity": full_ranking.popularity_scorer(train_items, split.num_items),

@@ -1,4 +1,9 @@
-"""Stage "cf": implicit ALS on the training interactions -> workdir/cf."""
+"""Stage "cf": implicit ALS on the training interactions -> workdir/cf.
+
+``cf_table`` is the one way every later stage gets the table: it reuses the
+saved table when its provenance (the cf, dataset and seed config) matches,
+trains it otherwise, and checks its shape against the split.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ from absl import logging
 
 from ilm_jax.cf import table as table_lib
 from ilm_jax.cf.als import ALSConfig, train_als
-from ilm_jax.data import load_split
+from ilm_jax.data import LeaveOneOutSplit, load_split
 from ilm_jax.sharding.mesh import make_mesh
 
 CF_DIR = "cf"
@@ -33,19 +38,45 @@ def _provenance(config: ml_collections.ConfigDict) -> dict:
   )  # fmt: skip
 
 
-def run_cf(
-  config: ml_collections.ConfigDict, workdir: str | pathlib.Path
+def cf_table(
+  config: ml_collections.ConfigDict,
+  workdir: str | pathlib.Path,
+  split: LeaveOneOutSplit | None = None,
 ) -> table_lib.CFTable:
-  """Trains (or reuses) the CF table for ``config`` under ``workdir/cf``."""
+  """The CF table of ``config`` under ``workdir/cf``, trained if needed.
+
+  Args:
+    config: the experiment config (``cf``, ``dataset``, ``seed``, ``mesh``).
+    workdir: the experiment directory.
+    split: the split already loaded by the caller (loaded here if None).
+
+  Raises:
+    ValueError: the table's shape does not match the split.
+  """
   out = pathlib.Path(workdir) / CF_DIR
   meta = out / table_lib.META_FILE
+  split = split if split is not None else load_split(config.dataset)
   if meta.exists():
     saved = json.loads(meta.read_text()).get("config")
     if saved == _provenance(config):
       logging.info("cf: reusing the table in %s", out)
-      return table_lib.load_cf_table(out)
+      return _checked(table_lib.load_cf_table(out), split, out)
     logging.info("cf: %s was made with another config; retraining", out)
-  split = load_split(config.dataset)
+  return _train(config, split, out)
+
+
+def _checked(table, split: LeaveOneOutSplit, out: pathlib.Path):
+  if (table.num_users, table.num_items) != (split.num_users, split.num_items):
+    raise ValueError(
+      f"{out}: CF table has {table.num_users} users / {table.num_items} "
+      f"items but the split has {split.num_users} / {split.num_items}; "
+      "delete it or rerun the cf stage for this dataset config"
+    )
+  return table
+
+
+def _train(config, split: LeaveOneOutSplit, out: pathlib.Path):
+  """Fits ALS on the split's training interactions and saves it to ``out``."""
   users, items = split.train_interactions()
   mesh = make_mesh(tuple(config.mesh.shape))
   cfg = als_config(config)

@@ -36,16 +36,27 @@ def _batched(fn, arrays: tuple[np.ndarray, ...], batch_size: int):
   return np.concatenate(out) if out else np.zeros((0,))
 
 
+# Params are arguments, not closed-over constants, so one compilation per
+# (model, batch shape) serves every evaluation of a run.
+@functools.partial(jax.jit, static_argnums=0)
+def _entity_features(model: Stage1Model, params, cf, types):
+  return model.apply(
+    {"params": params}, cf, types, method=Stage1Model.entity_features
+  )
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _text_features(model: Stage1Model, params, token_ids, mask):
+  return model.apply(
+    {"params": params}, token_ids, mask, method=Stage1Model.text_features
+  )
+
+
 def encode_entities(model, params, cf_table, rows, types, batch_size):
   """float32[N, K, E] features of CF-table rows."""
-  fn = jax.jit(
-    lambda cf, ty: model.apply(
-      {"params": params}, cf, ty, method=Stage1Model.entity_features
-    )
-  )
   cf_table = np.asarray(cf_table)
   return _batched(
-    lambda r, t: fn(cf_table[r], t),
+    lambda r, t: _entity_features(model, params, cf_table[r], t),
     (np.asarray(rows), np.asarray(types, np.int32)),
     batch_size,
   )
@@ -53,12 +64,11 @@ def encode_entities(model, params, cf_table, rows, types, batch_size):
 
 def encode_texts(model, params, token_ids, text_mask, batch_size):
   """float32[N, E] features of tokenised texts."""
-  fn = jax.jit(
-    lambda ids, mask: model.apply(
-      {"params": params}, ids, mask, method=Stage1Model.text_features
-    )
+  return _batched(
+    lambda ids, mask: _text_features(model, params, ids, mask),
+    (token_ids, text_mask),
+    batch_size,
   )
-  return _batched(fn, (token_ids, text_mask), batch_size)
 
 
 @functools.partial(jax.jit, static_argnames="kind")

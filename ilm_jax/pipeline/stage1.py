@@ -7,9 +7,9 @@ the training interactions, evaluates retrieval before and after, and writes
 ``qformer.json`` (what stage 2 needs to rebuild the Q-Former; see
 ``load_stage1_qformer``). An interrupted run resumes from its last checkpoint.
 
-Config fields: ``config.dataset`` (the data), ``config.qformer``
-(``qformer_config``), ``config.stage1`` (``stage1_config``), and optionally
-``config.mesh.shape`` / ``config.mesh.rules``.
+Config fields (``ilm_jax.experiment_config``): ``dataset``, ``cf``,
+``qformer``, ``stage1`` (``batch_size``, ``losses``, ``loss_weights``,
+``train.*`` loop fields, ``eval.*``) and ``mesh``.
 """
 
 from __future__ import annotations
@@ -24,75 +24,22 @@ import ml_collections
 import numpy as np
 from flax import linen as nn
 
-from ilm_jax.cf.table import load_cf_table
 from ilm_jax.checkpoint import manager as ckpt
 from ilm_jax.convert import bert as convert_bert
 from ilm_jax.data import load_split
 from ilm_jax.data.stage1 import Stage1Batches, build_stage1_examples
+from ilm_jax.eval.stage1_retrieval import evaluate
 from ilm_jax.models.bert import BertConfig
 from ilm_jax.models.qformer import QFormerConfig
 from ilm_jax.models.stage1_model import Stage1Model
 from ilm_jax.objectives import mix as mix_lib
+from ilm_jax.pipeline.cf import cf_table
 from ilm_jax.sharding import mesh as mesh_lib
 from ilm_jax.train import loop
-from ilm_jax.train.stage1_eval import evaluate
 from ilm_jax.train.summaries import MetricsLog
 
 STAGE_DIR = "stage1"
-CF_DIR = "cf"
 MODEL_FILE = "qformer.json"
-
-
-def qformer_config() -> ml_collections.ConfigDict:
-  """Q-Former fields (``config.qformer``)."""
-  c = ml_collections.ConfigDict()
-  c.bert_path = ""  # HF BERT dir for the text branch; "" = all-MiniLM-L6-v2
-  c.pretrained = True  # False: text branch randomly initialised too
-  c.num_layers = 0  # Q-Former depth: first N BERT layers; 0 = all (MiniLM: 6)
-  c.num_queries = 8  # K query vectors per entity (1..32)
-  c.num_cf_tokens = 4  # tokens the CF vector expands to for cross-attention
-  c.cross_attention_freq = 2  # queries cross-attend to CF every N layers
-  c.embed_dim = 256  # width of the contrastive (ITC/II/UI) space
-  c.max_text_length = 32  # word pieces per item text, incl. [CLS]/[SEP]
-  return c
-
-
-def stage1_config() -> ml_collections.ConfigDict:
-  """Stage-1 training fields (``config.stage1``): loop fields plus these."""
-  c = loop.loop_config()
-  c.num_steps = 300  # optimiser updates
-  c.learning_rate = 1e-4  # peak AdamW learning rate (BLIP-2: 1e-4)
-  c.warmup_steps = 30  # linear warmup steps
-  c.checkpoint_every = 100  # steps between checkpoints
-  c.log_every = 10  # steps between logged training metrics
-  c.losses = "all"  # "it" | "it-ii" | "it-ui" | "all" | "ii-ui" | comma list
-  c.loss_weights = ml_collections.ConfigDict(
-    {"itc": 1.0, "itm": 1.0, "itg": 1.0, "ii": 1.0, "ui": 1.0}
-  )  # per-objective weight in the summed loss
-  c.batch_size = 32  # global rows per objective (in-batch negatives)
-  c.eval_k = 10  # recall@k cut-off of the retrieval evaluation
-  c.eval_candidates = 100  # held-out accuracy: top-1 among this many items
-  c.eval_batch_size = 256  # entities/texts per encoding batch at evaluation
-  return c
-
-
-def default_config() -> ml_collections.ConfigDict:
-  """A complete config for stage 1 alone (dataset, qformer, stage1, mesh)."""
-  c = ml_collections.ConfigDict()
-  c.seed = 0  # master seed
-  c.dataset = ml_collections.ConfigDict()
-  c.dataset.name = "ml-latest-small"  # a key of ilm_jax.data.DATASETS
-  c.dataset.path = ""  # raw data location; "" = default
-  c.dataset.kcore = -1  # -1 = the dataset's default
-  c.dataset.min_rating = 0.0  # drop ratings below this
-  c.dataset.max_history = 20  # history cap (OpenP5)
-  c.dataset.max_users = -1  # keep the first N users; -1 = all
-  c.qformer = qformer_config()
-  c.stage1 = stage1_config()
-  c.mesh = ml_collections.ConfigDict()
-  c.mesh.shape = (-1, 1, 1)  # (data, fsdp, tensor) devices
-  c.mesh.rules = mesh_lib.DEFAULT_RULES  # logical -> mesh axes
-  return c
 
 
 def qformer_shape(
@@ -206,21 +153,15 @@ def load_stage1_qformer(stage1_dir: str | pathlib.Path):
   return qformer, params["qformer"], info
 
 
-def _mesh(config):
-  mesh_cfg = config.get("mesh") or {}
-  shape = tuple(mesh_cfg.get("shape", (-1, 1, 1)))
-  rules = tuple(tuple(r) for r in mesh_cfg.get("rules", mesh_lib.DEFAULT_RULES))
-  return mesh_lib.make_mesh(shape), rules
-
-
 def run(
   config: ml_collections.ConfigDict, workdir, out_name: str = STAGE_DIR
 ) -> dict:
   """Trains stage 1 and returns its final metrics.
 
   Args:
-    config: with ``dataset``, ``qformer``, ``stage1`` (and optional ``mesh``).
-    workdir: the experiment directory; reads ``cf/``, writes ``out_name``.
+    config: the experiment config.
+    workdir: the experiment directory; reads (or trains) ``cf/``, writes
+      ``out_name``.
     out_name: subdirectory of this run (loss ablations share a workdir).
 
   Returns:
@@ -231,13 +172,7 @@ def run(
   out = workdir / out_name
   s1, qcfg = config.stage1, config.qformer
   split = load_split(config.dataset)
-  table = load_cf_table(workdir / CF_DIR)
-  if (table.num_users, table.num_items) != (split.num_users, split.num_items):
-    raise ValueError(
-      f"{workdir / CF_DIR}: CF table has {table.num_users} users / "
-      f"{table.num_items} items but the split has {split.num_users} / "
-      f"{split.num_items}; rerun the cf stage for this dataset config"
-    )
+  table = cf_table(config, workdir, split)
   examples = build_stage1_examples(split)
   loss_mix = mix_lib.parse_loss_mix(
     s1.losses, dict(s1.loss_weights), has_text=examples.has_text
@@ -258,10 +193,11 @@ def run(
     )
     if on
   )
+  seed = int(s1.train.seed)
   data = Stage1Batches(
-    examples, token_ids, text_mask, int(s1.batch_size), parts, int(s1.seed)
+    examples, token_ids, text_mask, int(s1.batch_size), parts, seed
   )
-  params, specs = init_params(model, bert_params, int(s1.seed))
+  params, specs = init_params(model, bert_params, seed)
   cf = table.embeddings.astype(np.float32)
 
   def loss_fn(params, frozen, batch, rng):
@@ -274,16 +210,17 @@ def run(
     del step
     return evaluate(
       model, jax.device_get(params), cf, table.num_users, examples,
-      token_ids, text_mask, k=int(s1.eval_k),
-      num_candidates=int(s1.eval_candidates),
-      batch_size=int(s1.eval_batch_size), seed=int(s1.seed),
+      token_ids, text_mask, k=int(s1.eval.k),
+      num_candidates=int(s1.eval.candidates),
+      batch_size=int(s1.eval.batch_size), seed=seed,
     )  # fmt: skip
 
   _save_model_file(out, model, qcfg)
   start_metrics = _start_evaluation(out, eval_fn, params)
-  mesh, rules = _mesh(config)
+  mesh = mesh_lib.make_mesh(tuple(config.mesh.shape))
   result = loop.train(
-    loss_fn, params, specs, data, s1, out, mesh=mesh, rules=rules,
+    loss_fn, params, specs, data, s1.train, out, mesh=mesh,
+    rules=config.mesh.rules,
     frozen=cf, run_config=json.loads(config.to_json_best_effort()),
     eval_fn=eval_fn, desc="stage1",
   )  # fmt: skip

@@ -1,0 +1,296 @@
+"""Stage 2: train the soft-token encoder on a frozen LLM, then evaluate.
+
+``run(config, workdir)`` (the ``--stage=stage2`` entry point):
+
+1. reads the split, the CF table (``workdir/cf``, trained if missing) and
+   the LLM named by ``stage2.llm``;
+2. builds the encoder of ``stage2.variant``; for ``"ilm"`` with
+   ``stage2.init = "stage1"`` the Q-Former starts from the latest stage-1
+   checkpoint in ``workdir/<stage2.stage1_dir>`` (an error when there is
+   none: run stage 1 first); ``init = "random"`` is ILM-rand;
+3. trains the encoder only on the multitask prompt mixture with the shared
+   loop (the LLM and the CF table are the loop's frozen inputs, so they never
+   enter the optimiser state), checkpointing to ``workdir/stage2``; the
+   re-ranking tasks' prompts list an inner retriever's candidates
+   (``ilm_jax.rerank``);
+4. re-ranks the retriever's top N for every held-out user beside the
+   retriever's order, the shuffled list and popularity (``rerank.stage``);
+5. ranks items for held-out users by trie-constrained beam search (the
+   sequential, straightforward and conversational tasks), decodes item
+   descriptions and user profiles greedily and scores them by semantic
+   consistency and title accuracy, each with seen and unseen templates,
+   and writes ``workdir/stage2/results.json`` (plus ``results.md`` tables
+   and a ``results.png`` plot).
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import linen as nn
+from jax.sharding import PartitionSpec
+
+from ilm_jax.convert.frozen_llm import load_stage2_llm
+from ilm_jax.data import load_split
+from ilm_jax.data import prompts as P
+from ilm_jax.data import stage2_examples as S2
+from ilm_jax.data.indexing import make_index
+from ilm_jax.decode.item_trie import build_item_trie
+from ilm_jax.eval import stage2_tasks
+from ilm_jax.eval.trained_ilm import TrainedIlm
+from ilm_jax.models.ilm import (
+  ItemLanguageModel,
+  SoftTokenEncoder,
+  word_embedding_rms,
+)
+from ilm_jax.models.llm.decoder import Decoder
+from ilm_jax.pipeline import stage1, stage2_report
+from ilm_jax.pipeline.cf import als_config, cf_table
+from ilm_jax.rerank import stage as rerank
+from ilm_jax.sharding.mesh import make_mesh
+from ilm_jax.train import loop
+
+STAGE_DIR = "stage2"
+RESULTS_FILE = "results.json"
+
+
+def _overlay(boxed, saved, where: str):
+  """Values of ``saved`` in the structure (and boxes) of ``boxed``."""
+
+  def pick(path, leaf):
+    node = saved
+    for key in path:
+      name = getattr(key, "key", key)
+      if not isinstance(node, dict) or name not in node:
+        raise ValueError(
+          f"{where}: missing parameter {loop.optim.param_path(path)}"
+        )
+      node = node[name]
+    value = np.asarray(node)
+    if value.shape != leaf.value.shape:
+      raise ValueError(
+        f"{where}: {loop.optim.param_path(path)} has shape {value.shape}, "
+        f"expected {leaf.value.shape}"
+      )
+    return leaf.replace_boxed(jnp.asarray(value, leaf.value.dtype))
+
+  return jax.tree_util.tree_map_with_path(
+    pick, boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned)
+  )
+
+
+def build_model(
+  config, workdir, num_users, cf_dim, llm_config, seed=0, token_rms=1.0
+):
+  """(ItemLanguageModel, boxed encoder params, init description).
+
+  ``token_rms`` is the LLM's word-embedding RMS (``word_embedding_rms``):
+  the new adapter / MLP / soft prompt start at that scale.
+  """
+  c = config.stage2
+  saved = None
+  if c.init not in ("stage1", "random"):
+    raise ValueError(
+      f"stage2.init must be 'stage1' or 'random', got {c.init!r}"
+    )
+  if c.variant == "ilm" and c.init == "stage1":
+    # What stage 1 wrote; a missing run is an error, not a silent ILM-rand.
+    qcfg, qparams, _ = stage1.load_stage1_qformer(
+      pathlib.Path(workdir) / c.stage1_dir
+    )
+    saved = qcfg, qparams
+  if saved is not None:
+    qcfg = saved[0]
+  else:
+    # The shape stage 1 would train (config.qformer), randomly initialised:
+    # ILM-rand differs from ILM only in its starting point.
+    qcfg = stage1.qformer_shape(config.qformer, cf_dim)
+  encoder = SoftTokenEncoder(
+    variant=c.variant,
+    llm_width=llm_config.embed_dim,
+    qformer_config=qcfg if c.variant == "ilm" else None,
+    mlp_hidden=c.mlp_hidden,
+    soft_prompt=c.soft_prompt if c.variant == "text" else c.shared_prompt,
+    token_rms=float(token_rms),
+  )
+  if c.retrieval_weight > 0 and c.variant == "text":
+    raise ValueError(
+      "stage2.retrieval_weight > 0 needs entity soft tokens; the 'text' "
+      "variant has none"
+    )
+  model = ItemLanguageModel(
+    Decoder(llm_config),
+    encoder,
+    num_users,
+    float(c.retrieval_weight),
+    list_tokens=int(c.list_tokens),
+  )
+  boxed = model.init_encoder(jax.random.key(seed), cf_dim)
+  init = "random"
+  if saved is not None:
+    boxed = dict(boxed)
+    boxed["qformer"] = _overlay(boxed["qformer"], saved[1], "stage-1 Q-Former")
+    init = "stage1"
+  return model, boxed, init
+
+
+def coding_of(c, encoder: SoftTokenEncoder) -> S2.EntityCoding:
+  if c.variant == "text":
+    return S2.EntityCoding(
+      0,
+      ids_as_text=True,
+      soft_prompt=c.soft_prompt,
+      candidate_labels=c.rerank.labels,
+    )
+  return S2.EntityCoding(
+    encoder.tokens_per_entity,
+    ids_as_text=c.ids_as_text,
+    soft_prompt=encoder.soft_prompt,
+    list_tokens=c.list_tokens,
+    candidate_labels=c.rerank.labels,
+  )
+
+
+def build_trie(prompt_encoder: S2.PromptEncoder, vocab_size: int):
+  sequences = [
+    prompt_encoder.answer_tokens(s)
+    for s in prompt_encoder.item_index.identifiers
+  ]
+  return build_item_trie(sequences, vocab_size)
+
+
+def training_examples(c, split, index, prompt_encoder, seed, rerank_prompts=()):
+  """(encoded training examples, set of items that descriptions use).
+
+  ``rerank_prompts`` (``rerank.training_prompts``) join the generative
+  tasks' prompts.
+  """
+  generative = tuple(t for t in c.tasks if t in P.TASKS)
+  prompts = list(rerank_prompts)
+  if generative:
+    prompts += S2.training_prompts(
+      split, index, generative, c.examples_per_task, c.max_history, seed
+    )
+  examples, described = [], set()
+  for p in prompts:
+    enc = S2.encode_fitting(prompt_encoder, p, c.length_buckets[-1], True)
+    if enc is not None:
+      examples.append(enc)
+      if p.task == P.DESCRIPTION:
+        described.add(p.entities()[0][1])
+  return examples, described
+
+
+def run(
+  config: ml_collections.ConfigDict, workdir, out_name: str = STAGE_DIR
+) -> dict:
+  """Trains and evaluates stage 2 under ``workdir/out_name``; returns results.
+
+  ``out_name`` lets several stage-2 variants (``launch/compare_stage2.py``)
+  share one workdir's CF table and stage-1 checkpoint.
+  """
+  workdir = pathlib.Path(workdir)
+  c = config.stage2
+  rerank.check_config(c)
+  out_dir = workdir / out_name
+  out_dir.mkdir(parents=True, exist_ok=True)
+  split = load_split(config.dataset)
+  table = cf_table(config, workdir, split)
+  index = make_index(split, config.dataset.indexing, config.seed)
+  llm_config, llm_params, tokenizer = load_stage2_llm(c.llm, config.seed)
+  token_rms = word_embedding_rms(Decoder(llm_config), llm_params)
+  model, boxed, init = build_model(
+    config, workdir, split.num_users, table.dim, llm_config, config.seed,
+    token_rms,
+  )  # fmt: skip
+  prompt_encoder = S2.PromptEncoder(
+    tokenizer,
+    index,
+    split.num_users,
+    coding_of(c, model.encoder),
+    c.max_answer_tokens,
+  )
+  trie = build_trie(prompt_encoder, llm_config.vocab_size)
+  mesh = make_mesh(tuple(config.mesh.shape))
+  start = time.time()
+  ks = tuple(config.eval.ks)
+  rerank_train, rerank_stats = rerank.training_prompts(
+    c, split, als_config(config), ks, config.seed, mesh
+  )
+  examples, described = training_examples(
+    c, split, index, prompt_encoder, config.seed, rerank_train
+  )
+  data = S2.BucketBatches(
+    examples,
+    c.batch_size,
+    c.length_buckets,
+    c.max_answer_tokens,
+    prompt_encoder.pad_id,
+    config.seed,
+    num_users=split.num_users if c.retrieval_weight > 0 else None,
+  )
+  prep_seconds = time.time() - start
+
+  llm_specs = nn.get_partition_spec(
+    jax.eval_shape(
+      lambda: Decoder(llm_config).init(
+        jax.random.key(0), jnp.zeros((1, 1), jnp.int32)
+      )
+    )["params"]
+  )
+  frozen = {"llm": llm_params, "cf": np.asarray(table.embeddings)}
+  frozen_specs = {"llm": llm_specs, "cf": PartitionSpec(None, None)}
+  start = time.time()
+  result = loop.train(
+    model.loss,
+    nn.unbox(boxed),
+    nn.get_partition_spec(boxed),
+    data,
+    c.train,
+    out_dir,
+    mesh=mesh,
+    rules=config.mesh.rules,
+    frozen=frozen,
+    frozen_specs=frozen_specs,
+    run_config=json.loads(config.to_json_best_effort()),
+    desc="stage2",
+  )
+  train_seconds = time.time() - start
+  ilm = TrainedIlm(
+    model,
+    jax.tree.map(np.asarray, jax.device_get(result.state.params)),
+    llm_params,
+    frozen["cf"],
+    prompt_encoder,
+    trie,
+  )
+  text_examples = {}
+  metrics = stage2_tasks.evaluate(
+    c, split, ilm, config.seed, described, text_examples
+  )
+  rerank_results = {}
+  if c.rerank.tasks:
+    rerank_results = rerank.evaluate(c, split, ilm, table, ks, config.seed)
+  results = {
+    "variant": c.variant,
+    "init": init,
+    "llm": c.llm,
+    "train_examples": len(examples),
+    "steps": int(c.train.num_steps),
+    "prep_seconds": prep_seconds,
+    "train_seconds": train_seconds,
+    "train": result.metrics,
+    "eval": metrics,
+    "rerank": rerank_results,
+    "rerank_training": rerank_stats,
+    "text_examples": text_examples,
+  }
+  (out_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2))
+  stage2_report.write(results, out_dir, config.dataset.name)
+  return results
