@@ -2,6 +2,7 @@
 GGUF files written here, tokenizer save/load, and the converter command."""
 
 import importlib.util
+import json
 import pathlib
 import subprocess
 import sys
@@ -282,3 +283,46 @@ def test_pre_transformers5_config_files_parse():
   assert config.query_scale == expected.query_scale
   with pytest.raises(ValueError, match="model_type"):
     config_from_hf({"model_type": "bert"})
+
+
+def _llama3_style_tokenizer_dir(tmp_path):
+  """A word-level tokenizer whose BOS comes only from its post-processor,
+  with a tokenizer_config.json that names BOS but not ``add_bos_token``
+  (the Llama-3 layout)."""
+  import tokenizers
+  from tokenizers import models, pre_tokenizers, processors
+
+  vocab = {"<|begin_of_text|>": 0, "<|eot_id|>": 1, "[UNK]": 2}
+  for word in "recommend me a film like alien please".split():
+    vocab[word] = len(vocab)
+  backend = tokenizers.Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+  backend.pre_tokenizer = pre_tokenizers.Whitespace()
+  backend.post_processor = processors.TemplateProcessing(
+    single="<|begin_of_text|> $A",
+    pair="<|begin_of_text|> $A <|begin_of_text|> $B",
+    special_tokens=[("<|begin_of_text|>", 0)],
+  )
+  backend.save(str(tmp_path / "tokenizer.json"))
+  (tmp_path / "tokenizer_config.json").write_text(
+    json.dumps(
+      {
+        "bos_token": "<|begin_of_text|>",
+        "eos_token": "<|eot_id|>",
+        "tokenizer_class": "PreTrainedTokenizerFast",
+      }
+    )
+  )
+  return tmp_path
+
+
+def test_bos_from_the_post_processor_is_added_as_transformers_does(tmp_path):
+  from ilm_jax.convert.tokenizer import load_tokenizer_json
+
+  directory = _llama3_style_tokenizer_dir(tmp_path)
+  ours = load_tokenizer_json(directory)
+  text = "recommend me a film like alien please"
+  assert ours.add_bos and ours.bos_id == 0
+  assert ours.encode(text)[0] == 0 and ours.encode(text).count(0) == 1
+  transformers = pytest.importorskip("transformers")
+  theirs = transformers.AutoTokenizer.from_pretrained(str(directory))
+  assert ours.encode(text) == theirs(text)["input_ids"]

@@ -147,6 +147,13 @@ def _special_id(config: dict, key: str, backend) -> int | None:
   return None if token is None else backend.token_to_id(token)
 
 
+def _post_processor_adds(backend: tokenizers.Tokenizer, token_id: int) -> bool:
+  """Whether ``backend``'s post-processor prepends ``token_id``."""
+  with_special = backend.encode("a", add_special_tokens=True).ids
+  plain = backend.encode("a", add_special_tokens=False).ids
+  return with_special[:1] == [token_id] and plain[:1] != [token_id]
+
+
 def load_tokenizer_json(directory_or_file: str | pathlib.Path) -> Tokenizer:
   """A Tokenizer from ``tokenizer.json`` (+ ``tokenizer_config.json``).
 
@@ -172,14 +179,21 @@ def load_tokenizer_json(directory_or_file: str | pathlib.Path) -> Tokenizer:
     if token_id is not None and token_id not in eos_ids:
       eos_ids.append(token_id)
   pad = _special_id(config, "pad_token", backend)
+  bos = _special_id(config, "bos_token", backend)
+  add_bos = config.get("add_bos_token")
+  if add_bos is None:
+    # Llama-3-style files say nothing in tokenizer_config.json: BOS comes
+    # from tokenizer.json's post-processor, which the library applies when
+    # asked for special tokens. Ask it, rather than guess per model family.
+    add_bos = bos is not None and _post_processor_adds(backend, bos)
   template = config.get("chat_template")
   if template is None and path.with_name("chat_template.jinja").exists():
     template = path.with_name("chat_template.jinja").read_text()
   return Tokenizer(
     backend,
-    bos_id=_special_id(config, "bos_token", backend),
+    bos_id=bos,
     eos_ids=eos_ids,
     pad_id=pad if pad is not None else (eos_ids[0] if eos_ids else 0),
-    add_bos=bool(config.get("add_bos_token", False)),
+    add_bos=bool(add_bos),
     chat_template=template,
   )
