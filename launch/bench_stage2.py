@@ -33,8 +33,13 @@ from ilm_jax import console
 from ilm_jax.convert.frozen_llm import load_stage2_llm
 from ilm_jax.data import load_split
 from ilm_jax.data import prompts as P
-from ilm_jax.data import stage2_examples as S2
 from ilm_jax.data.indexing import make_index
+from ilm_jax.data.stage2.batches import BucketBatches
+from ilm_jax.data.stage2.encoding import PromptEncoder
+from ilm_jax.data.stage2.sampling import (
+  evaluation_prompts,
+  text_evaluation_prompts,
+)
 from ilm_jax.eval import generative
 from ilm_jax.eval.full_ranking import dot_product_scorer
 from ilm_jax.pipeline import stage2
@@ -97,7 +102,7 @@ def main(argv):
   model, boxed, _ = stage2.build_model(
     config, "/nonexistent", split.num_users, config.cf.dim, llm_config
   )
-  encoder = S2.PromptEncoder(
+  encoder = PromptEncoder(
     tokenizer,
     index,
     split.num_users,
@@ -112,7 +117,7 @@ def main(argv):
   examples, _ = stage2.training_examples(
     c, split, index, encoder, config.seed, rerank_train
   )
-  data = S2.BucketBatches(
+  data = BucketBatches(
     examples, c.batch_size, buckets, c.max_answer_tokens, encoder.pad_id,
     num_users=split.num_users if c.retrieval_weight > 0 else None,
   )  # fmt: skip
@@ -141,7 +146,7 @@ def main(argv):
     print(f"train L={length}: first {times[0]:.1f}s, step {train[length]}")
   params = jax.device_get(state.params)
   users = np.arange(c.eval.batch_size)
-  seq = S2.evaluation_prompts(split, "test", False, users, P.SEQUENTIAL,
+  seq = evaluation_prompts(split, "test", False, users, P.SEQUENTIAL,
                               c.max_history)  # fmt: skip
   common = dict(batch_size=c.eval.batch_size, buckets=buckets)
   beam = [
@@ -151,7 +156,7 @@ def main(argv):
     ))
     for _ in range(2)
   ]  # fmt: skip
-  desc = S2.text_evaluation_prompts(split, P.DESCRIPTION, False, users)
+  desc = text_evaluation_prompts(split, P.DESCRIPTION, False, users)
   text = [
     _timed(lambda: generative.generate_texts(
       model, params, llm_params, cf, encoder, desc,

@@ -8,8 +8,9 @@ from flax import linen as nn
 
 from ilm_jax.convert.frozen_llm import tiny_llm
 from ilm_jax.data import prompts as P
-from ilm_jax.data import stage2_examples as S2
 from ilm_jax.data.indexing import random_indexing
+from ilm_jax.data.stage2.collate import collate
+from ilm_jax.data.stage2.encoding import EntityCoding, PromptEncoder
 from ilm_jax.eval import generative, semantic
 from ilm_jax.models.ilm import ItemLanguageModel, SoftTokenEncoder
 from ilm_jax.models.llm import Decoder
@@ -25,8 +26,8 @@ def setup():
   encoder = SoftTokenEncoder("ilm", config.embed_dim, QCFG)
   model = ItemLanguageModel(Decoder(config), encoder, NUM_USERS)
   params = nn.unbox(model.init_encoder(jax.random.key(1), CF_DIM))
-  enc = S2.PromptEncoder(
-    tok, random_indexing(NUM_ITEMS), NUM_USERS, S2.EntityCoding(3)
+  enc = PromptEncoder(
+    tok, random_indexing(NUM_ITEMS), NUM_USERS, EntityCoding(3)
   )
   cf = np.random.default_rng(0).normal(size=(NUM_USERS + NUM_ITEMS, CF_DIM))
   return model, params, llm_params, cf.astype(np.float32), enc
@@ -47,7 +48,7 @@ def _prompts():
 def _greedy_without_cache(model, params, llm_params, cf, enc, prompt):
   """Reference: argmax over a full forward pass per new token."""
   e = enc.encode(prompt, with_answer=False)
-  batch = S2.collate([e], len(e.tokens), 1, 4, enc.pad_id, with_answer=False)
+  batch = collate([e], len(e.tokens), 1, 4, enc.pad_id, with_answer=False)
   x = model.prompt_embeddings(params, llm_params, cf, batch)
   out = []
   for _ in range(NEW_TOKENS):

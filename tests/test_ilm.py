@@ -8,8 +8,9 @@ from flax import linen as nn
 
 from ilm_jax.convert.frozen_llm import char_tokenizer, tiny_llm
 from ilm_jax.data import prompts as P
-from ilm_jax.data import stage2_examples as S2
 from ilm_jax.data.indexing import random_indexing
+from ilm_jax.data.stage2.collate import collate
+from ilm_jax.data.stage2.encoding import EntityCoding, PromptEncoder
 from ilm_jax.models.bert import BertConfig
 from ilm_jax.models.ilm import (
   ItemLanguageModel,
@@ -18,6 +19,7 @@ from ilm_jax.models.ilm import (
 )
 from ilm_jax.models.llm import Decoder
 from ilm_jax.models.qformer import QFormerConfig
+from ilm_jax.models.slots import SOFT_PROMPT, WORD
 
 NUM_USERS, NUM_ITEMS, CF_DIM = 5, 9, 8
 QCFG = QFormerConfig(
@@ -54,7 +56,7 @@ def _model(llm, variant, soft_prompt=0):
 
 def _batch(coding):
   index = random_indexing(NUM_ITEMS)
-  enc = S2.PromptEncoder(char_tokenizer(), index, NUM_USERS, coding, 12)
+  enc = PromptEncoder(char_tokenizer(), index, NUM_USERS, coding, 12)
   seq = P.templates(P.SEQUENTIAL, True)[0]
   desc = P.templates(P.DESCRIPTION, True)[0]
   prompts = [
@@ -63,7 +65,7 @@ def _batch(coding):
     P.render(seq, user=4, history=[0], answer="item_1002"),
   ]
   ex = [enc.encode(p, True) for p in prompts]
-  return ex, S2.collate(ex, 160, 12, 12, enc.pad_id)
+  return ex, collate(ex, 160, 12, 12, enc.pad_id)
 
 
 def _cf():
@@ -79,7 +81,7 @@ def test_soft_tokens_land_at_slot_positions(llm, variant, shared):
   enc_params = model.init_encoder(jax.random.key(1), CF_DIM)
   enc_params = nn.unbox(enc_params)
   cf = _cf()
-  examples, batch = _batch(S2.EntityCoding(s, soft_prompt=shared))
+  examples, batch = _batch(EntityCoding(s, soft_prompt=shared))
   # each distinct entity once: user 1, user 4, items 0, 2, 7
   rows = [1, 4, NUM_USERS + 0, NUM_USERS + 2, NUM_USERS + 7]
   assert list(batch["entities"][:5]) == rows
@@ -98,8 +100,8 @@ def test_soft_tokens_land_at_slot_positions(llm, variant, shared):
   checked = 0
   for r, e in enumerate(examples):
     for t in range(batch["tokens"].shape[1]):
-      row = e.slot_entity[t] if t < len(e.tokens) else S2.WORD
-      if row == S2.SOFT_PROMPT:  # the shared prompt leads every prompt
+      row = e.slot_entity[t] if t < len(e.tokens) else WORD
+      if row == SOFT_PROMPT:  # the shared prompt leads every prompt
         assert t < shared
         np.testing.assert_array_equal(
           x[r, t], np.asarray(enc_params["soft_prompt"])[e.slot_query[t]]
@@ -119,7 +121,7 @@ def test_soft_tokens_land_at_slot_positions(llm, variant, shared):
 def test_text_variant_soft_prompt_positions(llm):
   model = _model(llm, "text", soft_prompt=4)
   enc_params = nn.unbox(model.init_encoder(jax.random.key(2), CF_DIM))
-  examples, batch = _batch(S2.EntityCoding(0, soft_prompt=4))
+  examples, batch = _batch(EntityCoding(0, soft_prompt=4))
   x = np.asarray(model.prompt_embeddings(enc_params, llm[1], _cf(), batch))
   prompt = np.asarray(enc_params["soft_prompt"])
   for r in range(3):
@@ -135,7 +137,7 @@ def test_text_variant_soft_prompt_positions(llm):
 def test_loss_counts_answer_tokens_only(llm):
   model = _model(llm, "mlp")
   enc_params = nn.unbox(model.init_encoder(jax.random.key(3), CF_DIM))
-  examples, batch = _batch(S2.EntityCoding(1))
+  examples, batch = _batch(EntityCoding(1))
   frozen = {"llm": llm[1], "cf": _cf()}
   loss, metrics = model.loss(enc_params, frozen, batch)
   answers = sum(len(e.tokens) - e.answer_start for e in examples)

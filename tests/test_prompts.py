@@ -5,10 +5,24 @@ import pytest
 
 from ilm_jax.convert.frozen_llm import char_tokenizer
 from ilm_jax.data import prompts as P
-from ilm_jax.data import stage2_examples as S2
 from ilm_jax.data.dataset import Catalog
 from ilm_jax.data.indexing import random_indexing
 from ilm_jax.data.split import LeaveOneOutSplit
+from ilm_jax.data.stage2.batches import BucketBatches
+from ilm_jax.data.stage2.collate import collate
+from ilm_jax.data.stage2.encoding import (
+  PROMPT_SUFFIX,
+  EntityCoding,
+  PromptEncoder,
+  encode_fitting,
+)
+from ilm_jax.data.stage2.sampling import (
+  GENERIC_WISH,
+  evaluation_prompts,
+  text_evaluation_prompts,
+  training_prompts,
+)
+from ilm_jax.models.slots import SOFT_PROMPT, WORD
 
 
 def _split(num_users=6, num_items=12, seed=0):
@@ -79,7 +93,7 @@ def _contiguous(needle, hay):
 def test_training_prompts_use_training_prefixes_only():
   split = _split()
   index = random_indexing(split.num_items)
-  prompts = S2.training_prompts(split, index, P.TASKS, 50, 3, seed=1)
+  prompts = training_prompts(split, index, P.TASKS, 50, 3, seed=1)
   assert {p.task for p in prompts} == set(P.TASKS)
   for p in prompts:
     tpl = P.TEMPLATES[p.template]
@@ -97,9 +111,9 @@ def test_training_prompts_use_training_prefixes_only():
 
 def _encoder(split, soft=2, ids=True, prompt=0):
   index = random_indexing(split.num_items)
-  coding = S2.EntityCoding(soft, ids_as_text=ids, soft_prompt=prompt)
+  coding = EntityCoding(soft, ids_as_text=ids, soft_prompt=prompt)
   tok = char_tokenizer()
-  return S2.PromptEncoder(tok, index, split.num_users, coding, 12), tok, index
+  return PromptEncoder(tok, index, split.num_users, coding, 12), tok, index
 
 
 def test_encoding_slot_map_and_answer():
@@ -115,10 +129,10 @@ def test_encoding_slot_map_and_answer():
   u = split.num_users
   assert list(rows) == [1, 1, u + 4, u + 4, u + 5, u + 5]
   assert list(e.slot_query[e.slot_entity >= 0]) == [0, 1] * 3
-  words = e.tokens[e.slot_entity == S2.WORD][: e.answer_start - 6]
+  words = e.tokens[e.slot_entity == WORD][: e.answer_start - 6]
   text = tok.decode(words)
   assert "user_1" in text and index.identifier(4) in text
-  assert text.endswith(S2.PROMPT_SUFFIX)
+  assert text.endswith(PROMPT_SUFFIX)
   answer = list(e.tokens[e.answer_start :])
   assert answer == enc.answer_tokens(index.identifier(9))
   assert answer[-1] == tok.eos_ids[0]
@@ -135,7 +149,7 @@ def test_text_only_coding_has_soft_prompt_and_no_entities():
   enc, tok, index = _encoder(split, soft=0, prompt=3)
   p = P.render(P.templates(P.STRAIGHTFORWARD, True)[0], user=2, answer="x")
   e = enc.encode(p, with_answer=True)
-  assert list(e.slot_entity[:3]) == [S2.SOFT_PROMPT] * 3
+  assert list(e.slot_entity[:3]) == [SOFT_PROMPT] * 3
   assert list(e.slot_query[:3]) == [0, 1, 2]
   assert not np.any(e.slot_entity >= 0)
 
@@ -146,10 +160,10 @@ def test_encode_fitting_drops_oldest_history():
   tpl = P.templates(P.SEQUENTIAL, seen=True)[0]
   p = P.render(tpl, user=0, history=[1, 2, 3, 4], answer="item_1001")
   full = enc.encode(p, True)
-  fitted = S2.encode_fitting(enc, p, len(full.tokens) - 1, True)
+  fitted = encode_fitting(enc, p, len(full.tokens) - 1, True)
   kept = [r for r in np.unique(fitted.slot_entity) if r >= split.num_users]
   assert sorted(kept) == [split.num_users + i for i in (2, 3, 4)]
-  assert S2.encode_fitting(enc, p, 10, True) is None
+  assert encode_fitting(enc, p, 10, True) is None
 
 
 def test_collate_fixed_shapes_unique_entities_and_targets():
@@ -160,7 +174,7 @@ def test_collate_fixed_shapes_unique_entities_and_targets():
     enc.encode(P.render(tpl, user=0, history=[1, 2], answer="item_1"), True),
     enc.encode(P.render(tpl, user=1, history=[2, 3], answer="item_22"), True),
   ]
-  batch = S2.collate(ex, 200, 12, 8, enc.pad_id)
+  batch = collate(ex, 200, 12, 8, enc.pad_id)
   assert batch["tokens"].shape == (2, 200)
   assert batch["target_positions"].shape == (2, 12)
   u = split.num_users
@@ -183,16 +197,16 @@ def test_collate_fixed_shapes_unique_entities_and_targets():
 def test_bucket_batches_are_deterministic_and_resume():
   split = _split()
   enc, _, index = _encoder(split)
-  prompts = S2.training_prompts(split, index, P.TASKS, 20, 3)
-  ex = [S2.encode_fitting(enc, p, 256, True) for p in prompts]
-  data = S2.BucketBatches(ex, 4, (96, 160, 256), 12, enc.pad_id, seed=3)
+  prompts = training_prompts(split, index, P.TASKS, 20, 3)
+  ex = [encode_fitting(enc, p, 256, True) for p in prompts]
+  data = BucketBatches(ex, 4, (96, 160, 256), 12, enc.pad_id, seed=3)
   first = [next(data) for _ in range(5)]
   assert {b["tokens"].shape[1] for b in first} <= {96, 160, 256}
   assert all(b["tokens"].shape[0] == 4 for b in first)
   assert all(b["entities"].shape == first[0]["entities"].shape for b in first)
   state = data.get_state()
   upcoming = next(data)
-  again = S2.BucketBatches(ex, 4, (96, 160, 256), 12, enc.pad_id, seed=3)
+  again = BucketBatches(ex, 4, (96, 160, 256), 12, enc.pad_id, seed=3)
   again.set_state(state)
   np.testing.assert_array_equal(next(again)["tokens"], upcoming["tokens"])
 
@@ -202,7 +216,7 @@ def test_item_evaluation_prompts_target_the_held_out_item(task):
   split = _split()
   users = np.arange(split.num_users)
   for split_name in ("valid", "test"):
-    prompts = S2.evaluation_prompts(split, split_name, False, users, task)
+    prompts = evaluation_prompts(split, split_name, False, users, task)
     assert [p.user for p in prompts] == list(users)
     targets = split.targets(split_name)
     for u, p in zip(users, prompts):
@@ -217,13 +231,13 @@ def test_item_evaluation_prompts_target_the_held_out_item(task):
       if task == P.CONVERSATIONAL:
         text = "".join(v for k, v in p.segments if k == "text")
         genres = P.item_genres(split.catalog, int(targets[u]))
-        assert any(g in text for g in genres) or S2.GENERIC_WISH in text
+        assert any(g in text for g in genres) or GENERIC_WISH in text
 
 
 def test_text_evaluation_prompts_carry_reference_text():
   split = _split()
   items = np.arange(split.num_items)
-  prompts = S2.text_evaluation_prompts(split, P.DESCRIPTION, False, items)
+  prompts = text_evaluation_prompts(split, P.DESCRIPTION, False, items)
   assert len(prompts) == split.num_items  # every toy item has a title
   for p in prompts:
     ((kind, item),) = p.entities()
@@ -231,11 +245,11 @@ def test_text_evaluation_prompts_carry_reference_text():
     assert p.answer == split.catalog.item_text(item)
     assert p.answer.startswith(f"Film {item}")
   users = np.arange(split.num_users)
-  prompts = S2.text_evaluation_prompts(split, P.PROFILE, True, users)
+  prompts = text_evaluation_prompts(split, P.PROFILE, True, users)
   for p in prompts:
     assert P.TEMPLATES[p.template].seen
     assert p.answer == P.profile_text(
       split.catalog, split.train_sequences[p.user]
     )
   with pytest.raises(ValueError, match="description/profile"):
-    S2.text_evaluation_prompts(split, P.SEQUENTIAL, True, users)
+    text_evaluation_prompts(split, P.SEQUENTIAL, True, users)

@@ -7,8 +7,8 @@ from ilm_jax.convert.gguf_tokenizer import load_gguf_tokenizer
 from ilm_jax.convert.model_packages import smollm2_gguf_path
 from ilm_jax.data import load_split
 from ilm_jax.data import prompts as P
-from ilm_jax.data import stage2_examples as S2
 from ilm_jax.data.indexing import make_index
+from ilm_jax.data.stage2.encoding import PromptEncoder
 from ilm_jax.experiment_config import get_config
 from ilm_jax.models.ilm import SoftTokenEncoder
 from ilm_jax.pipeline import stage1, stage2
@@ -32,7 +32,7 @@ def test_rerank_prompts_with_full_history_fit_the_largest_bucket(
   qcfg = stage1.qformer_shape(config.qformer, config.cf.dim)
   encoder = SoftTokenEncoder("ilm", 576, qcfg, soft_prompt=c.shared_prompt)
   coding = stage2.coding_of(c, encoder)
-  enc = S2.PromptEncoder(
+  enc = PromptEncoder(
     tokenizer, index, split.num_users, coding, c.max_answer_tokens
   )
   users = np.arange(0, split.num_users, 10)

@@ -8,12 +8,14 @@ from flax import linen as nn
 
 from ilm_jax.convert.frozen_llm import char_tokenizer, tiny_llm
 from ilm_jax.data import prompts as P
-from ilm_jax.data import stage2_examples as S2
 from ilm_jax.data.indexing import random_indexing
+from ilm_jax.data.stage2.collate import collate
+from ilm_jax.data.stage2.encoding import Encoded, EntityCoding, PromptEncoder
 from ilm_jax.models.bert import BertConfig
 from ilm_jax.models.ilm import ItemLanguageModel, SoftTokenEncoder
 from ilm_jax.models.llm import Decoder
 from ilm_jax.models.qformer import QFormerConfig
+from ilm_jax.models.slots import WORD
 
 NUM_USERS, NUM_ITEMS, CF_DIM = 5, 40, 8
 QCFG = QFormerConfig(
@@ -43,8 +45,8 @@ def _setup(llm, labels, list_tokens):
     Decoder(config), encoder, NUM_USERS, list_tokens=list_tokens
   )
   params = nn.unbox(model.init_encoder(jax.random.key(1), CF_DIM))
-  coding = S2.EntityCoding(4, list_tokens=list_tokens, candidate_labels=labels)
-  enc = S2.PromptEncoder(
+  coding = EntityCoding(4, list_tokens=list_tokens, candidate_labels=labels)
+  enc = PromptEncoder(
     char_tokenizer(), random_indexing(NUM_ITEMS, seed=3), NUM_USERS, coding, 12
   )
   cf = np.random.default_rng(0).normal(size=(NUM_USERS + NUM_ITEMS, CF_DIM))
@@ -69,17 +71,17 @@ def _naive_scores(model, params, llm_params, cf, enc, encoded):
     row = []
     for tok in e.cand_tokens:
       n = e.answer_start
-      plain = S2.Encoded(
+      plain = Encoded(
         tokens=np.concatenate([e.tokens[:n], tok]),
         slot_entity=np.concatenate(
-          [e.slot_entity[:n], np.full(len(tok), S2.WORD, np.int32)]
+          [e.slot_entity[:n], np.full(len(tok), WORD, np.int32)]
         ),
         slot_query=np.concatenate(
           [e.slot_query[:n], np.zeros(len(tok), np.int32)]
         ),
         answer_start=n,
       )
-      batch = S2.collate([plain], 320, 16, 16, enc.pad_id)
+      batch = collate([plain], 320, 16, 16, enc.pad_id)
       x = model.prompt_embeddings(params, llm_params, cf, batch)
       logits = model.decoder.apply(
         {"params": llm_params}, embeddings=x, input_mask=batch["input_mask"]
@@ -102,7 +104,7 @@ def test_packed_scores_equal_per_candidate_likelihood(llm, labels, list_tokens):
     assert len(encoded[0].cand_logits_at[0]) > 1
     shared = encoded[0].segment == 0
     assert shared.sum() > encoded[0].answer_start
-  batch = S2.collate(
+  batch = collate(
     encoded, 320, 1, 32, enc.pad_id, with_answer=False, num_candidates=6,
     answer_length=12,
   )  # fmt: skip
@@ -128,7 +130,7 @@ def test_packed_forward_is_shorter_than_one_pass_per_candidate(llm):
 def test_rerank_loss_is_softmax_over_candidate_scores(llm):
   model, params, enc, cf = _setup(llm, "letters", 2)
   encoded = [enc.encode(p, with_answer=True) for p in _prompts()]
-  batch = S2.collate(
+  batch = collate(
     encoded, 320, 1, 32, enc.pad_id, num_candidates=5, answer_length=3
   )
   _, llm_params = llm

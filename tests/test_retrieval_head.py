@@ -8,8 +8,9 @@ from flax import linen as nn
 
 from ilm_jax.convert.frozen_llm import tiny_llm
 from ilm_jax.data import prompts as P
-from ilm_jax.data import stage2_examples as S2
 from ilm_jax.data.indexing import random_indexing
+from ilm_jax.data.stage2.collate import collate
+from ilm_jax.data.stage2.encoding import EntityCoding, PromptEncoder
 from ilm_jax.eval import retrieval
 from ilm_jax.eval.metrics import metrics_from_ranks
 from ilm_jax.models.ilm import ItemLanguageModel, SoftTokenEncoder
@@ -44,7 +45,7 @@ def test_in_batch_softmax_loss_matches_numpy():
 def _encoder():
   _, _, tok = tiny_llm(0)
   index = random_indexing(NUM_ITEMS)
-  return S2.PromptEncoder(tok, index, NUM_USERS, S2.EntityCoding(3), 12)
+  return PromptEncoder(tok, index, NUM_USERS, EntityCoding(3), 12)
 
 
 def _prompts(index):
@@ -62,7 +63,7 @@ def _prompts(index):
 def test_collate_adds_target_items_as_candidates():
   enc = _encoder()
   ex = [enc.encode(p, True) for p in _prompts(enc.item_index)]
-  batch = S2.collate(
+  batch = collate(
     ex, 160, 12, 12, enc.pad_id, retrieval_targets=True, num_users=NUM_USERS
   )
   ents, target = batch["entities"], batch["target_entity"]
@@ -73,10 +74,10 @@ def test_collate_adds_target_items_as_candidates():
   # distinct item rows only: users 1 and 3 and the padding are excluded
   assert sorted(ents[cand]) == sorted(NUM_USERS + np.array([0, 2, 4, 7]))
   # without the switch the target (item 4) is not encoded
-  plain = S2.collate(ex, 160, 12, 12, enc.pad_id)
+  plain = collate(ex, 160, 12, 12, enc.pad_id)
   assert NUM_USERS + 4 not in plain["entities"] and "target_entity" not in plain
   with pytest.raises(ValueError, match="num_users"):
-    S2.collate(ex, 160, 12, 12, enc.pad_id, retrieval_targets=True)
+    collate(ex, 160, 12, 12, enc.pad_id, retrieval_targets=True)
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +96,7 @@ def test_loss_adds_weighted_retrieval_term_and_trains_the_head(
   model, params, llm_params, cf = model_and_params
   enc = _encoder()
   ex = [enc.encode(p, True) for p in _prompts(enc.item_index)]
-  batch = S2.collate(
+  batch = collate(
     ex, 160, 12, 12, enc.pad_id, retrieval_targets=True, num_users=NUM_USERS
   )
   frozen = {"llm": llm_params, "cf": cf}
@@ -129,10 +130,10 @@ def test_eval_queries_read_the_position_training_reads(model_and_params):
   model, params, llm_params, cf = model_and_params
   enc = _encoder()
   prompts = _prompts(enc.item_index)
-  train = S2.collate(
+  train = collate(
     [enc.encode(p, True) for p in prompts], 160, 12, 12, enc.pad_id
   )
-  evalb = S2.collate(
+  evalb = collate(
     [enc.encode(p, False) for p in prompts], 128, 1, 12, enc.pad_id,
     with_answer=False,
   )  # fmt: skip

@@ -17,8 +17,14 @@ from ilm_jax.checkpoint import manager as ckpt
 from ilm_jax.convert.frozen_llm import tiny_llm
 from ilm_jax.data import load_split
 from ilm_jax.data import prompts as P
-from ilm_jax.data import stage2_examples as S2
 from ilm_jax.data.indexing import random_indexing
+from ilm_jax.data.stage2.batches import BucketBatches
+from ilm_jax.data.stage2.encoding import (
+  EntityCoding,
+  PromptEncoder,
+  encode_fitting,
+)
+from ilm_jax.data.stage2.sampling import training_prompts
 from ilm_jax.eval import metrics as M
 from ilm_jax.experiment_config import base_config, loop_config, small_budget
 from ilm_jax.models.bert import BertConfig
@@ -57,10 +63,10 @@ def test_frozen_llm_unchanged_and_absent_from_optimiser_state(tmp_path):
   encoder = SoftTokenEncoder("ilm", llm_config.embed_dim, QCFG)
   model = ItemLanguageModel(Decoder(llm_config), encoder, split.num_users)
   boxed = model.init_encoder(jax.random.key(0), 8)
-  enc = S2.PromptEncoder(tok, index, split.num_users, S2.EntityCoding(2))
-  prompts = S2.training_prompts(split, index, P.TASKS, 8, 3)
-  ex = [S2.encode_fitting(enc, p, 256, True) for p in prompts]
-  data = S2.BucketBatches(ex, 8, (256,), 16, enc.pad_id)  # one compile
+  enc = PromptEncoder(tok, index, split.num_users, EntityCoding(2))
+  prompts = training_prompts(split, index, P.TASKS, 8, 3)
+  ex = [encode_fitting(enc, p, 256, True) for p in prompts]
+  data = BucketBatches(ex, 8, (256,), 16, enc.pad_id)  # one compile
   cfg = loop_config()
   cfg.learning_rate, cfg.warmup_steps, cfg.num_steps = 1e-2, 0, 3
   trainer = loop.Trainer(

@@ -4,7 +4,7 @@ A template is a sentence with slots. ``{user}`` and ``{item}`` hold one
 entity, ``{history}`` a list of items, ``{candidates}`` the retrieved items a
 re-ranking prompt asks the model to choose from, and ``{wish}`` a phrase in
 words (the conversational request). Rendering gives a tuple of segments,
-each either text or an entity; ``stage2_examples`` later turns an entity
+each either text or an entity; ``data.stage2.encoding`` later turns an entity
 into its soft tokens (and, optionally, its identifier as text) and text into
 token ids.
 

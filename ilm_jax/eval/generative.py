@@ -18,7 +18,8 @@ import collections
 import jax
 import numpy as np
 
-from ilm_jax.data import stage2_examples as S2
+from ilm_jax.data.stage2.collate import bucket_of, collate
+from ilm_jax.data.stage2.encoding import PromptEncoder, encode_fitting
 from ilm_jax.decode.beam_search import beam_search
 from ilm_jax.decode.item_trie import ItemTrie, allowed_by_trie, ranked_items
 from ilm_jax.decode.sampling import generate
@@ -40,7 +41,7 @@ def prompt_batches(prompt_encoder, prompts, batch_size, buckets):
   """
   encoded = []
   for p in prompts:
-    enc = S2.encode_fitting(prompt_encoder, p, buckets[-1], with_answer=False)
+    enc = encode_fitting(prompt_encoder, p, buckets[-1], with_answer=False)
     if enc is None:
       raise ValueError(
         f"an evaluation prompt does not fit {buckets[-1]} "
@@ -53,12 +54,12 @@ def prompt_batches(prompt_encoder, prompts, batch_size, buckets):
   answer_length = max([1] + [e.answer_length for e in encoded])
   groups = collections.defaultdict(list)
   for n, e in enumerate(encoded):
-    groups[S2.bucket_of(len(e.tokens), buckets)].append(n)
+    groups[bucket_of(len(e.tokens), buckets)].append(n)
   for bucket, rows in sorted(groups.items()):
     for start in range(0, len(rows), batch_size):
       chunk = rows[start : start + batch_size]
       padded = chunk + [chunk[-1]] * (batch_size - len(chunk))
-      batch = S2.collate(
+      batch = collate(
         [encoded[i] for i in padded],
         buckets[bucket],
         1,
@@ -113,7 +114,7 @@ def rank_items(
   encoder_params,
   llm_params,
   cf_table: np.ndarray,
-  prompt_encoder: S2.PromptEncoder,
+  prompt_encoder: PromptEncoder,
   prompts,
   trie: ItemTrie,
   *,
@@ -163,7 +164,7 @@ def generate_texts(
   encoder_params,
   llm_params,
   cf_table: np.ndarray,
-  prompt_encoder: S2.PromptEncoder,
+  prompt_encoder: PromptEncoder,
   prompts,
   *,
   batch_size: int,

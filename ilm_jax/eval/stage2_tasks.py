@@ -16,8 +16,11 @@ import ml_collections
 import numpy as np
 
 from ilm_jax.data import prompts as P
-from ilm_jax.data import stage2_examples as S2
 from ilm_jax.data.split import LeaveOneOutSplit
+from ilm_jax.data.stage2.sampling import (
+  evaluation_prompts,
+  text_evaluation_prompts,
+)
 from ilm_jax.eval import generative, retrieval
 from ilm_jax.eval.trained_ilm import TrainedIlm
 
@@ -88,7 +91,7 @@ def evaluate(
       targets = split.targets(split_name)[users]
       seen_items = [split.history_all(int(u), split_name) for u in users]
       for templates in c.eval.templates:
-        prompts = S2.evaluation_prompts(
+        prompts = evaluation_prompts(
           split, split_name, templates == "seen", users, task,
           c.max_history, seed,
         )  # fmt: skip
@@ -113,7 +116,7 @@ def evaluate(
   for task in (t for t in tasks if t in (P.DESCRIPTION, P.PROFILE)):
     entities = _text_entities(c, split, task, users, described, seed)
     for templates in c.eval.templates:
-      prompts = S2.text_evaluation_prompts(
+      prompts = text_evaluation_prompts(
         split, task, templates == "seen", entities
       )
       if not prompts:

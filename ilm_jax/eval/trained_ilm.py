@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ilm_jax.data.stage2_examples import PromptEncoder
+from ilm_jax.data.stage2.encoding import PromptEncoder
 from ilm_jax.decode.item_trie import ItemTrie
 from ilm_jax.models.ilm import ItemLanguageModel
 

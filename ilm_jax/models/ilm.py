@@ -332,7 +332,7 @@ class ItemLanguageModel:
     Args:
       encoder_params: trainable params.
       frozen: {"llm": decoder params, "cf": float32[rows, d] CF table}.
-      batch: a collated training batch (``stage2_examples.collate``).
+      batch: a collated training batch (``data.stage2.collate.collate``).
       rng: unused (no dropout); kept for the loop's loss signature.
 
     Returns:

@@ -39,8 +39,14 @@ from jax.sharding import PartitionSpec
 from ilm_jax.convert.frozen_llm import load_stage2_llm
 from ilm_jax.data import load_split
 from ilm_jax.data import prompts as P
-from ilm_jax.data import stage2_examples as S2
 from ilm_jax.data.indexing import make_index
+from ilm_jax.data.stage2.batches import BucketBatches
+from ilm_jax.data.stage2.encoding import (
+  EntityCoding,
+  PromptEncoder,
+  encode_fitting,
+)
+from ilm_jax.data.stage2.sampling import training_prompts
 from ilm_jax.decode.item_trie import build_item_trie
 from ilm_jax.eval import stage2_tasks
 from ilm_jax.eval.trained_ilm import TrainedIlm
@@ -140,15 +146,15 @@ def build_model(
   return model, boxed, init
 
 
-def coding_of(c, encoder: SoftTokenEncoder) -> S2.EntityCoding:
+def coding_of(c, encoder: SoftTokenEncoder) -> EntityCoding:
   if c.variant == "text":
-    return S2.EntityCoding(
+    return EntityCoding(
       0,
       ids_as_text=True,
       soft_prompt=c.soft_prompt,
       candidate_labels=c.rerank.labels,
     )
-  return S2.EntityCoding(
+  return EntityCoding(
     encoder.tokens_per_entity,
     ids_as_text=c.ids_as_text,
     soft_prompt=encoder.soft_prompt,
@@ -157,7 +163,7 @@ def coding_of(c, encoder: SoftTokenEncoder) -> S2.EntityCoding:
   )
 
 
-def build_trie(prompt_encoder: S2.PromptEncoder, vocab_size: int):
+def build_trie(prompt_encoder: PromptEncoder, vocab_size: int):
   sequences = [
     prompt_encoder.answer_tokens(s)
     for s in prompt_encoder.item_index.identifiers
@@ -174,12 +180,12 @@ def training_examples(c, split, index, prompt_encoder, seed, rerank_prompts=()):
   generative = tuple(t for t in c.tasks if t in P.TASKS)
   prompts = list(rerank_prompts)
   if generative:
-    prompts += S2.training_prompts(
+    prompts += training_prompts(
       split, index, generative, c.examples_per_task, c.max_history, seed
     )
   examples, described = [], set()
   for p in prompts:
-    enc = S2.encode_fitting(prompt_encoder, p, c.length_buckets[-1], True)
+    enc = encode_fitting(prompt_encoder, p, c.length_buckets[-1], True)
     if enc is not None:
       examples.append(enc)
       if p.task == P.DESCRIPTION:
@@ -209,7 +215,7 @@ def run(
     config, workdir, split.num_users, table.dim, llm_config, config.seed,
     token_rms,
   )  # fmt: skip
-  prompt_encoder = S2.PromptEncoder(
+  prompt_encoder = PromptEncoder(
     tokenizer,
     index,
     split.num_users,
@@ -226,7 +232,7 @@ def run(
   examples, described = training_examples(
     c, split, index, prompt_encoder, config.seed, rerank_train
   )
-  data = S2.BucketBatches(
+  data = BucketBatches(
     examples,
     c.batch_size,
     c.length_buckets,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ilm_jax.data import prompts as P
-from ilm_jax.data.stage2_examples import GENERIC_WISH
+from ilm_jax.data.stage2.sampling import GENERIC_WISH
 from ilm_jax.rerank.candidates import CandidateLists
 
 ORDERS = ("retriever", "shuffled")

@@ -15,8 +15,8 @@ import numpy as np
 
 from ilm_jax.cf.table import CFTable
 from ilm_jax.data import prompts as P
-from ilm_jax.data import stage2_examples as S2
 from ilm_jax.data.split import LeaveOneOutSplit
+from ilm_jax.data.stage2.sampling import evaluation_prompts
 from ilm_jax.eval import full_ranking, retrieval
 from ilm_jax.eval import metrics as M
 from ilm_jax.eval.trained_ilm import TrainedIlm
@@ -92,7 +92,7 @@ def evaluation_users(c, split, seed) -> np.ndarray:
 def _head_scorer(c, split, split_name, users, ilm: TrainedIlm, seed):
   """score_fn of the retrieval head: each user's sequential-prompt query
   against every item's adapted embedding."""
-  prompts = S2.evaluation_prompts(
+  prompts = evaluation_prompts(
     split, split_name, True, users, P.SEQUENTIAL, c.max_history, seed
   )
   queries = retrieval.prompt_queries(
