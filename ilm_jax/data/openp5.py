@@ -1,4 +1,8 @@
-"""OpenP5 ``user_sequence.txt`` files with item text joined where it exists."""
+"""OpenP5 ``user_sequence.txt`` files with item text joined where it exists.
+
+One parser serves the named OpenP5 datasets (their files in the shared data
+directory) and a user's own file in the same format (``load_openp5_file``).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import pathlib
 import numpy as np
 
 from ilm_jax.data import dataset as ds
+from ilm_jax.data.interactions import read_item_text, text_columns
 from ilm_jax.data.movielens import read_ml100k_items
 from ilm_jax.data.text_files import split_lines
 
@@ -57,15 +62,27 @@ def load_openp5(
   users = np.repeat(list(seqs), [len(v) for v in seqs.values()])
   items = np.concatenate([np.array(v) for v in seqs.values()])
   order = np.concatenate([np.arange(len(v)) for v in seqs.values()])
-  fields = None
-  catalog_ids = None
+  catalog_ids = fields = None
   if item_text:
-    catalog_ids = np.array(sorted(set().union(*map(set, item_text.values()))))
-    fields = {
-      f: np.array([m.get(i, "") for i in catalog_ids], dtype=object)
-      for f, m in item_text.items()
-    }
+    catalog_ids, fields = text_columns(item_text)
   return ds.from_events(name, users, items, order, catalog_ids, fields)
+
+
+def load_openp5_file(
+  sequence_path: str | pathlib.Path,
+  item_text_path: str | pathlib.Path | None = None,
+  name: str = "openp5",
+) -> ds.Dataset:
+  """A user's own OpenP5-format file, optionally with an item-text file.
+
+  Args:
+    sequence_path: ``user item item ...`` per line, oldest item first.
+    item_text_path: optional CSV/TSV with an item column and text columns
+      (``interactions.read_item_text``).
+    name: the dataset's name.
+  """
+  item_text = read_item_text(item_text_path) if item_text_path else None
+  return load_openp5(name, sequence_path, item_text)
 
 
 def load_openp5_ml100k(openp5_dir, ml100k_dir) -> ds.Dataset:
