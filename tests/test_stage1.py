@@ -14,6 +14,7 @@ from ilm_jax.data.stage1 import (
   EpochStream,
   Stage1Batches,
   build_stage1_examples,
+  write_stage1_records,
 )
 from ilm_jax.experiment_config import base_config
 from ilm_jax.pipeline import cf as cf_stage
@@ -58,14 +59,15 @@ def test_examples_use_training_interactions_only():
   assert not trained & set(map(tuple, ex.heldout_ii.tolist()))
 
 
-def test_items_without_text_train_through_ii_ui():
+def test_items_without_text_train_through_ii_ui(tmp_path):
   ex = build_stage1_examples(_split(with_text=False))
   assert not ex.has_text
-  batches = Stage1Batches(ex, None, None, 4, ("ii", "ui"), seed=0)
+  write_stage1_records(tmp_path, ex, None, None)
+  batches = Stage1Batches(tmp_path, 4, ("ii", "ui"), seed=0)
   batch = next(batches)
   assert set(batch) == {"ii_a", "ii_b", "ui_user", "ui_item"}
-  with pytest.raises(ValueError, match="no training examples"):
-    Stage1Batches(ex, None, None, 4, ("text", "ii"), seed=0)
+  with pytest.raises(ValueError, match="no record file"):
+    Stage1Batches(tmp_path, 4, ("text", "ii"), seed=0)
 
 
 def test_epoch_stream_covers_each_example_once_per_epoch():
@@ -76,16 +78,17 @@ def test_epoch_stream_covers_each_example_once_per_epoch():
   assert first[:10].tolist() != first[10:20].tolist()
 
 
-def test_batches_resume_at_saved_position():
+def test_batches_resume_at_saved_position(tmp_path):
   ex = build_stage1_examples(_split())
   ids = np.arange(5 * 3, dtype=np.int32).reshape(5, 3)
   mask = np.ones_like(ids)
-  a = Stage1Batches(ex, ids, mask, 4, ("text", "ii", "ui"), seed=3)
+  write_stage1_records(tmp_path, ex, ids, mask)
+  a = Stage1Batches(tmp_path, 4, ("text", "ii", "ui"), seed=3)
   for _ in range(3):
     next(a)
   state = a.get_state()
   expected = [next(a) for _ in range(2)]
-  b = Stage1Batches(ex, ids, mask, 4, ("text", "ii", "ui"), seed=3)
+  b = Stage1Batches(tmp_path, 4, ("text", "ii", "ui"), seed=3)
   b.set_state(json.loads(json.dumps(state)))
   for want in expected:
     got = next(b)
@@ -230,3 +233,21 @@ def test_retrieval_metrics_match_brute_force():
   ranks = [(pair[q] > pair[q, t]).sum() for q, t in enumerate(targets)]
   recall, _ = heldout_retrieval(queries, targets, items, 10, 10, 0)
   assert recall == pytest.approx(np.mean(np.array(ranks) < 10))
+
+
+def test_heldout_accuracy_on_a_catalogue_smaller_than_the_candidates():
+  from ilm_jax.eval.stage1_retrieval import heldout_retrieval
+
+  r = np.random.default_rng(1)
+  items = r.normal(size=(6, 2, 4)).astype(np.float32)
+  items /= np.linalg.norm(items, axis=-1, keepdims=True)
+  targets = np.arange(6)
+  # 100 candidates from 6 items: every item competes; a query equal to its
+  # target wins exactly when no other item scores higher.
+  recall, acc = heldout_retrieval(items[targets], targets, items, 1, 100, 0)
+  sim = np.einsum("ike,jle->ijkl", items, items).max((2, 3))
+  want = np.mean([sim[i, i] > np.delete(sim[i], i).max() for i in range(6)])
+  assert acc == pytest.approx(want)
+  assert recall == pytest.approx(
+    np.mean([(sim[i] > sim[i, i]).sum() < 1 for i in range(6)])
+  )

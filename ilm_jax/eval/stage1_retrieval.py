@@ -99,11 +99,16 @@ def item_to_text_recall(item_feats, text_feats, k: int) -> float:
 def heldout_retrieval(
   query_feats, targets, item_feats, k: int, num_candidates: int, seed: int
 ) -> tuple[float, float]:
-  """(recall@k over all items, top-1 accuracy among num_candidates)."""
+  """(recall@k over all items, top-1 accuracy among num_candidates).
+
+  A catalogue of at most ``num_candidates`` items makes every item a
+  candidate (the accuracy is then top-1 over the whole catalogue).
+  """
   ranks = _ranks(query_feats, item_feats, targets, "entity")
   recall = float(np.mean(ranks < k))
   rng = np.random.default_rng(seed)
   n_items = len(item_feats)
+  num_candidates = min(int(num_candidates), n_items)
   hits = []
   for start in range(0, len(query_feats), 64):
     q = query_feats[start : start + 64]
