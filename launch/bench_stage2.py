@@ -21,6 +21,7 @@ splits, template sets). Writes ``bench_stage2.json`` to --workdir.
 import json
 import os
 import statistics
+import tempfile
 import time
 
 import jax
@@ -36,6 +37,7 @@ from ilm_jax.data import prompts as P
 from ilm_jax.data.indexing import make_index
 from ilm_jax.data.stage2.batches import BucketBatches
 from ilm_jax.data.stage2.encoding import PromptEncoder
+from ilm_jax.data.stage2.records import write_stage2_records
 from ilm_jax.data.stage2.sampling import (
   evaluation_prompts,
   text_evaluation_prompts,
@@ -117,8 +119,10 @@ def main(argv):
   examples, _ = stage2.training_examples(
     c, split, index, encoder, config.seed, rerank_train
   )
+  records = os.path.join(tempfile.mkdtemp(prefix="bench_stage2"), "train")
+  write_stage2_records(records, examples)
   data = BucketBatches(
-    examples, c.batch_size, buckets, c.max_answer_tokens, encoder.pad_id,
+    records, c.batch_size, buckets, c.max_answer_tokens, encoder.pad_id,
     num_users=split.num_users if c.retrieval_weight > 0 else None,
   )  # fmt: skip
   share = {

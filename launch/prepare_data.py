@@ -2,8 +2,10 @@ r"""Writes a dataset's leave-one-out splits as TFDS array_record files.
 
 Parses the raw files, k-core filters, splits as OpenP5 does and writes the
 train / valid / test next-item examples plus the catalog (item ids and text)
-with the ``ilm_sequences`` TFDS builder. TensorFlow is not needed. Training
-and evaluation read the result with grain (``ilm_jax.data.loader``).
+with the ``ilm_sequences`` TFDS builder. TensorFlow is not needed. The
+result is an export (readable with ``builder.as_data_source(split)``, e.g. by
+grain): the training stages do not read it, they write their own examples as
+array_record files in their workdir (``ilm_jax.data.records``).
 
   python launch/prepare_data.py --dataset=ml-latest-small \
       --data_dir=workdir/tfds

@@ -16,6 +16,7 @@ from ilm_jax.data.stage2.encoding import (
   PromptEncoder,
   encode_fitting,
 )
+from ilm_jax.data.stage2.records import write_stage2_records
 from ilm_jax.data.stage2.sampling import (
   GENERIC_WISH,
   evaluation_prompts,
@@ -194,19 +195,21 @@ def test_collate_fixed_shapes_unique_entities_and_targets():
     assert pos[0] == e.answer_start - 1
 
 
-def test_bucket_batches_are_deterministic_and_resume():
+def test_bucket_batches_are_deterministic_and_resume(tmp_path):
   split = _split()
   enc, _, index = _encoder(split)
   prompts = training_prompts(split, index, P.TASKS, 20, 3)
   ex = [encode_fitting(enc, p, 256, True) for p in prompts]
-  data = BucketBatches(ex, 4, (96, 160, 256), 12, enc.pad_id, seed=3)
+  records = tmp_path / "train"
+  write_stage2_records(records, ex)
+  data = BucketBatches(records, 4, (96, 160, 256), 12, enc.pad_id, seed=3)
   first = [next(data) for _ in range(5)]
   assert {b["tokens"].shape[1] for b in first} <= {96, 160, 256}
   assert all(b["tokens"].shape[0] == 4 for b in first)
   assert all(b["entities"].shape == first[0]["entities"].shape for b in first)
   state = data.get_state()
   upcoming = next(data)
-  again = BucketBatches(ex, 4, (96, 160, 256), 12, enc.pad_id, seed=3)
+  again = BucketBatches(records, 4, (96, 160, 256), 12, enc.pad_id, seed=3)
   again.set_state(state)
   np.testing.assert_array_equal(next(again)["tokens"], upcoming["tokens"])
 

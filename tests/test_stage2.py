@@ -24,6 +24,7 @@ from ilm_jax.data.stage2.encoding import (
   PromptEncoder,
   encode_fitting,
 )
+from ilm_jax.data.stage2.records import write_stage2_records
 from ilm_jax.data.stage2.sampling import training_prompts
 from ilm_jax.eval import metrics as M
 from ilm_jax.experiment_config import base_config, loop_config, small_budget
@@ -35,7 +36,6 @@ from ilm_jax.models.stage1_model import Stage1Model
 from ilm_jax.pipeline import cf as cf_stage
 from ilm_jax.pipeline import stage2
 from ilm_jax.train import loop
-from tests.test_prompts import _split
 
 QCFG = QFormerConfig(
   bert=BertConfig(
@@ -56,9 +56,11 @@ def _size(tree):
   return sum(np.size(x) for x in jax.tree.leaves(tree))
 
 
-def test_frozen_llm_unchanged_and_absent_from_optimiser_state(tmp_path):
+def test_frozen_llm_unchanged_and_absent_from_optimiser_state(
+  tmp_path, toy_split
+):
   llm_config, llm_params, tok = tiny_llm(0)
-  split = _split()
+  split = toy_split
   index = random_indexing(split.num_items)
   encoder = SoftTokenEncoder("ilm", llm_config.embed_dim, QCFG)
   model = ItemLanguageModel(Decoder(llm_config), encoder, split.num_users)
@@ -66,7 +68,8 @@ def test_frozen_llm_unchanged_and_absent_from_optimiser_state(tmp_path):
   enc = PromptEncoder(tok, index, split.num_users, EntityCoding(2))
   prompts = training_prompts(split, index, P.TASKS, 8, 3)
   ex = [encode_fitting(enc, p, 256, True) for p in prompts]
-  data = BucketBatches(ex, 8, (256,), 16, enc.pad_id)  # one compile
+  write_stage2_records(tmp_path / "train", ex)
+  data = BucketBatches(tmp_path / "train", 8, (256,), 16, enc.pad_id)
   cfg = loop_config()
   cfg.learning_rate, cfg.warmup_steps, cfg.num_steps = 1e-2, 0, 3
   trainer = loop.Trainer(
@@ -276,9 +279,13 @@ def test_run_end_to_end_on_tiny_llm(tmp_path, variant):
     in (tmp_path / "stage2" / "results.md").read_text()
   )
   assert (tmp_path / "stage2" / "results.png").stat().st_size > 0
-  # a rerun resumes from the final checkpoint instead of training again
+  # a rerun resumes from the final checkpoint instead of training again,
+  # reading the training examples written the first time
+  records = tmp_path / "stage2" / (stage2.RECORDS_FILE + ".array_record")
+  written = records.stat().st_mtime_ns
   again = stage2.run(_config(variant=variant), tmp_path)
   assert again["eval"]["sequential/valid/unseen"]["valid_rate"] == 1.0
+  assert records.stat().st_mtime_ns == written
 
 
 def _head_without_weight():

@@ -1,4 +1,4 @@
-"""Stage-1 examples and their checkpointable batch iterator.
+"""Stage-1 examples, their record files and their global batch stream.
 
 From a leave-one-out split (training interactions only):
 
@@ -16,9 +16,12 @@ training pair contains: (last training item, validation item) for II and
 from __future__ import annotations
 
 import dataclasses
+import pathlib
 
 import numpy as np
 
+from ilm_jax.data.global_batches import GlobalBatches, HostShard
+from ilm_jax.data.records import RecordSource, write_records
 from ilm_jax.data.split import LeaveOneOutSplit
 
 
@@ -121,75 +124,105 @@ class EpochStream:
     )
 
 
-class Stage1Batches:
-  """Global stage-1 batches: item-text, item-item and user-item parts.
+RECORDS_DIR = "examples"
+# Record files of the three parts, and each part's salt of the data order.
+PART_FILES = {"text": "train_text", "ii": "train_ii", "ui": "train_ui"}
+_SALTS = {"text": 0, "ii": 1, "ui": 2}
 
-  Each enabled part has ``batch_size`` rows and its own epoch order. Text
-  is tokenised once up front (``token_ids``/``text_mask`` per text item).
+
+def write_stage1_records(
+  directory,
+  examples: Stage1Examples,
+  token_ids: np.ndarray | None,
+  text_mask: np.ndarray | None,
+) -> None:
+  """Writes the training parts as record files (reused when unchanged).
 
   Args:
+    directory: where ``train_{text,ii,ui}`` files go.
     examples: from ``build_stage1_examples``.
-    token_ids: int32[Nt, L] tokenised ``examples.texts`` (None: no text part).
+    token_ids: int32[Nt, L] tokenised ``examples.texts`` (None: no text
+      part).
     text_mask: int32[Nt, L].
+  """
+  directory = pathlib.Path(directory)
+  if token_ids is not None:
+    write_records(
+      directory / PART_FILES["text"],
+      (
+        {"item": np.asarray(item, np.int32), "ids": ids, "mask": mask}
+        for item, ids, mask in zip(examples.text_items, token_ids, text_mask)
+      ),
+    )
+  for part, pairs in (("ii", examples.ii_pairs), ("ui", examples.ui_pairs)):
+    write_records(directory / PART_FILES[part], ({"pair": p} for p in pairs))
+
+
+class Stage1Batches(GlobalBatches):
+  """Global stage-1 batches: item-text, item-item and user-item parts.
+
+  Each enabled part has ``batch_size`` rows per global batch and its own
+  epoch order (``EpochStream``); this host reads its share of the rows from
+  the part's record file (``write_stage1_records``).
+
+  Args:
+    directory: where ``write_stage1_records`` wrote.
     batch_size: rows per part (the global batch).
     parts: which of "text", "ii", "ui" to emit.
     seed: data-order seed.
+    shard: this host's share; default: this JAX process's.
+
+  Yields:
+    This host's rows (B = batch_size / hosts): ``text_item int32[B]``,
+    ``text_ids int32[B, L]``, ``text_mask int32[B, L]``, ``ii_a int32[B]``,
+    ``ii_b int32[B]``, ``ui_user int32[B]``, ``ui_item int32[B]`` (those of
+    the enabled parts).
   """
 
   def __init__(
     self,
-    examples: Stage1Examples,
-    token_ids: np.ndarray | None,
-    text_mask: np.ndarray | None,
+    directory,
     batch_size: int,
     parts: tuple[str, ...],
     seed: int,
+    shard: HostShard | None = None,
   ):
-    unknown = set(parts) - {"text", "ii", "ui"}
+    unknown = set(parts) - set(PART_FILES)
     if unknown:
       raise ValueError(f"unknown stage-1 batch parts {sorted(unknown)}")
-    self.examples = examples
-    self.token_ids, self.text_mask = token_ids, text_mask
     self.parts = tuple(parts)
-    self.step = 0
-    sizes = {
-      "text": len(examples.text_items),
-      "ii": len(examples.ii_pairs),
-      "ui": len(examples.ui_pairs),
-    }
+    self.shard = shard or HostShard.of_this_process()
+    directory = pathlib.Path(directory)
+    self.sources = {}
     for part in self.parts:
-      if sizes[part] == 0:
+      try:
+        self.sources[part] = RecordSource(directory / PART_FILES[part])
+      except FileNotFoundError:
+        raise ValueError(f"stage-1 part {part!r} has no record file") from None
+      if not len(self.sources[part]):
         raise ValueError(f"stage-1 part {part!r} has no training examples")
-    if "text" in self.parts and token_ids is None:
-      raise ValueError("the text part needs token_ids and text_mask")
-    self._streams = {
-      part: EpochStream(sizes[part], batch_size, seed, salt)
-      for salt, part in enumerate(("text", "ii", "ui"))
-      if part in self.parts
+    self.streams = {
+      part: EpochStream(len(self.sources[part]), batch_size, seed, _SALTS[part])
+      for part in self.parts
     }
+    super().__init__(self._batch)
 
-  def __iter__(self):
-    return self
+  def _rows(self, part: str, step: int) -> list[dict]:
+    positions = self.shard.take(self.streams[part].batch(step))
+    return self.sources[part].read(positions)
 
-  def __next__(self) -> dict[str, np.ndarray]:
+  def _batch(self, step: int) -> dict[str, np.ndarray]:
     batch = {}
-    ex = self.examples
     if "text" in self.parts:
-      idx = self._streams["text"].batch(self.step)
-      batch["text_item"] = ex.text_items[idx]
-      batch["text_ids"] = self.token_ids[idx]
-      batch["text_mask"] = self.text_mask[idx]
-    if "ii" in self.parts:
-      pairs = ex.ii_pairs[self._streams["ii"].batch(self.step)]
-      batch["ii_a"], batch["ii_b"] = pairs[:, 0], pairs[:, 1]
-    if "ui" in self.parts:
-      pairs = ex.ui_pairs[self._streams["ui"].batch(self.step)]
-      batch["ui_user"], batch["ui_item"] = pairs[:, 0], pairs[:, 1]
-    self.step += 1
+      rows = self._rows("text", step)
+      batch["text_item"] = np.array([r["item"] for r in rows], np.int32)
+      batch["text_ids"] = np.stack([r["ids"] for r in rows])
+      batch["text_mask"] = np.stack([r["mask"] for r in rows])
+    for part, names in (
+      ("ii", ("ii_a", "ii_b")),
+      ("ui", ("ui_user", "ui_item")),
+    ):
+      if part in self.parts:
+        pairs = np.stack([r["pair"] for r in self._rows(part, step)])
+        batch[names[0]], batch[names[1]] = pairs[:, 0], pairs[:, 1]
     return batch
-
-  def get_state(self) -> dict:
-    return {"step": self.step}
-
-  def set_state(self, state: dict) -> None:
-    self.step = int(state["step"])

@@ -12,7 +12,7 @@ OpenP5 leave-one-out split and writes three splits of identical features:
 
 Every example is ``{"user": int32, "history": int32[max_history] (right
 aligned, padded with -1), "target": int32}``. Records keep generation order
-(shuffling is the loader's job), so record ``i`` of a split equals example
+(readers shuffle), so record ``i`` of a split equals example
 ``i`` of the in-memory split. The catalog (item and user ids, item text built
 from training data only) goes to the dataset's metadata, since the splits
 share one feature spec and item text has a different shape from examples.
@@ -122,7 +122,7 @@ class IlmSequences(tfds.core.GeneratorBasedBuilder):
         }
       ),
       supervised_keys=None,
-      # Generation order is the in-memory order; the loader shuffles.
+      # Generation order is the in-memory order; readers shuffle.
       disable_shuffling=True,
       metadata=tfds.core.MetadataDict(),
     )

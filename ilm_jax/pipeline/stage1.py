@@ -27,7 +27,13 @@ from flax import linen as nn
 from ilm_jax.checkpoint import manager as ckpt
 from ilm_jax.convert import bert as convert_bert
 from ilm_jax.data import load_split
-from ilm_jax.data.stage1 import Stage1Batches, build_stage1_examples
+from ilm_jax.data.global_batches import on_first_host
+from ilm_jax.data.stage1 import (
+  RECORDS_DIR,
+  Stage1Batches,
+  build_stage1_examples,
+  write_stage1_records,
+)
 from ilm_jax.eval.stage1_retrieval import evaluate
 from ilm_jax.models.bert import BertConfig
 from ilm_jax.models.qformer import QFormerConfig
@@ -194,9 +200,11 @@ def run(
     if on
   )
   seed = int(s1.train.seed)
-  data = Stage1Batches(
-    examples, token_ids, text_mask, int(s1.batch_size), parts, seed
+  records = out / RECORDS_DIR
+  on_first_host(
+    lambda: write_stage1_records(records, examples, token_ids, text_mask)
   )
+  data = Stage1Batches(records, int(s1.batch_size), parts, seed)
   params, specs = init_params(model, bert_params, seed)
   cf = table.embeddings.astype(np.float32)
 

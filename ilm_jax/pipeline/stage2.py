@@ -39,6 +39,7 @@ from jax.sharding import PartitionSpec
 from ilm_jax.convert.frozen_llm import load_stage2_llm
 from ilm_jax.data import load_split
 from ilm_jax.data import prompts as P
+from ilm_jax.data.global_batches import on_first_host
 from ilm_jax.data.indexing import make_index
 from ilm_jax.data.stage2.batches import BucketBatches
 from ilm_jax.data.stage2.encoding import (
@@ -46,6 +47,7 @@ from ilm_jax.data.stage2.encoding import (
   PromptEncoder,
   encode_fitting,
 )
+from ilm_jax.data.stage2.records import write_stage2_records
 from ilm_jax.data.stage2.sampling import training_prompts
 from ilm_jax.decode.item_trie import build_item_trie
 from ilm_jax.eval import stage2_tasks
@@ -64,6 +66,8 @@ from ilm_jax.train import loop
 
 STAGE_DIR = "stage2"
 RESULTS_FILE = "results.json"
+# Stem of the training examples' record files in the stage directory.
+RECORDS_FILE = "examples/train"
 
 
 def _overlay(boxed, saved, where: str):
@@ -232,8 +236,10 @@ def run(
   examples, described = training_examples(
     c, split, index, prompt_encoder, config.seed, rerank_train
   )
+  records = out_dir / RECORDS_FILE
+  on_first_host(lambda: write_stage2_records(records, examples))
   data = BucketBatches(
-    examples,
+    records,
     c.batch_size,
     c.length_buckets,
     c.max_answer_tokens,

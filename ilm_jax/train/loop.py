@@ -2,9 +2,10 @@
 
 A stage supplies a loss function of the *trainable* params, a frozen tree that
 never enters the optimiser (the CF table; in stage 2 also the LLM), and a
-checkpointable iterator of global host batches. The loop places params by
-their logical axis names on a (data, fsdp, tensor) mesh, jits one update with
-explicit in/out shardings, and on the way saves checkpoints (train state, data
+checkpointable iterator of this host's share of each global batch. The loop
+places params by their logical axis names on a (data, fsdp, tensor) mesh,
+joins the hosts' shares into global arrays, jits one update with explicit
+in/out shardings, and on the way saves checkpoints (train state, data
 position, config), TensorBoard scalars and a metrics JSON, resuming from the
 latest checkpoint when one exists.
 
@@ -44,7 +45,7 @@ LossFn = Callable[[Any, Any, dict, jax.Array], tuple[jax.Array, dict]]
 
 
 class CheckpointableIterator(Protocol):
-  """Yields global host batches; its position can be saved and restored."""
+  """Yields this host's share of each global batch; resumable."""
 
   def __next__(self) -> dict[str, np.ndarray]: ...
 
@@ -155,18 +156,30 @@ class Trainer:
     return jax.tree.map(mesh_lib.host_to_global, frozen, shardings)
 
   def place_batch(self, batch: dict[str, np.ndarray]):
-    """Shards a global host batch along its leading axis."""
+    """Joins the hosts' shares of a global batch, sharded on its leading axis.
+
+    Args:
+      batch: this process's rows of every field (all of them on one host),
+        e.g. ``int32[B / hosts, L]``; the data pipeline gives each host a
+        contiguous share, in process order.
+
+    Returns:
+      Global arrays of ``hosts`` times as many rows, sharded along the
+      data-like mesh axes.
+    """
     n = self.data_parallelism
+    hosts = jax.process_count()
     for name, value in batch.items():
-      if value.shape[0] % n:
+      if (value.shape[0] * hosts) % n:
         raise ValueError(
-          f"batch field {name!r} has {value.shape[0]} rows, not divisible by "
-          f"the {n} data-parallel devices of mesh {dict(self.mesh.shape)}"
+          f"batch field {name!r} has {value.shape[0] * hosts} rows, not "
+          f"divisible by the {n} data-parallel devices of mesh "
+          f"{dict(self.mesh.shape)}"
         )
-    # Every process holds the whole global batch (the data pipeline is
-    # deterministic); each fills only its own devices' rows.
     return {
-      k: mesh_lib.host_to_global(v, mesh_lib.batch_sharding(self.mesh, v.ndim))
+      k: jax.make_array_from_process_local_data(
+        mesh_lib.batch_sharding(self.mesh, np.ndim(v)), np.asarray(v)
+      )
       for k, v in batch.items()
     }
 
@@ -277,7 +290,8 @@ def train(
     loss_fn: ``loss_fn(params, frozen, batch, rng) -> (loss, metrics)``.
     params: initial trainable params (ignored when resuming).
     param_specs: logical PartitionSpecs of params.
-    data: checkpointable iterator of global host batches.
+    data: checkpointable iterator of this host's share of each global
+      batch.
     config: loop config (``experiment_config.loop_config``).
     workdir: this stage's directory: checkpoints/, tensorboard/,
       metrics.json.

@@ -33,6 +33,7 @@ def collate(
   num_users: int | None = None,
   num_candidates: int = 1,
   answer_length: int = 1,
+  entity_rows: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
   """Pads examples into one fixed-shape batch.
 
@@ -50,6 +51,10 @@ def collate(
       ``retrieval_targets``.
     num_candidates: N, candidates per row (re-ranking; >= 1).
     answer_length: M, answer tokens per candidate (re-ranking; >= 1).
+    entity_rows: int32[R] sorted distinct CF rows that ``entities`` lists
+      (default: those of ``examples``). A host collating its share of a
+      global batch passes the whole batch's, so every host's rows index one
+      entity table.
 
   Returns:
     tokens int32[B, L], input_mask bool[B, L], positions int32[B, L],
@@ -71,13 +76,15 @@ def collate(
   extra = [
     np.asarray([e.target_row for e in examples if e.target_row >= 0], np.int32)
   ]
-  rows = np.unique(
-    np.concatenate(
-      [e.slot_entity[e.slot_entity >= 0] for e in examples]
-      + [np.zeros(0, np.int32)]
-      + (extra if retrieval_targets else [])
-    )
-  ).astype(np.int32)
+  rows = entity_rows
+  if rows is None:
+    rows = np.unique(
+      np.concatenate(
+        [e.slot_entity[e.slot_entity >= 0] for e in examples]
+        + [np.zeros(0, np.int32)]
+        + (extra if retrieval_targets else [])
+      )
+    ).astype(np.int32)
   if len(rows) > num_entities:
     raise ValueError(
       f"{len(rows)} distinct entities > num_entities {num_entities}"
