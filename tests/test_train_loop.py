@@ -174,3 +174,28 @@ def test_window_mean_weighs_metrics_that_carry_a_weight():
   assert out == {"loss": 2.0, "rerank_loss": (3.0 * 6 + 1.0 * 2) / 8}
   none = loop.window_mean([window[1]])
   assert none == {"loss": 3.0}  # no rows: no re-ranking figure at all
+
+
+def test_restarting_a_finished_run_keeps_its_results(tmp_path):
+  params, specs, frozen = _toy_setup()
+  evaluations = []
+
+  def eval_fn(params, step):
+    evaluations.append(step)
+    return {"score": float(len(evaluations))}
+
+  kw = dict(mesh=_mesh(), frozen=frozen, eval_fn=eval_fn)
+  first = loop.train(
+    _toy_loss, params, specs, ToyData(), _config(), tmp_path, **kw
+  )
+  history = (tmp_path / "metrics.json").read_text()
+  again = loop.train(
+    _toy_loss, params, specs, ToyData(), _config(), tmp_path, **kw
+  )
+  # Nothing trains, nothing is evaluated or recorded again, and the result
+  # is the finished run's, not an empty dict.
+  assert evaluations == [10]
+  assert again.start_step == 10 and int(again.state.step) == 10
+  assert again.metrics == pytest.approx(first.metrics)
+  assert {"loss", "mse", "score"} <= set(again.metrics)
+  assert (tmp_path / "metrics.json").read_text() == history

@@ -333,6 +333,15 @@ def train(
   # Records past the restored step (or any train records of a run that never
   # checkpointed) belong to a future that did not happen.
   log.truncate(start)
+  if start >= num_steps and log.history.get("final"):
+    # A finished run restarted: report what it measured (training window
+    # and final evaluation) instead of an empty result, and do not evaluate
+    # or record the final evaluation again.
+    manager.close()
+    log.close()
+    return TrainResult(
+      state=state, metrics=dict(log.history["final"]), start_step=start
+    )
   frozen = trainer.place_frozen(frozen)
   last_metrics: dict[str, float] = {}
   window: list[dict] = []
