@@ -50,32 +50,38 @@ _SHUFFLE = flags.DEFINE_bool(
   "held-out items are random rather than the highest item ids.",
 )
 _IMPLICIT = flags.DEFINE_bool(
-  "compare_implicit", True,
+  "compare_implicit",
+  True,
   "Also fit the `implicit` library's CPU ALS (off: ours only, e.g. on an "
   "accelerator host without it).",
-)  # fmt: skip
+)
 _WORKDIR = flags.DEFINE_string("workdir", "workdir/bench_als", "Output dir.")
 
 
 def _split():
-  data = load_dataset(types.SimpleNamespace(name=_DATASET.value,
-                                            path=_PATH.value))  # fmt: skip
+  data = load_dataset(
+    types.SimpleNamespace(name=_DATASET.value, path=_PATH.value)
+  )
   untimed = _DATASET.value == "ml-1m" and not os.path.exists(
     os.path.join(_PATH.value or "", "ratings.dat")
   )
   if untimed and _SHUFFLE.value:
     rng = np.random.default_rng(0)
-    data = type(data)(data.name, data.catalog,
-                      [rng.permutation(s) for s in data.sequences])  # fmt: skip
+    data = type(data)(
+      data.name, data.catalog, [rng.permutation(s) for s in data.sequences]
+    )
   return leave_one_out(data)
 
 
 def _quality(split, users, items):
   score_fn = dot_product_scorer(users, items)
   return evaluate_scorer(
-    score_fn, split.test_items, split.num_items,
-    seen=split.seen_items("test"), ks=(10,),
-  )  # fmt: skip
+    score_fn,
+    split.test_items,
+    split.num_items,
+    seen=split.seen_items("test"),
+    ks=(10,),
+  )
 
 
 def _fit_implicit(split, solver):
@@ -92,10 +98,15 @@ def _fit_implicit(split, solver):
   # alpha * count, the same weighting as ours.
   counts.data = 1.0 + _ALPHA.value * counts.data
   model = AlternatingLeastSquares(
-    factors=_DIM.value, regularization=_REG.value, alpha=1.0,
-    iterations=_SWEEPS.value, use_cg=solver == "cg", use_native=True,
-    calculate_training_loss=False, random_state=0,
-  )  # fmt: skip
+    factors=_DIM.value,
+    regularization=_REG.value,
+    alpha=1.0,
+    iterations=_SWEEPS.value,
+    use_cg=solver == "cg",
+    use_native=True,
+    calculate_training_loss=False,
+    random_state=0,
+  )
   start = time.perf_counter()
   model.fit(counts, show_progress=False)
   seconds = time.perf_counter() - start
@@ -114,8 +125,13 @@ def main(argv):
   )
   rows = {}
   for solver in _SOLVERS.value:
-    cfg = ALSConfig(dim=_DIM.value, reg=_REG.value, alpha=_ALPHA.value,
-                    sweeps=_SWEEPS.value, solver=solver)  # fmt: skip
+    cfg = ALSConfig(
+      dim=_DIM.value,
+      reg=_REG.value,
+      alpha=_ALPHA.value,
+      sweeps=_SWEEPS.value,
+      solver=solver,
+    )
     times = []
     for _ in range(2):  # cold, then warm
       start = time.perf_counter()
@@ -123,20 +139,26 @@ def main(argv):
       times.append(time.perf_counter() - start)
     ours_q = _quality(split, table.users, table.items)
     if not _IMPLICIT.value:
-      rows[solver] = {"ours_cold_s": times[0], "ours_warm_s": times[1],
-                      "ours_HR@10": ours_q["HR@10"],
-                      "ours_NDCG@10": ours_q["NDCG@10"]}  # fmt: skip
+      rows[solver] = {
+        "ours_cold_s": times[0],
+        "ours_warm_s": times[1],
+        "ours_HR@10": ours_q["HR@10"],
+        "ours_NDCG@10": ours_q["NDCG@10"],
+      }
       continue
     imp_s, imp_u, imp_i = _fit_implicit(split, solver)
     imp_q = _quality(split, imp_u, imp_i)
     rows[solver] = {
-      "ours_cold_s": times[0], "ours_warm_s": times[1],
+      "ours_cold_s": times[0],
+      "ours_warm_s": times[1],
       "implicit_s": imp_s,
-      "speedup_cold": imp_s / times[0], "speedup_warm": imp_s / times[1],
-      "ours_HR@10": ours_q["HR@10"], "ours_NDCG@10": ours_q["NDCG@10"],
+      "speedup_cold": imp_s / times[0],
+      "speedup_warm": imp_s / times[1],
+      "ours_HR@10": ours_q["HR@10"],
+      "ours_NDCG@10": ours_q["NDCG@10"],
       "implicit_HR@10": imp_q["HR@10"],
       "implicit_NDCG@10": imp_q["NDCG@10"],
-    }  # fmt: skip
+    }
   header = (
     f"{'solver':9s} {'ours cold s':>11s} {'ours warm s':>11s} "
     f"{'implicit s':>10s} {'x cold':>7s} {'x warm':>7s} "
@@ -161,9 +183,13 @@ def main(argv):
   os.makedirs(_WORKDIR.value, exist_ok=True)
   out = os.path.join(_WORKDIR.value, "bench_als.json")
   with open(out, "w") as f:
-    settings = {"dataset": _DATASET.value, "dim": _DIM.value,
-                "sweeps": _SWEEPS.value, "reg": _REG.value,
-                "alpha": _ALPHA.value}  # fmt: skip
+    settings = {
+      "dataset": _DATASET.value,
+      "dim": _DIM.value,
+      "sweeps": _SWEEPS.value,
+      "reg": _REG.value,
+      "alpha": _ALPHA.value,
+    }
     json.dump({**settings, "results": rows}, f, indent=2)
   print(f"wrote {out}")
 

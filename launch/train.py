@@ -41,11 +41,13 @@ _CACHE = flags.DEFINE_string(
   "skips recompiling; '' disables it.",
 )
 _STAGE = flags.DEFINE_enum(
-  "stage", "all", pipeline.STAGES,
+  "stage",
+  "all",
+  pipeline.STAGES,
   "Stage to run: cf (ALS embeddings), eval (popularity and CF baselines), "
   "stage1 (Q-Former), stage2 (ILM on the frozen LLM), all (every available "
   "stage in order).",
-)  # fmt: skip
+)
 
 
 def main(argv):
@@ -64,9 +66,10 @@ def main(argv):
         print(markdown_table(rows, f"{name}: baselines, {split}, {mode}"))
   if "stage1" in results:
     metrics = {
-      k: v for k, v in results["stage1"].items()
+      k: v
+      for k, v in results["stage1"].items()
       if isinstance(v, float) and ("recall" in k or "heldout" in k)
-    }  # fmt: skip
+    }
     print(markdown_table({"stage1": metrics}, f"{name}: stage-1 retrieval"))
   if "stage2" in results:
     print(stage2_report.tables(results["stage2"], name))

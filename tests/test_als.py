@@ -36,9 +36,11 @@ def test_als_ranks_held_out_positives_above_negatives():
   users, items = np.nonzero(dense)
   held = rng.random(len(users)) < 0.1
   table, _ = train_als(
-    users[~held], items[~held], *dense.shape,
+    users[~held],
+    items[~held],
+    *dense.shape,
     ALSConfig(dim=8, reg=0.1, alpha=5.0, sweeps=10),
-  )  # fmt: skip
+  )
   scores = table.users @ table.items.T
   pos = scores[users[held], items[held]]
   neg = scores[~dense]
@@ -50,9 +52,11 @@ def test_cg_solver_approaches_exact_solver():
   users, items, dense = _planted_blocks(seed=3)
   exact, _ = train_als(users, items, *dense.shape, ALSConfig(dim=8, sweeps=8))
   cg, _ = train_als(
-    users, items, *dense.shape,
+    users,
+    items,
+    *dense.shape,
     ALSConfig(dim=8, sweeps=8, solver="cg", cg_steps=8),
-  )  # fmt: skip
+  )
   a = exact.users @ exact.items.T
   b = cg.users @ cg.items.T
   np.testing.assert_allclose(a, b, atol=0.05)
@@ -75,9 +79,12 @@ def test_sharded_als_equals_single_device():
 @pytest.mark.parametrize("solver", ["cholesky", "cg"])
 def test_users_without_interactions_get_zero_vectors(solver):
   table, _ = train_als(
-    np.array([0, 0, 2]), np.array([1, 2, 0]), 4, 3,
+    np.array([0, 0, 2]),
+    np.array([1, 2, 0]),
+    4,
+    3,
     ALSConfig(dim=2, sweeps=2, solver=solver),
-  )  # fmt: skip
+  )
   np.testing.assert_array_equal(table.users[[1, 3]], 0.0)
 
 

@@ -42,8 +42,10 @@ def test_openp5_published_counts(shared_data, name, users, items, interactions):
   path = shared_data / "ml-100k" if name == "ml-100k" else shared_data
   data = load_dataset(_cfg(name, path=str(path)))
   assert data.stats() == {
-    "users": users, "items": items, "interactions": interactions,
-  }  # fmt: skip
+    "users": users,
+    "items": items,
+    "interactions": interactions,
+  }
 
 
 @pytest.mark.needs_shared

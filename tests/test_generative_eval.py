@@ -14,7 +14,8 @@ from ilm_jax.data.stage2.encoding import EntityCoding, PromptEncoder
 from ilm_jax.eval import generative, semantic
 from ilm_jax.models.ilm import ItemLanguageModel, SoftTokenEncoder
 from ilm_jax.models.llm import Decoder
-from tests.test_ilm import CF_DIM, NUM_ITEMS, NUM_USERS, QCFG
+from tests.tiny import CF_DIM, NUM_ITEMS, NUM_USERS
+from tests.tiny import MODEL_QCFG as QCFG
 
 NEW_TOKENS = 6
 BUCKETS = (64, 128)
@@ -68,15 +69,29 @@ def test_generate_texts_matches_uncached_greedy_and_ignores_batching(setup):
   model, params, llm_params, cf, enc = setup
   prompts = _prompts()
   batched = generative.generate_texts(
-    model, params, llm_params, cf, enc, prompts,
-    batch_size=3, buckets=BUCKETS, max_new_tokens=NEW_TOKENS,
-  )  # fmt: skip
+    model,
+    params,
+    llm_params,
+    cf,
+    enc,
+    prompts,
+    batch_size=3,
+    buckets=BUCKETS,
+    max_new_tokens=NEW_TOKENS,
+  )
   assert len(batched) == len(prompts)
   for n, p in enumerate(prompts):
     alone = generative.generate_texts(
-      model, params, llm_params, cf, enc, [p],
-      batch_size=1, buckets=BUCKETS[-1:], max_new_tokens=NEW_TOKENS,
-    )  # fmt: skip
+      model,
+      params,
+      llm_params,
+      cf,
+      enc,
+      [p],
+      batch_size=1,
+      buckets=BUCKETS[-1:],
+      max_new_tokens=NEW_TOKENS,
+    )
     assert alone == [batched[n]]
   expected = _greedy_without_cache(
     model, params, llm_params, cf, enc, prompts[0]

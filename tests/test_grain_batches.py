@@ -49,10 +49,13 @@ def stage2_examples(split):
     others = [i for i in range(split.num_items) if i != target][u : u + 3]
     prompts.append(
       P.render(
-        template, user=u, history=history, target_item=target,
-        candidates=[*others[:u % 3], target, *others[u % 3 :]],
+        template,
+        user=u,
+        history=history,
+        target_item=target,
+        candidates=[*others[: u % 3], target, *others[u % 3 :]],
       )
-    )  # fmt: skip
+    )
   return [encoder.encode(p, with_answer=True) for p in prompts], encoder
 
 
@@ -77,9 +80,15 @@ def make_batches(stage, stage1_dir, stage2_path, num_users, shard):
     parts = ("text", "ii", "ui")
     return Stage1Batches(stage1_dir, BATCH, parts, seed=3, shard=shard)
   return BucketBatches(
-    stage2_path, BATCH, BUCKETS, 12, pad_id=0, seed=3,
-    num_users=num_users, shard=shard,
-  )  # fmt: skip
+    stage2_path,
+    BATCH,
+    BUCKETS,
+    12,
+    pad_id=0,
+    seed=3,
+    num_users=num_users,
+    shard=shard,
+  )
 
 
 def assert_same(got: dict, want: dict):

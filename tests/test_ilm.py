@@ -11,29 +11,15 @@ from ilm_jax.data import prompts as P
 from ilm_jax.data.indexing import random_indexing
 from ilm_jax.data.stage2.collate import collate
 from ilm_jax.data.stage2.encoding import EntityCoding, PromptEncoder
-from ilm_jax.models.bert import BertConfig
 from ilm_jax.models.ilm import (
   ItemLanguageModel,
   SoftTokenEncoder,
   word_embedding_rms,
 )
 from ilm_jax.models.llm import Decoder
-from ilm_jax.models.qformer import QFormerConfig
 from ilm_jax.models.slots import SOFT_PROMPT, WORD
-
-NUM_USERS, NUM_ITEMS, CF_DIM = 5, 9, 8
-QCFG = QFormerConfig(
-  bert=BertConfig(
-    vocab_size=32,
-    hidden_size=16,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    intermediate_size=32,
-  ),
-  num_queries=3,
-  num_cf_tokens=2,
-  cf_dim=CF_DIM,
-)
+from tests.tiny import CF_DIM, NUM_ITEMS, NUM_USERS
+from tests.tiny import MODEL_QCFG as QCFG
 
 
 @pytest.fixture(scope="module")

@@ -227,8 +227,18 @@ def test_convert_command_has_help():
   assert "--source" in result.stdout and "--output" in result.stdout
 
 
-def test_pre_transformers5_config_files_parse():
-  """Checkpoints in the wild carry rope_theta / rope_scaling (4.x layout)."""
+def _read_config_file(tmp_path, fields: dict):
+  from ilm_jax.convert.hf_config import read_hf_config
+
+  directory = tmp_path / fields["model_type"]
+  directory.mkdir()
+  (directory / "config.json").write_text(json.dumps(fields))
+  return read_hf_config(directory)
+
+
+def test_pre_transformers5_config_files_parse(tmp_path):
+  """Checkpoints in the wild carry rope_theta / rope_scaling (4.x layout);
+  transformers' AutoConfig normalises them before our mapping."""
   from ilm_jax.convert.hf_config import config_from_hf
   from ilm_jax.models.llm import preset
 
@@ -253,7 +263,7 @@ def test_pre_transformers5_config_files_parse():
     "bos_token_id": 128000,
     "eos_token_id": [128001, 128008, 128009],
   }
-  config = config_from_hf(llama31)
+  config = _read_config_file(tmp_path, llama31)
   expected = preset("llama3-8b")
   assert config.rope == expected.rope
   assert config.head_dim == 128 and not config.tie_embeddings
@@ -275,7 +285,7 @@ def test_pre_transformers5_config_files_parse():
     "rope_local_base_freq": 10000.0,
     "rope_scaling": None,
   }
-  config = config_from_hf(gemma3)
+  config = _read_config_file(tmp_path, gemma3)
   expected = preset("gemma3-270m")
   assert config.layer_types == expected.layer_types
   assert config.local_rope == expected.local_rope
@@ -283,6 +293,8 @@ def test_pre_transformers5_config_files_parse():
   assert config.query_scale == expected.query_scale
   with pytest.raises(ValueError, match="model_type"):
     config_from_hf({"model_type": "bert"})
+  with pytest.raises(ValueError, match="config.json: not a config"):
+    _read_config_file(tmp_path, {"model_type": "no-such-model"})
 
 
 def _llama3_style_tokenizer_dir(tmp_path):

@@ -44,8 +44,11 @@ def test_standard_errors_match_numpy():
   hits5 = [1, 1, 0, 0, 1, 0]
   ndcg5 = [1, 1 / math.log2(4), 0, 0, 1 / math.log2(3), 0]
   expected = {
-    "HR@5": hits5, "NDCG@5": ndcg5, "HR@10": hits10, "NDCG@10": ndcg10,
-  }  # fmt: skip
+    "HR@5": hits5,
+    "NDCG@5": ndcg5,
+    "HR@10": hits10,
+    "NDCG@10": ndcg10,
+  }
   assert set(m) == {*expected, *(k + SE_SUFFIX for k in expected), "users"}
   assert m["users"] == 6
   for key, gains in expected.items():
@@ -113,21 +116,28 @@ def test_paired_comparison_verdicts():
     assert got["verdict"] == want
   # The same difference for every user: SE 0 and diff > 0 -> above.
   assert paired_comparison([0, 0], [MISS, MISS], (1,))["HR@1"] == {
-    "diff": 1.0, "se": 0.0, "verdict": "above",
-  }  # fmt: skip
+    "diff": 1.0,
+    "se": 0.0,
+    "verdict": "above",
+  }
   with pytest.raises(ValueError):
     paired_comparison([0, 1], [0, 1, 2])
 
 
 def test_split_se_pairs_values_with_their_se():
   m = {
-    "filtered/HR@10": 0.5, "filtered/HR@10_se": 0.1, "valid_rate": 1.0,
-    "orphan_se": 0.2, "users": 40,
-  }  # fmt: skip
+    "filtered/HR@10": 0.5,
+    "filtered/HR@10_se": 0.1,
+    "valid_rate": 1.0,
+    "orphan_se": 0.2,
+    "users": 40,
+  }
   assert split_se(m) == {
-    "filtered/HR@10": (0.5, 0.1), "valid_rate": (1.0, None),
-    "orphan_se": (0.2, None), "users": (40, None),
-  }  # fmt: skip
+    "filtered/HR@10": (0.5, 0.1),
+    "valid_rate": (1.0, None),
+    "orphan_se": (0.2, None),
+    "users": (40, None),
+  }
 
 
 def test_ranks_from_lists():
@@ -153,9 +163,13 @@ def test_full_ranking_equals_brute_force():
   users = np.arange(num_users)
   for filtered in (False, True):
     got = full_ranking.rank_targets(
-      score_fn, users, targets, num_items,
-      seen=seen if filtered else None, batch_size=8,
-    )  # fmt: skip
+      score_fn,
+      users,
+      targets,
+      num_items,
+      seen=seen if filtered else None,
+      batch_size=8,
+    )
     scores = u @ v.T
     for n in range(num_users):
       s = scores[n].copy()

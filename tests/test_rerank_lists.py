@@ -87,8 +87,9 @@ def _toy_split():
     user_ids=np.array([str(u) for u in range(8)]),
     item_fields={},
   )
-  train = [rng.choice(30, size=3 + u, replace=False).astype(np.int32)
-           for u in range(8)]  # fmt: skip
+  train = [
+    rng.choice(30, size=3 + u, replace=False).astype(np.int32) for u in range(8)
+  ]
   zeros = np.zeros(8, np.int32)
   return LeaveOneOutSplit("toy", catalog, train, zeros, zeros)
 
@@ -133,9 +134,12 @@ def test_training_lists_are_not_easier_than_evaluation_lists():
   )
   recall = {
     name: C.rank_summary(lists, n)[f"recall@{n}"]
-    for name, lists in (("inner", inner), ("leaky", leaky),
-                        ("evaluation", evaluation))
-  }  # fmt: skip
+    for name, lists in (
+      ("inner", inner),
+      ("leaky", leaky),
+      ("evaluation", evaluation),
+    )
+  }
   if os.environ.get("ILM_PRINT"):
     print(recall)
   assert recall["leaky"] > 1.5 * recall["evaluation"]  # the leak is real

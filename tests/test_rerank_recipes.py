@@ -38,9 +38,8 @@ def test_rerank_prompts_with_full_history_fit_the_largest_bucket(
   users = np.arange(0, split.num_users, 10)
   rng = np.random.default_rng(0)
   ranked = np.stack(
-    [rng.permutation(split.num_items)[: c.rerank.num_candidates]
-     for _ in users]
-  )  # fmt: skip
+    [rng.permutation(split.num_items)[: c.rerank.num_candidates] for _ in users]
+  )
   lists = C.CandidateLists(
     users.astype(np.int32),
     [split.history(int(u), "test") for u in users],

@@ -57,11 +57,17 @@ def _prompts():
   tpl = P.templates(P.RERANK, True)[0]
   conv = P.templates(P.RERANK_CONVERSATIONAL, False)[1]
   return [
-    P.render(tpl, user=1, history=[3, 9], candidates=[5, 17, 2, 30, 11],
-             target_item=2),
-    P.render(conv, history=[4], wish="something funny",
-             candidates=[8, 1, 22], target_item=0),
-  ]  # fmt: skip
+    P.render(
+      tpl, user=1, history=[3, 9], candidates=[5, 17, 2, 30, 11], target_item=2
+    ),
+    P.render(
+      conv,
+      history=[4],
+      wish="something funny",
+      candidates=[8, 1, 22],
+      target_item=0,
+    ),
+  ]
 
 
 def _naive_scores(model, params, llm_params, cf, enc, encoded):
@@ -105,9 +111,15 @@ def test_packed_scores_equal_per_candidate_likelihood(llm, labels, list_tokens):
     shared = encoded[0].segment == 0
     assert shared.sum() > encoded[0].answer_start
   batch = collate(
-    encoded, 320, 1, 32, enc.pad_id, with_answer=False, num_candidates=6,
+    encoded,
+    320,
+    1,
+    32,
+    enc.pad_id,
+    with_answer=False,
+    num_candidates=6,
     answer_length=12,
-  )  # fmt: skip
+  )
   _, llm_params = llm
   packed = np.asarray(
     jax.jit(model.candidate_scores)(params, llm_params, cf, batch)

@@ -16,7 +16,8 @@ from ilm_jax.eval.metrics import metrics_from_ranks
 from ilm_jax.models.ilm import ItemLanguageModel, SoftTokenEncoder
 from ilm_jax.models.llm import Decoder
 from ilm_jax.models.retrieval_head import HEAD_KEY, in_batch_softmax_loss
-from tests.test_ilm import CF_DIM, NUM_ITEMS, NUM_USERS, QCFG
+from tests.tiny import CF_DIM, NUM_ITEMS, NUM_USERS
+from tests.tiny import MODEL_QCFG as QCFG
 
 
 def _unit(x):
@@ -52,12 +53,14 @@ def _prompts(index):
   seq = P.templates(P.SEQUENTIAL, True)[0]
   desc = P.templates(P.DESCRIPTION, True)[0]
   return [
-    P.render(seq, user=1, history=[2, 7], answer=index.identifier(4),
-             target_item=4),
+    P.render(
+      seq, user=1, history=[2, 7], answer=index.identifier(4), target_item=4
+    ),
     P.render(desc, item=7, answer="A film."),
-    P.render(seq, user=3, history=[0], answer=index.identifier(7),
-             target_item=7),
-  ]  # fmt: skip
+    P.render(
+      seq, user=3, history=[0], answer=index.identifier(7), target_item=7
+    ),
+  ]
 
 
 def test_collate_adds_target_items_as_candidates():
@@ -121,8 +124,9 @@ def test_loss_adds_weighted_retrieval_term_and_trains_the_head(
     {k: v for k, v in params.items() if k != HEAD_KEY}, frozen, batch
   )
   assert "retrieval_loss" not in m0
-  np.testing.assert_allclose(float(m0["token_accuracy"]),
-                             float(m["token_accuracy"]))  # fmt: skip
+  np.testing.assert_allclose(
+    float(m0["token_accuracy"]), float(m["token_accuracy"])
+  )
 
 
 def test_eval_queries_read_the_position_training_reads(model_and_params):
@@ -134,9 +138,13 @@ def test_eval_queries_read_the_position_training_reads(model_and_params):
     [enc.encode(p, True) for p in prompts], 160, 12, 12, enc.pad_id
   )
   evalb = collate(
-    [enc.encode(p, False) for p in prompts], 128, 1, 12, enc.pad_id,
+    [enc.encode(p, False) for p in prompts],
+    128,
+    1,
+    12,
+    enc.pad_id,
     with_answer=False,
-  )  # fmt: skip
+  )
   queries = model.retrieval_queries(params, llm_params, cf, evalb)
   x = model.prompt_embeddings(params, llm_params, cf, train)
   hidden = model.decoder.apply(

@@ -50,10 +50,13 @@ def test_tags_on_held_out_items_are_dropped():
   users = np.array([1, 1, 1, 1, 2, 2, 2, 2])
   items = np.array([10, 11, 12, 13, 10, 11, 12, 13])
   data = from_events(
-    "toy", users, items, np.arange(8),
+    "toy",
+    users,
+    items,
+    np.arange(8),
     item_catalog_ids=np.array([10, 11, 12, 13]),
     item_fields={"title": np.array(["a", "b", "c", "d"])},
-  )  # fmt: skip
+  )
   from ilm_jax.data.movielens import attach_tags
 
   data = attach_tags(

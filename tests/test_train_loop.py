@@ -96,18 +96,36 @@ def test_schedule_warms_up_then_decays():
 def test_resume_after_interruption_matches_uninterrupted(tmp_path):
   params, specs, frozen = _toy_setup()
   full = loop.train(
-    _toy_loss, params, specs, ToyData(), _config(), tmp_path / "full",
-    mesh=_mesh(), frozen=frozen,
-  )  # fmt: skip
+    _toy_loss,
+    params,
+    specs,
+    ToyData(),
+    _config(),
+    tmp_path / "full",
+    mesh=_mesh(),
+    frozen=frozen,
+  )
   with pytest.raises(KeyboardInterrupt):
     loop.train(
-      _toy_loss, params, specs, ToyData(crash_at=6), _config(),
-      tmp_path / "cut", mesh=_mesh(), frozen=frozen,
-    )  # fmt: skip
+      _toy_loss,
+      params,
+      specs,
+      ToyData(crash_at=6),
+      _config(),
+      tmp_path / "cut",
+      mesh=_mesh(),
+      frozen=frozen,
+    )
   resumed = loop.train(
-    _toy_loss, params, specs, ToyData(), _config(), tmp_path / "cut",
-    mesh=_mesh(), frozen=frozen,
-  )  # fmt: skip
+    _toy_loss,
+    params,
+    specs,
+    ToyData(),
+    _config(),
+    tmp_path / "cut",
+    mesh=_mesh(),
+    frozen=frozen,
+  )
   assert resumed.start_step == 4  # last checkpoint before the crash
   assert int(resumed.state.step) == 10
   jax.tree.map(
@@ -133,9 +151,15 @@ def test_non_finite_loss_stops_keeping_last_good_checkpoint(tmp_path):
   params, specs, frozen = _toy_setup()
   with pytest.raises(loop.NonFiniteLossError, match="at step 5.*step 4"):
     loop.train(
-      _toy_loss, params, specs, ToyData(nan_at=5), _config(), tmp_path,
-      mesh=_mesh(), frozen=frozen,
-    )  # fmt: skip
+      _toy_loss,
+      params,
+      specs,
+      ToyData(nan_at=5),
+      _config(),
+      tmp_path,
+      mesh=_mesh(),
+      frozen=frozen,
+    )
   saved, config = ckpt.load_params(tmp_path / loop.CHECKPOINT_DIR)
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(saved))
   assert config == {}
@@ -147,9 +171,15 @@ def test_non_finite_loss_stops_keeping_last_good_checkpoint(tmp_path):
 def test_freeze_regex_keeps_matching_params(tmp_path):
   params, specs, frozen = _toy_setup()
   result = loop.train(
-    _toy_loss, params, specs, ToyData(), _config(num_steps=3,
-    freeze_regex="bias"), tmp_path, mesh=_mesh(), frozen=frozen,
-  )  # fmt: skip
+    _toy_loss,
+    params,
+    specs,
+    ToyData(),
+    _config(num_steps=3, freeze_regex="bias"),
+    tmp_path,
+    mesh=_mesh(),
+    frozen=frozen,
+  )
   final = jax.device_get(result.state.params)
   np.testing.assert_array_equal(final["Dense_0"]["bias"], 0.0)
   assert np.abs(final["Dense_0"]["kernel"] - params["Dense_0"]["kernel"]).max()

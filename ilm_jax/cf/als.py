@@ -94,9 +94,13 @@ class Segments:
 
 
 def make_segments(
-  rows: np.ndarray, cols: np.ndarray, num_rows: int, num_cols: int,
-  segment_length: int, chunk_segments: int,
-) -> Segments:  # fmt: skip
+  rows: np.ndarray,
+  cols: np.ndarray,
+  num_rows: int,
+  num_cols: int,
+  segment_length: int,
+  chunk_segments: int,
+) -> Segments:
   """Aggregates repeated (row, col) pairs into counts and cuts rows up.
 
   Args:
@@ -314,11 +318,14 @@ def train_als(
     _progress_hook = lambda done: progress(done, time.perf_counter() - start)
   try:
     x, y = _fit(
-      x, y,
+      x,
+      y,
       (user_segs.rows, user_segs.cols, user_segs.counts),
       (item_segs.rows, item_segs.cols, item_segs.counts),
-      cfg=config, num_users=padded_users, num_items=padded_items,
-    )  # fmt: skip
+      cfg=config,
+      num_users=padded_users,
+      num_items=padded_items,
+    )
     table = np.concatenate(
       [np.asarray(x)[:num_users], np.asarray(y)[:num_items]], axis=0
     )

@@ -8,10 +8,11 @@ for items, and tells the two apart by ``entity_type``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
 
 import numpy as np
+
+from ilm_jax import files
 
 ITEM_TYPE = 0
 USER_TYPE = 1
@@ -84,7 +85,7 @@ class CFTable:
       "dim": self.dim,
       "config": config or {},
     }
-    (directory / META_FILE).write_text(json.dumps(meta, indent=2))
+    files.write_json(directory / META_FILE, meta)
 
 
 def load_cf_table(directory: str | pathlib.Path) -> CFTable:
@@ -95,7 +96,7 @@ def load_cf_table(directory: str | pathlib.Path) -> CFTable:
   for p in (meta_path, table_path):
     if not p.exists():
       raise FileNotFoundError(f"{p}: no CF table here (run the 'cf' stage)")
-  meta = json.loads(meta_path.read_text())
+  meta = files.read_json(meta_path)
   emb = np.load(table_path)
   if emb.ndim != 2 or not np.isfinite(emb).all():
     raise ValueError(f"{table_path}: CF table must be a finite 2-D array")

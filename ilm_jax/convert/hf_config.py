@@ -1,13 +1,16 @@
 """Turns an HF ``config.json`` into an ``LlmConfig``.
 
-Understands the transformers 5 layout (``rope_parameters``, possibly per
-layer type) and the older one (``rope_theta`` + ``rope_scaling``,
-``rope_local_base_freq``, ``sliding_window_pattern``).
+``read_hf_config`` reads the file through transformers' ``AutoConfig``
+(no torch needed), which fills each model type's defaults and normalises
+older layouts (``rope_theta`` + ``rope_scaling``, ``rope_local_base_freq``,
+``sliding_window_pattern``) into transformers 5's (``rope_parameters``,
+possibly per layer type; ``layer_types``). ``config_from_hf`` maps that
+normalised dict onto our own Flax decoder's ``LlmConfig``: the one
+hand-written part, since no library describes our model.
 """
 
 from __future__ import annotations
 
-import json
 import pathlib
 
 from ilm_jax.models.llm.config import GLOBAL, LOCAL, LlmConfig, RopeConfig
@@ -16,6 +19,7 @@ LLAMA_TYPES = ("llama", "mistral", "qwen2")
 GEMMA_TYPES = ("gemma", "gemma2", "gemma3_text")
 SUPPORTED_TYPES = LLAMA_TYPES + GEMMA_TYPES
 
+_DEFAULT_THETA = 10_000.0  # RoPE base when a dict names none
 _HF_LAYER_TYPES = {"full_attention": GLOBAL, "sliding_attention": LOCAL}
 
 
@@ -40,35 +44,22 @@ def _rope_from_dict(params: dict | None, theta: float) -> RopeConfig:
 
 
 def _ropes(hf: dict) -> tuple[RopeConfig, RopeConfig | None]:
-  """(global RoPE, local RoPE or None)."""
-  theta = float(hf.get("rope_theta", 10_000.0))
-  params = hf.get("rope_parameters")
-  if isinstance(params, dict) and "full_attention" in params:
+  """(global RoPE, local RoPE or None) from ``rope_parameters``."""
+  params = hf.get("rope_parameters") or {}
+  if "full_attention" in params:
     local = params.get("sliding_attention")
     return (
-      _rope_from_dict(params["full_attention"], theta),
-      None if local is None else _rope_from_dict(local, theta),
+      _rope_from_dict(params["full_attention"], _DEFAULT_THETA),
+      None if local is None else _rope_from_dict(local, _DEFAULT_THETA),
     )
-  if params is None:
-    params = hf.get("rope_scaling")
-  global_rope = _rope_from_dict(params, theta)
-  local_rope = None
-  if "rope_local_base_freq" in hf:
-    local_rope = RopeConfig(theta=float(hf["rope_local_base_freq"]))
-  return global_rope, local_rope
+  return _rope_from_dict(params, _DEFAULT_THETA), None
 
 
-def _layer_types(hf: dict, model_type: str, num_layers: int) -> tuple:
+def _layer_types(hf: dict, num_layers: int) -> tuple:
   if hf.get("layer_types"):
     return tuple(_HF_LAYER_TYPES[t] for t in hf["layer_types"])
-  if model_type == "gemma2":
-    return tuple(LOCAL if i % 2 == 0 else GLOBAL for i in range(num_layers))
-  if model_type == "gemma3_text":
-    pattern = hf.get("sliding_window_pattern", 6)
-    return tuple(
-      GLOBAL if (i + 1) % pattern == 0 else LOCAL for i in range(num_layers)
-    )
-  if model_type == "mistral" and hf.get("sliding_window"):
+  # Mistral gives no layer types: a sliding window applies to every layer.
+  if hf.get("model_type") == "mistral" and hf.get("sliding_window"):
     return (LOCAL,) * num_layers
   return (GLOBAL,) * num_layers
 
@@ -80,7 +71,8 @@ def _ids(value) -> tuple[int, ...]:
 
 
 def config_from_hf(hf: dict, name: str = "hf") -> LlmConfig:
-  """An LlmConfig from the dict of an HF ``config.json``.
+  """An LlmConfig from an HF config dict in transformers 5's layout
+  (``AutoConfig.to_dict()``; ``read_hf_config`` gives one).
 
   Raises:
     ValueError: for an unsupported ``model_type``.
@@ -96,7 +88,7 @@ def config_from_hf(hf: dict, name: str = "hf") -> LlmConfig:
   num_layers = hf["num_hidden_layers"]
   num_heads = hf["num_attention_heads"]
   head_dim = hf.get("head_dim") or hf["hidden_size"] // num_heads
-  layer_types = _layer_types(hf, model_type, num_layers)
+  layer_types = _layer_types(hf, num_layers)
   global_rope, local_rope = _ropes(hf)
   query_scale = None
   if model_type in ("gemma2", "gemma3_text"):
@@ -141,4 +133,13 @@ def read_hf_config(directory: str | pathlib.Path) -> LlmConfig:
   path = pathlib.Path(directory) / "config.json"
   if not path.exists():
     raise FileNotFoundError(f"{path} not found (not an HF checkpoint dir)")
-  return config_from_hf(json.loads(path.read_text()), name=path.parent.name)
+  # Imported here: only reading a user's HF folder needs transformers.
+  import transformers
+
+  try:
+    hf = transformers.AutoConfig.from_pretrained(
+      str(path.parent), local_files_only=True
+    ).to_dict()
+  except (ValueError, KeyError, OSError) as e:
+    raise ValueError(f"{path}: not a config transformers can read: {e}") from e
+  return config_from_hf(hf, name=path.parent.name)

@@ -13,10 +13,26 @@ from ilm_jax.data.text_files import csv_rows, split_lines
 LATEST_SMALL_PREFIX = "ml-latest-small/"
 # u.genre order of the 19 genre flags in ML-100K's u.item.
 ML100K_GENRES = (
-  "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy",
-  "Crime", "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror",
-  "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western",
-)  # fmt: skip
+  "unknown",
+  "Action",
+  "Adventure",
+  "Animation",
+  "Children's",
+  "Comedy",
+  "Crime",
+  "Documentary",
+  "Drama",
+  "Fantasy",
+  "Film-Noir",
+  "Horror",
+  "Musical",
+  "Mystery",
+  "Romance",
+  "Sci-Fi",
+  "Thriller",
+  "War",
+  "Western",
+)
 MAX_TAGS_PER_ITEM = 8
 
 
@@ -144,14 +160,22 @@ def load_ml100k(directory: str | pathlib.Path, min_rating: float = 0.0):
   directory = pathlib.Path(directory)
   path = directory / "u.data"
   users, items, keys = _ratings(
-    split_lines(path, "\t"), path, "user item rating timestamp", 4, True,
+    split_lines(path, "\t"),
+    path,
+    "user item rating timestamp",
+    4,
+    True,
     min_rating,
-  )  # fmt: skip
+  )
   ids, titles, genres = read_ml100k_items(directory / "u.item")
   return ds.from_events(
-    "ml-100k", users, items, keys, item_catalog_ids=ids,
+    "ml-100k",
+    users,
+    items,
+    keys,
+    item_catalog_ids=ids,
     item_fields={"title": titles, "genres": genres},
-  )  # fmt: skip
+  )
 
 
 def read_ml100k_items(path: str | pathlib.Path):
@@ -184,9 +208,13 @@ def load_ml1m(directory: str | pathlib.Path, min_rating: float = 0.0):
   dat = directory / "ratings.dat"
   if dat.exists():
     users, items, keys = _ratings(
-      split_lines(dat, "::", encoding="latin-1"), dat,
-      "UserID::MovieID::Rating::Timestamp", 4, True, min_rating,
-    )  # fmt: skip
+      split_lines(dat, "::", encoding="latin-1"),
+      dat,
+      "UserID::MovieID::Rating::Timestamp",
+      4,
+      True,
+      min_rating,
+    )
     ids, titles, genres = [], [], []
     movies = directory / "movies.dat"
     for line_no, f in split_lines(movies, "::", encoding="latin-1"):
@@ -195,9 +223,13 @@ def load_ml1m(directory: str | pathlib.Path, min_rating: float = 0.0):
       titles.append(f[1].strip())
       genres.append(f[2].strip().replace("|", ", "))
     return ds.from_events(
-      "ml-1m", users, items, keys, item_catalog_ids=np.array(ids),
+      "ml-1m",
+      users,
+      items,
+      keys,
+      item_catalog_ids=np.array(ids),
       item_fields={"title": titles, "genres": genres},
-    )  # fmt: skip
+    )
   csv_path = directory / "ratings_no_time.csv.gz"
   name, rows = csv_rows(csv_path)
   users, items, keys = _ratings(

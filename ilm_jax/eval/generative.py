@@ -73,9 +73,16 @@ def prompt_batches(prompt_encoder, prompts, batch_size, buckets):
 
 
 def per_prompt(
-  fn, encoder_params, llm_params, cf_table, prompt_encoder, prompts,
-  *, batch_size, buckets,
-) -> np.ndarray:  # fmt: skip
+  fn,
+  encoder_params,
+  llm_params,
+  cf_table,
+  prompt_encoder,
+  prompts,
+  *,
+  batch_size,
+  buckets,
+) -> np.ndarray:
   """``fn(encoder_params, llm_params, cf_table, batch)`` -> float[B, ...],
   jitted and run over prompt batches; float32[N, ...] rows in prompt order."""
   fn = jax.jit(fn)
@@ -141,9 +148,15 @@ def rank_items(
   """
   out = np.full((len(prompts), num_beams), -1, np.int32)
   for chunk, x, mask in _embedded_batches(
-    model, encoder_params, llm_params, cf_table, prompt_encoder, prompts,
-    batch_size, buckets,
-  ):  # fmt: skip
+    model,
+    encoder_params,
+    llm_params,
+    cf_table,
+    prompt_encoder,
+    prompts,
+    batch_size,
+    buckets,
+  ):
     beams = beam_search(
       model.decoder,
       llm_params,
@@ -187,9 +200,15 @@ def generate_texts(
   out = [""] * len(prompts)
   eos = tuple(int(i) for i in prompt_encoder.tokenizer.eos_ids)
   for chunk, x, mask in _embedded_batches(
-    model, encoder_params, llm_params, cf_table, prompt_encoder, prompts,
-    batch_size, buckets,
-  ):  # fmt: skip
+    model,
+    encoder_params,
+    llm_params,
+    cf_table,
+    prompt_encoder,
+    prompts,
+    batch_size,
+    buckets,
+  ):
     gen = generate(
       model.decoder,
       llm_params,

@@ -110,9 +110,13 @@ def bar_plot(
     if any(s is not None for s in ses):
       yerr = [0.0 if s is None else s for s in ses]
     ax.bar(
-      xs, [values.get(m, 0.0) for m in metrics], width, yerr=yerr,
-      capsize=3 if yerr is not None else 0, label=model,
-    )  # fmt: skip
+      xs,
+      [values.get(m, 0.0) for m in metrics],
+      width,
+      yerr=yerr,
+      capsize=3 if yerr is not None else 0,
+      label=model,
+    )
   ax.set_xticks([i + 0.4 - width / 2 for i in range(len(metrics))])
   ax.set_xticklabels(metrics)
   ax.set_title(title)

@@ -46,11 +46,17 @@ def prompt_queries(
   batch_size,
   buckets,
 ) -> np.ndarray:
-  """float32[N, D] unit retrieval queries of N prompts."""  # fmt: skip
+  """float32[N, D] unit retrieval queries of N prompts."""
   return per_prompt(
-    model.retrieval_queries, encoder_params, llm_params, cf_table,
-    prompt_encoder, prompts, batch_size=batch_size, buckets=buckets,
-  )  # fmt: skip
+    model.retrieval_queries,
+    encoder_params,
+    llm_params,
+    cf_table,
+    prompt_encoder,
+    prompts,
+    batch_size=batch_size,
+    buckets=buckets,
+  )
 
 
 def retrieval_metrics(

@@ -144,9 +144,13 @@ def evaluate(
   """
   num_items = cf_table.shape[0] - num_users
   item_feats = encode_entities(
-    model, params, cf_table, np.arange(num_items) + num_users,
-    np.full(num_items, ITEM_TYPE), batch_size,
-  )  # fmt: skip
+    model,
+    params,
+    cf_table,
+    np.arange(num_items) + num_users,
+    np.full(num_items, ITEM_TYPE),
+    batch_size,
+  )
   out = {f"item_chance_at_{k}": k / num_items}
   if examples.has_text and token_ids is not None:
     text_feats = encode_texts(model, params, token_ids, text_mask, batch_size)
@@ -161,9 +165,13 @@ def evaluate(
       continue
     if user_queries:
       queries = encode_entities(
-        model, params, cf_table, pairs[:, 0],
-        np.full(len(pairs), USER_TYPE), batch_size,
-      )  # fmt: skip
+        model,
+        params,
+        cf_table,
+        pairs[:, 0],
+        np.full(len(pairs), USER_TYPE),
+        batch_size,
+      )
     else:
       queries = item_feats[pairs[:, 0]]
     recall, acc = heldout_retrieval(

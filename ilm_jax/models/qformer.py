@@ -192,8 +192,9 @@ class QFormer(nn.Module):
     """CF vectors float32[B, d] and int32[B] types -> float32[B, T, D]."""
     cfg = self.config
     if cf.shape[-1] != cfg.cf_dim:
-      raise ValueError(f"CF vectors have width {cf.shape[-1]}, config.cf_dim "
-                       f"is {cfg.cf_dim}")  # fmt: skip
+      raise ValueError(
+        f"CF vectors have width {cf.shape[-1]}, config.cf_dim is {cfg.cf_dim}"
+      )
     tokens = self.cf_proj(cf).reshape(cf.shape[0], cfg.num_cf_tokens, -1)
     tokens = tokens + self.entity_type_embed(types)[:, None, :]
     return self.cf_norm(tokens)

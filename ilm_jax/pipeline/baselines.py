@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import pathlib
 
 import ml_collections
 import tensorboardX
 
+from ilm_jax import files
 from ilm_jax.data import load_split
 from ilm_jax.eval import full_ranking, report
 from ilm_jax.pipeline.cf import cf_table
@@ -40,10 +40,13 @@ def run_baselines(
       results[name][split_name] = {}
       for mode in MODES:
         results[name][split_name][mode] = full_ranking.evaluate_scorer(
-          score_fn, targets, split.num_items,
+          score_fn,
+          targets,
+          split.num_items,
           seen=seen if mode == "filtered" else None,
-          ks=tuple(config.eval.ks), batch_size=config.eval.batch_size,
-        )  # fmt: skip
+          ks=tuple(config.eval.ks),
+          batch_size=config.eval.batch_size,
+        )
   write_results(results, workdir / EVAL_DIR, "baselines", config)
   return results
 
@@ -55,7 +58,7 @@ def write_results(results: dict, out: pathlib.Path, name: str, config) -> str:
     The markdown tables (also logged).
   """
   out.mkdir(parents=True, exist_ok=True)
-  (out / f"{name}.json").write_text(json.dumps(results, indent=2))
+  files.write_json(out / f"{name}.json", results)
   text = [f"# {name}: {config.dataset.name}\n"]
   writer = tensorboardX.SummaryWriter(str(out / "tensorboard"))
   splits = list(dict.fromkeys(s for r in results.values() for s in r))
@@ -71,9 +74,10 @@ def write_results(results: dict, out: pathlib.Path, name: str, config) -> str:
       title = f"{split_name}, {mode}"
       text.append(report.markdown_table(rows, title))
       report.bar_plot(
-        rows, out / f"{name}_{split_name}_{mode}.png",
+        rows,
+        out / f"{name}_{split_name}_{mode}.png",
         f"{config.dataset.name}: {title}",
-      )  # fmt: skip
+      )
       for model, values in rows.items():
         for metric, value in values.items():
           tag = f"{name}/{split_name}/{mode}/{model}/{metric}".replace(
@@ -82,7 +86,7 @@ def write_results(results: dict, out: pathlib.Path, name: str, config) -> str:
           writer.add_scalar(tag, value, 0)
   writer.close()
   markdown = "\n".join(text)
-  (out / f"{name}.md").write_text(markdown)
+  files.write_text(out / f"{name}.md", markdown)
   return markdown
 
 

@@ -14,6 +14,7 @@ import ml_collections
 import tqdm
 from absl import logging
 
+from ilm_jax import files
 from ilm_jax.cf import table as table_lib
 from ilm_jax.cf.als import ALSConfig, train_als
 from ilm_jax.data import LeaveOneOutSplit, load_split
@@ -25,17 +26,27 @@ CF_DIR = "cf"
 def als_config(config: ml_collections.ConfigDict) -> ALSConfig:
   c = config.cf
   return ALSConfig(
-    dim=c.dim, reg=c.reg, alpha=c.alpha, sweeps=c.sweeps, seed=config.seed,
-    solver=c.solver, cg_steps=c.cg_steps,
-  )  # fmt: skip
+    dim=c.dim,
+    reg=c.reg,
+    alpha=c.alpha,
+    sweeps=c.sweeps,
+    seed=config.seed,
+    solver=c.solver,
+    cg_steps=c.cg_steps,
+  )
 
 
 def _provenance(config: ml_collections.ConfigDict) -> dict:
   """What the table depends on; a saved table with other values is stale."""
   return json.loads(
-    json.dumps({"cf": config.cf.to_dict(), "dataset": config.dataset.to_dict(),
-                "seed": config.seed})
-  )  # fmt: skip
+    json.dumps(
+      {
+        "cf": config.cf.to_dict(),
+        "dataset": config.dataset.to_dict(),
+        "seed": config.seed,
+      }
+    )
+  )
 
 
 def cf_table(
@@ -57,7 +68,7 @@ def cf_table(
   meta = out / table_lib.META_FILE
   split = split if split is not None else load_split(config.dataset)
   if meta.exists():
-    saved = json.loads(meta.read_text()).get("config")
+    saved = files.read_json(meta).get("config")
     if saved == _provenance(config):
       logging.info("cf: reusing the table in %s", out)
       return _checked(table_lib.load_cf_table(out), split, out)
@@ -82,9 +93,14 @@ def _train(config, split: LeaveOneOutSplit, out: pathlib.Path):
   cfg = als_config(config)
   with tqdm.tqdm(total=cfg.sweeps, desc="ALS sweeps", unit="sweep") as bar:
     table, info = train_als(
-      users, items, split.num_users, split.num_items, cfg, mesh=mesh,
+      users,
+      items,
+      split.num_users,
+      split.num_items,
+      cfg,
+      mesh=mesh,
       progress=lambda done, seconds: bar.update(done - bar.n),
-    )  # fmt: skip
+    )
   table.save(out, config=_provenance(config))
   stats = {
     "users": split.num_users,
@@ -92,6 +108,6 @@ def _train(config, split: LeaveOneOutSplit, out: pathlib.Path):
     "train_interactions": int(len(users)),
     "als_seconds": info["seconds"],
   }
-  (out / "metrics.json").write_text(json.dumps(stats, indent=2))
+  files.write_json(out / "metrics.json", stats)
   logging.info("cf: %s", stats)
   return table

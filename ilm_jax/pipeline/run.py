@@ -12,6 +12,7 @@ import pathlib
 
 import ml_collections
 
+from ilm_jax import files
 from ilm_jax.pipeline import stage1, stage2
 from ilm_jax.pipeline.baselines import run_baselines
 from ilm_jax.pipeline.cf import cf_table
@@ -37,13 +38,15 @@ def run(
     raise ValueError(f"unknown stage {stage!r}; choose from {STAGES}")
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+  files.write_text(
+    workdir / "config.json", config.to_json_best_effort(indent=2)
+  )
   todo = list(_RUNNERS) if stage == "all" else [stage]
   results = {name: _RUNNERS[name](config, workdir) for name in todo}
   # Merge with what earlier invocations wrote, so running stages one at a
   # time leaves the same results.json as running them all.
   path = workdir / "results.json"
-  merged = json.loads(path.read_text()) if path.exists() else {}
+  merged = files.read_json(path) if path.exists() else {}
   merged.update(json.loads(json.dumps(results, default=str)))
-  path.write_text(json.dumps(merged, indent=2))
+  files.write_json(path, merged)
   return results

@@ -24,6 +24,7 @@ import ml_collections
 import numpy as np
 from flax import linen as nn
 
+from ilm_jax import files
 from ilm_jax.checkpoint import manager as ckpt
 from ilm_jax.convert import bert as convert_bert
 from ilm_jax.data import load_split
@@ -130,7 +131,7 @@ def _save_model_file(out: pathlib.Path, model: Stage1Model, qcfg) -> None:
     "tokenizer_dir": str(bert_dir) if qcfg.bert_path else "",
   }
   out.mkdir(parents=True, exist_ok=True)
-  (out / MODEL_FILE).write_text(json.dumps(info, indent=2))
+  files.write_json(out / MODEL_FILE, info)
 
 
 def load_stage1_qformer(stage1_dir: str | pathlib.Path):
@@ -147,7 +148,7 @@ def load_stage1_qformer(stage1_dir: str | pathlib.Path):
   path = stage1_dir / MODEL_FILE
   if not path.exists():
     raise FileNotFoundError(f"{path}: no stage-1 Q-Former here (run stage1)")
-  info = json.loads(path.read_text())
+  info = files.read_json(path)
   qformer = QFormerConfig(
     BertConfig(**info["bert"]),
     num_queries=info["num_queries"],
@@ -210,28 +211,49 @@ def run(
 
   def loss_fn(params, frozen, batch, rng):
     return mix_lib.stage1_loss(
-      model, params, frozen, batch, rng, loss_mix, table.num_users,
+      model,
+      params,
+      frozen,
+      batch,
+      rng,
+      loss_mix,
+      table.num_users,
       tokenizer.decoder_id,
-    )  # fmt: skip
+    )
 
   def eval_fn(params, step):
     del step
     return evaluate(
-      model, jax.device_get(params), cf, table.num_users, examples,
-      token_ids, text_mask, k=int(s1.eval.k),
+      model,
+      jax.device_get(params),
+      cf,
+      table.num_users,
+      examples,
+      token_ids,
+      text_mask,
+      k=int(s1.eval.k),
       num_candidates=int(s1.eval.candidates),
-      batch_size=int(s1.eval.batch_size), seed=seed,
-    )  # fmt: skip
+      batch_size=int(s1.eval.batch_size),
+      seed=seed,
+    )
 
   _save_model_file(out, model, qcfg)
   start_metrics = _start_evaluation(out, eval_fn, params)
   mesh = mesh_lib.make_mesh(tuple(config.mesh.shape))
   result = loop.train(
-    loss_fn, params, specs, data, s1.train, out, mesh=mesh,
+    loss_fn,
+    params,
+    specs,
+    data,
+    s1.train,
+    out,
+    mesh=mesh,
     rules=config.mesh.rules,
-    frozen=cf, run_config=json.loads(config.to_json_best_effort()),
-    eval_fn=eval_fn, desc="stage1",
-  )  # fmt: skip
+    frozen=cf,
+    run_config=json.loads(config.to_json_best_effort()),
+    eval_fn=eval_fn,
+    desc="stage1",
+  )
   final = dict(result.metrics)
   final.update({f"start/{k}": v for k, v in start_metrics.items()})
   final["objectives"] = ",".join(loss_mix.weights)

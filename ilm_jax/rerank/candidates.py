@@ -194,9 +194,10 @@ def rank_summary(lists: CandidateLists, num_candidates: int) -> dict:
   present = ranks[ranks >= 0] + 1
   out = {
     "examples": len(ranks),
-    f"recall@{num_candidates}": float(np.mean(ranks >= 0)) if len(ranks)
+    f"recall@{num_candidates}": float(np.mean(ranks >= 0))
+    if len(ranks)
     else 0.0,
-  }  # fmt: skip
+  }
   if len(present):
     out["rank_mean"] = float(present.mean())
     for lo, hi in ((1, 5), (6, 10), (11, 20)):

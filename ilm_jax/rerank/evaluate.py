@@ -23,14 +23,27 @@ NULLS = ("retriever", "shuffled")
 
 
 def score_prompts(
-  model, encoder_params, llm_params, cf_table, prompt_encoder, prompts,
-  *, batch_size: int, buckets,
-) -> np.ndarray:  # fmt: skip
+  model,
+  encoder_params,
+  llm_params,
+  cf_table,
+  prompt_encoder,
+  prompts,
+  *,
+  batch_size: int,
+  buckets,
+) -> np.ndarray:
   """float32[R, N] candidate log-likelihoods, in each prompt's list order."""
   return per_prompt(
-    model.candidate_scores, encoder_params, llm_params, cf_table,
-    prompt_encoder, prompts, batch_size=batch_size, buckets=buckets,
-  )  # fmt: skip
+    model.candidate_scores,
+    encoder_params,
+    llm_params,
+    cf_table,
+    prompt_encoder,
+    prompts,
+    batch_size=batch_size,
+    buckets=buckets,
+  )
 
 
 def reorder(ranked: np.ndarray, shown: np.ndarray, scores: np.ndarray):
@@ -97,16 +110,33 @@ def evaluate_lists(
 
 
 def evaluate_task(
-  model, encoder_params, llm_params, cf_table, prompt_encoder, lists,
-  shown, prompts, *, batch_size, buckets, ks=M.DEFAULT_KS, seed=0,
-) -> dict:  # fmt: skip
+  model,
+  encoder_params,
+  llm_params,
+  cf_table,
+  prompt_encoder,
+  lists,
+  shown,
+  prompts,
+  *,
+  batch_size,
+  buckets,
+  ks=M.DEFAULT_KS,
+  seed=0,
+) -> dict:
   """Scores ``prompts`` (one per list) and evaluates (``evaluate_lists``),
   adding "seconds"."""
   start = time.time()
   scores = score_prompts(
-    model, encoder_params, llm_params, cf_table, prompt_encoder, prompts,
-    batch_size=batch_size, buckets=buckets,
-  )  # fmt: skip
+    model,
+    encoder_params,
+    llm_params,
+    cf_table,
+    prompt_encoder,
+    prompts,
+    batch_size=batch_size,
+    buckets=buckets,
+  )
   out = evaluate_lists(lists, shown, scores, ks, seed)
   out["seconds"] = time.time() - start
   return out

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import math
 import pathlib
 
 import numpy as np
 from tensorboardX import SummaryWriter
+
+from ilm_jax import files
 
 METRICS_FILE = "metrics.json"
 TENSORBOARD_DIR = "tensorboard"
@@ -31,7 +32,7 @@ class MetricsLog:
     self.workdir.mkdir(parents=True, exist_ok=True)
     self.path = self.workdir / METRICS_FILE
     if self.path.exists():
-      self.history = json.loads(self.path.read_text())
+      self.history = files.read_json(self.path)
     else:
       self.history = {"train": [], "eval": [], "final": {}}
     self._writer = SummaryWriter(str(self.workdir / TENSORBOARD_DIR))
@@ -58,9 +59,7 @@ class MetricsLog:
     self._flush()
 
   def _flush(self):
-    tmp = self.path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(self.history, indent=1))
-    tmp.replace(self.path)
+    files.write_json(self.path, self.history, indent=1)
     self._writer.flush()
 
   def close(self):

@@ -128,9 +128,9 @@ def collate(
       raise ValueError(f"example of {n} tokens does not fit length {length}")
     out["tokens"][r, :n] = e.tokens
     out["input_mask"][r, :n] = True
-    out["positions"][r, :n] = np.arange(n) if e.positions is None else (
-      e.positions
-    )  # fmt: skip
+    out["positions"][r, :n] = (
+      np.arange(n) if e.positions is None else (e.positions)
+    )
     if e.segment is not None:
       out["segment_ids"][r, :n] = e.segment
     local = np.where(

@@ -1,0 +1,96 @@
+"""Tiny shapes and configs that several test files build on.
+
+Shared here rather than imported from one test module into another: a test
+file's private helpers can change with its tests.
+"""
+
+import dataclasses
+import json
+import pathlib
+import tempfile
+
+from ilm_jax.data import prompts as P
+from ilm_jax.experiment_config import base_config, small_budget
+from ilm_jax.models.bert import BertConfig
+from ilm_jax.models.qformer import QFormerConfig
+
+# A soft-token encoder's shape for model-level tests (no data behind it).
+NUM_USERS, NUM_ITEMS, CF_DIM = 5, 9, 8
+MODEL_QCFG = QFormerConfig(
+  bert=BertConfig(
+    vocab_size=32,
+    hidden_size=16,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=32,
+  ),
+  num_queries=3,
+  num_cf_tokens=2,
+  cf_dim=CF_DIM,
+)
+
+# The Q-Former shape of ``stage2_config`` (stage-level tests on real data).
+STAGE2_QCFG = QFormerConfig(
+  bert=BertConfig(
+    vocab_size=40,
+    hidden_size=16,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=32,
+    max_position_embeddings=64,
+  ),
+  num_queries=2,
+  num_cf_tokens=2,
+  cf_dim=8,
+)
+
+
+def tiny_bert_config_dir() -> str:
+  """A directory with only a tiny BERT's config.json (a random Q-Former's
+  shape needs no weights)."""
+  directory = pathlib.Path(tempfile.mkdtemp(prefix="tiny_bert_"))
+  fields = {
+    k: v
+    for k, v in dataclasses.asdict(STAGE2_QCFG.bert).items()
+    if k != "vocab_size"
+  }
+  fields["vocab_size"] = 40
+  (directory / "config.json").write_text(json.dumps(fields))
+  return str(directory)
+
+
+def stage2_config(**stage2_fields):
+  c = small_budget(base_config())
+  # The random Q-Former (ILM-rand) takes the shape of config.qformer, as
+  # stage 1 would build it.
+  c.qformer.bert_path = tiny_bert_config_dir()
+  c.qformer.num_layers = 2
+  c.qformer.num_queries = 2
+  c.qformer.num_cf_tokens = 2
+  c.qformer.max_text_length = 12
+  c.dataset.max_users = 24
+  c.cf.dim, c.cf.sweeps = 8, 2
+  s = c.stage2
+  s.llm = "tiny"
+  s.init = "random"  # no stage-1 run in these workdirs
+  s.examples_per_task = 16
+  s.length_buckets = (128, 256)
+  s.batch_size = 8  # the 8 fake devices of the data axis
+  s.train.num_steps = 3
+  s.train.checkpoint_every = 3
+  s.train.progress_bar = False
+  s.eval.max_users = 4
+  s.eval.batch_size = 4
+  s.eval.splits = ("valid",)
+  s.eval.max_text_prompts = 4
+  s.tasks = P.ALL_TASKS
+  s.eval.tasks = P.TASKS
+  s.rerank.tasks = P.RERANK_TASKS
+  # Character tokens: short candidate names keep re-ranking prompts short.
+  s.rerank.labels = "letters"
+  s.list_tokens = 1
+  s.rerank.max_users = 6
+  s.rerank.batch_size = 4
+  for key, value in stage2_fields.items():
+    setattr(s, key, value)
+  return c
