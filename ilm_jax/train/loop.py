@@ -16,6 +16,7 @@ XLA inserts the gathers.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import pathlib
@@ -124,10 +125,11 @@ class Trainer:
     shape = dict(self.mesh.shape)
     return shape.get("data", 1) * shape.get("fsdp", 1)
 
-  def _context(self):
-    stack = _Contexts(
-      jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules)
-    )
+  def _context(self) -> contextlib.ExitStack:
+    """The mesh and the logical-axis rules, entered together."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(jax.set_mesh(self.mesh))
+    stack.enter_context(nn.logical_axis_rules(self.rules))
     return stack
 
   def init_state(self, params) -> TrainState:
@@ -217,23 +219,6 @@ class Trainer:
       if self._step_fn is None:
         self._step_fn = self._build(state, frozen, batch)
       return self._step_fn(state, frozen, batch)
-
-
-class _Contexts:
-  """Enters several context managers as one."""
-
-  def __init__(self, *managers):
-    self._managers = managers
-
-  def __enter__(self):
-    for m in self._managers:
-      m.__enter__()
-    return self
-
-  def __exit__(self, *exc):
-    for m in reversed(self._managers):
-      m.__exit__(*exc)
-    return False
 
 
 @dataclasses.dataclass

@@ -17,11 +17,8 @@ FROZEN = "frozen"
 
 
 def param_path(path) -> str:
-  """'a/b/c' from a jax key path."""
-  return "/".join(
-    str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
-    for k in path
-  )
+  """'a/b/c' from a jax key path (what freeze and decay regexes match)."""
+  return jax.tree_util.keystr(path, simple=True, separator="/")
 
 
 def learning_rate_schedule(config) -> optax.Schedule:
