@@ -127,10 +127,18 @@ def load_params(
   directory = pathlib.Path(directory).absolute()
   if not directory.exists():
     raise FileNotFoundError(f"{directory}: no checkpoints here")
+  # Handlers named up front and read-only options spelled out, so orbax
+  # restores quietly instead of warning about what it had to guess.
   with ocp.CheckpointManager(
     directory,
-    item_names=(STATE, DATA, CONFIG),
-    options=ocp.CheckpointManagerOptions(read_only=True),
+    item_handlers={
+      STATE: ocp.StandardCheckpointHandler(),
+      DATA: ocp.JsonCheckpointHandler(),
+      CONFIG: ocp.JsonCheckpointHandler(),
+    },
+    options=ocp.CheckpointManagerOptions(
+      read_only=True, create=False, save_interval_steps=0
+    ),
   ) as manager:
     step = manager.latest_step() if step is None else step
     if step is None:
