@@ -229,3 +229,21 @@ def test_restarting_a_finished_run_keeps_its_results(tmp_path):
   assert again.metrics == pytest.approx(first.metrics)
   assert {"loss", "mse", "score"} <= set(again.metrics)
   assert (tmp_path / "metrics.json").read_text() == history
+
+
+def test_non_finite_parameters_are_never_saved(tmp_path):
+  # A NaN learning rate keeps the first loss and gradient finite but makes
+  # every parameter NaN; a one-step run must not save or report that.
+  params, specs, frozen = _toy_setup()
+  with pytest.raises(loop.NonFiniteLossError, match="non-finite parameters"):
+    loop.train(
+      _toy_loss,
+      params,
+      specs,
+      ToyData(),
+      _config(num_steps=1, learning_rate=float("nan"), warmup_steps=0),
+      tmp_path,
+      mesh=_mesh(),
+      frozen=frozen,
+    )
+  assert not list((tmp_path / loop.CHECKPOINT_DIR).glob("1"))

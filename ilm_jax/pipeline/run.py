@@ -12,7 +12,7 @@ import pathlib
 
 import ml_collections
 
-from ilm_jax import files
+from ilm_jax import config_checks, files
 from ilm_jax.pipeline import stage1, stage2
 from ilm_jax.pipeline.baselines import run_baselines
 from ilm_jax.pipeline.cf import cf_table
@@ -36,6 +36,7 @@ def run(
   """Runs ``stage`` (or all stages) and returns {stage: its results}."""
   if stage not in STAGES:
     raise ValueError(f"unknown stage {stage!r}; choose from {STAGES}")
+  config_checks.check(config)  # bad values fail now, naming the field
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   files.write_text(

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import linen as nn
@@ -253,6 +254,34 @@ def _check_finite(step: int, metrics: dict, manager) -> None:
     )
 
 
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  return jax.tree.reduce(
+    jnp.logical_and,
+    jax.tree.map(lambda x: jnp.all(jnp.isfinite(x)), tree),
+    jnp.array(True),
+  )
+
+
+def _save_checked(manager, step, state, data, run_config, force=False):
+  """Saves a checkpoint the policy (or ``force``) asks for, once its params
+  are known finite: a finite loss does not guarantee finite params (a NaN
+  learning rate turns them all NaN after the update), and a NaN checkpoint
+  would be resumed from and evaluated as if it were a model."""
+  if not (force or manager.should_save(step)):
+    return
+  if not bool(_all_finite(state.params)):
+    manager.wait_until_finished()
+    last = manager.latest_step()
+    kept = f"step {last}" if last is not None else "none saved yet"
+    raise NonFiniteLossError(
+      f"non-finite parameters after step {step}; not saved. Last good "
+      f"checkpoint: {kept} in {manager.directory}. Lower the learning rate "
+      "or check the inputs, then rerun to resume."
+    )
+  ckpt.save(manager, step, state, data.get_state(), run_config, force=force)
+
+
 def train(
   loss_fn: LossFn,
   params,
@@ -353,11 +382,9 @@ def train(
         bar.set_postfix(loss=f"{last_metrics['loss']:.4f}")
       if eval_fn is not None and eval_every > 0 and step % eval_every == 0:
         log.write("eval", step, eval_fn(state.params, step))
-      ckpt.save(manager, step, state, data.get_state(), run_config)
+      _save_checked(manager, step, state, data, run_config)
     if manager.latest_step() != num_steps and num_steps > start:
-      ckpt.save(
-        manager, num_steps, state, data.get_state(), run_config, force=True
-      )
+      _save_checked(manager, num_steps, state, data, run_config, force=True)
     manager.wait_until_finished()
     if eval_fn is not None:
       final_eval = eval_fn(state.params, num_steps)
