@@ -14,6 +14,8 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from ilm_jax.eval import evaluations
+
 
 class ConfigError(ValueError):
   """A config value that cannot run; the message names the field."""
@@ -153,6 +155,11 @@ def check(config: Mapping) -> None:
       raise ConfigError(
         f"config.eval.ks = {ks!r}: must be one or more integers >= 1"
       )
+  if _present(config, "stage2.evaluations"):
+    try:
+      evaluations.parse(_get(config, "stage2.evaluations"))
+    except ValueError as error:  # names the entry and the allowed values
+      raise ConfigError(f"config.{error}") from None
   if _present(config, "stage2.length_buckets"):
     buckets = tuple(_get(config, "stage2.length_buckets"))
     if not buckets or list(buckets) != sorted(set(buckets)) or buckets[0] < 8:

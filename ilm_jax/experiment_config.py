@@ -24,6 +24,7 @@ from __future__ import annotations
 import ml_collections
 
 from ilm_jax.data import prompts as P
+from ilm_jax.eval import evaluations as E
 
 BUDGETS = ("cpu", "small", "full")
 # Logical-axis rules shared by all models: logical name -> mesh axes (a
@@ -146,10 +147,35 @@ def rerank_config() -> ml_collections.ConfigDict:
   # are held out of an inner ALS, whose lists for those positions train.
   c.train_holdout = 10
   c.examples_per_task = 2000  # training prompts per re-ranking task (cap)
-  c.tasks = P.RERANK_TASKS  # re-ranking tasks evaluated
   c.max_users = -1  # held-out users evaluated (-1 = all)
   c.batch_size = 8  # prompts per scoring call
   return c
+
+
+def full_evaluations() -> tuple[str, ...]:
+  """Every stage-2 evaluation: each task on both splits and template sets.
+
+  Item tasks by generation, then the text tasks (no split), then
+  re-ranking split by split (its candidate lists are built per split).
+  """
+  generate = [
+    f"{E.GENERATE}:{task}:{split}:{templates}"
+    for task in P.ITEM_TASKS
+    for split in E.SPLITS
+    for templates in E.TEMPLATE_SETS
+  ]
+  text = [
+    f"{E.TEXT}:{task}:{E.NO_SPLIT}:{templates}"
+    for task in E.TEXT_TASKS
+    for templates in E.TEMPLATE_SETS
+  ]
+  rerank = [
+    f"{E.RERANK}:{task}:{split}:{templates}"
+    for split in E.SPLITS
+    for task in P.RERANK_TASKS
+    for templates in E.TEMPLATE_SETS
+  ]
+  return tuple(generate + text + rerank)
 
 
 def stage2_config() -> ml_collections.ConfigDict:
@@ -184,6 +210,9 @@ def stage2_config() -> ml_collections.ConfigDict:
   # re-ranking prompt of 20 history items and 20 candidates fits 512).
   c.list_tokens = 2
   c.rerank = rerank_config()
+  # What is evaluated: "kind:task:split:templates" entries
+  # (ilm_jax.eval.evaluations); results and reports keep this order.
+  c.evaluations = full_evaluations()
   # Retrieval head (beyond the paper): in-batch softmax loss weight beside
   # the generative loss; > 0 adds the head and reports its full ranking.
   c.retrieval_weight = 0.0
@@ -198,9 +227,6 @@ def stage2_config() -> ml_collections.ConfigDict:
   c.eval.num_beams = 10  # beams = length of the ranked list
   c.eval.max_users = -1  # held-out users evaluated (-1 = all)
   c.eval.batch_size = 32  # prompts per beam-search call
-  c.eval.splits = ("valid", "test")  # held-out splits ("valid", "test")
-  c.eval.templates = ("seen", "unseen")  # template sets
-  c.eval.tasks = P.TASKS  # tasks evaluated (item tasks rank, text tasks SC)
   c.eval.max_text_prompts = 200  # items / users per text task (-1 = all)
   c.eval.keep_examples = 5  # generated texts kept in results.json
   return c
@@ -265,12 +291,16 @@ def cpu_budget(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   s2.train.checkpoint_every = 50
   s2.rerank.labels = "letters"
   s2.rerank.examples_per_task = 1000
-  s2.rerank.tasks = (P.RERANK,)
   s2.eval.max_users = 24
   s2.eval.batch_size = 8
-  s2.eval.splits = ("test",)
-  s2.eval.templates = ("unseen",)
-  s2.eval.tasks = (P.SEQUENTIAL, P.DESCRIPTION, P.PROFILE)
+  # Test split, held-out templates: sequential generation, both text
+  # tasks and re-ranking.
+  s2.evaluations = (
+    "generate:sequential:test:unseen",
+    "text:description:-:unseen",
+    "text:profile:-:unseen",
+    "rerank:rerank:test:unseen",
+  )
   s2.eval.max_text_prompts = 8
   return c
 

@@ -11,8 +11,9 @@ time is measured) and times, per length bucket,
 * one re-ranking scoring call (``stage2.rerank.batch_size`` prompts),
 
 then projects the wall time of the config's stage 2: its training steps
-(spread over buckets as its examples are) and its evaluation (users, tasks,
-splits, template sets). Writes ``bench_stage2.json`` to --workdir.
+(spread over buckets as its examples are) and its evaluation (users and
+the evaluations ``stage2.evaluations`` declares). Writes
+``bench_stage2.json`` to --workdir.
 
   python launch/bench_stage2.py --config=configs/default.py \
       --workdir=workdir/bench_stage2
@@ -42,6 +43,7 @@ from ilm_jax.data.stage2.sampling import (
   evaluation_prompts,
   text_evaluation_prompts,
 )
+from ilm_jax.eval import evaluations as E
 from ilm_jax.eval import generative
 from ilm_jax.eval.full_ranking import dot_product_scorer
 from ilm_jax.pipeline import stage2
@@ -94,6 +96,7 @@ def main(argv):
   console.quiet_by_default()
   config = _CONFIG.value
   c = config.stage2
+  evaluations = E.parse(c.evaluations)  # the projection counts them
   buckets = tuple(c.length_buckets)
   split = load_split(config.dataset)
   index = make_index(split, config.dataset.indexing, config.seed)
@@ -122,9 +125,13 @@ def main(argv):
   records = os.path.join(tempfile.mkdtemp(prefix="bench_stage2"), "train")
   write_stage2_records(records, examples)
   data = BucketBatches(
-    records, c.batch_size, buckets, c.max_answer_tokens, encoder.pad_id,
+    records,
+    c.batch_size,
+    buckets,
+    c.max_answer_tokens,
+    encoder.pad_id,
     num_users=split.num_users if c.retrieval_weight > 0 else None,
-  )  # fmt: skip
+  )
   share = {
     _group_name(data.buckets[b], r): len(m) / len(examples)
     for (b, r), m in zip(data.groups, data.members)
@@ -150,57 +157,89 @@ def main(argv):
     print(f"train L={length}: first {times[0]:.1f}s, step {train[length]}")
   params = jax.device_get(state.params)
   users = np.arange(c.eval.batch_size)
-  seq = evaluation_prompts(split, "test", False, users, P.SEQUENTIAL,
-                              c.max_history)  # fmt: skip
+  seq = evaluation_prompts(
+    split, "test", False, users, P.SEQUENTIAL, c.max_history
+  )
   common = dict(batch_size=c.eval.batch_size, buckets=buckets)
   beam = [
-    _timed(lambda: generative.rank_items(
-      model, params, llm_params, cf, encoder, seq, trie,
-      num_beams=c.eval.num_beams, **common,
-    ))
+    _timed(
+      lambda: generative.rank_items(
+        model,
+        params,
+        llm_params,
+        cf,
+        encoder,
+        seq,
+        trie,
+        num_beams=c.eval.num_beams,
+        **common,
+      )
+    )
     for _ in range(2)
-  ]  # fmt: skip
+  ]
   desc = text_evaluation_prompts(split, P.DESCRIPTION, False, users)
   text = [
-    _timed(lambda: generative.generate_texts(
-      model, params, llm_params, cf, encoder, desc,
-      max_new_tokens=c.max_answer_tokens, **common,
-    ))
+    _timed(
+      lambda: generative.generate_texts(
+        model,
+        params,
+        llm_params,
+        cf,
+        encoder,
+        desc,
+        max_new_tokens=c.max_answer_tokens,
+        **common,
+      )
+    )
     for _ in range(2)
-  ]  # fmt: skip
+  ]
   print(f"beam search batch: {beam}, greedy text batch: {text}")
+  reranks = E.of_kind(evaluations, E.RERANK)
   scored = []
-  if c.rerank.tasks:
+  if reranks:
     lists = candidates.evaluation_lists(
-      split, "test", np.arange(c.rerank.batch_size),
+      split,
+      "test",
+      np.arange(c.rerank.batch_size),
       dot_product_scorer(cf[: split.num_users], cf[split.num_users :]),
       rerank.list_length(c, ks),
-    )  # fmt: skip
+    )
     shown = shown_order(lists, c.rerank.num_candidates, c.rerank.order, 0)
     prompts = rerank_prompts(
-      lists, shown, c.rerank.tasks[0], False, split.catalog, c.max_history,
-      0, True,
-    )  # fmt: skip
+      lists,
+      shown,
+      reranks[0].task,
+      False,
+      split.catalog,
+      c.max_history,
+      0,
+      True,
+    )
     scored = [
-      _timed(lambda: score_prompts(
-        model, params, llm_params, cf, encoder, prompts,
-        batch_size=int(c.rerank.batch_size), buckets=buckets,
-      ))
+      _timed(
+        lambda: score_prompts(
+          model,
+          params,
+          llm_params,
+          cf,
+          encoder,
+          prompts,
+          batch_size=int(c.rerank.batch_size),
+          buckets=buckets,
+        )
+      )
       for _ in range(2)
-    ]  # fmt: skip
+    ]
     print(f"re-ranking batch: {scored}")
   steps = int(c.train.num_steps)
   train_s = sum(
     train[b]["first"] + share[b] * steps * train[b]["step"] for b in train
   )
   users_n = c.eval.max_users if c.eval.max_users > 0 else split.num_users
-  item_tasks = [t for t in c.eval.tasks if t in P.ITEM_TASKS]
-  text_tasks = [t for t in c.eval.tasks if t not in P.ITEM_TASKS]
-  sets = len(c.eval.templates)
-  item_batches = -(-users_n // c.eval.batch_size) * len(item_tasks)
-  item_batches *= len(c.eval.splits) * sets
+  item_batches = -(-users_n // c.eval.batch_size)
+  item_batches *= len(E.of_kind(evaluations, E.GENERATE))
   text_batches = -(-c.eval.max_text_prompts // c.eval.batch_size)
-  text_batches *= len(text_tasks) * sets
+  text_batches *= len(E.of_kind(evaluations, E.TEXT))
   eval_s = beam[0] + item_batches * beam[1] + text[0] + text_batches * text[1]
   rerank_batches = 0
   if scored:
@@ -208,27 +247,33 @@ def main(argv):
       c.rerank.max_users if c.rerank.max_users > 0 else split.num_users
     )
     rerank_batches = -(-rerank_users // int(c.rerank.batch_size))
-    rerank_batches *= len(c.rerank.tasks) * len(c.eval.splits) * sets
+    rerank_batches *= len(reranks)
     eval_s += scored[0] + rerank_batches * scored[1]
   out = {
     "config": {
-      "steps": steps, "batch_size": int(c.batch_size), "buckets": buckets,
-      "bucket_share": share, "eval_users": users_n,
-      "item_eval_batches": item_batches, "text_eval_batches": text_batches,
+      "steps": steps,
+      "batch_size": int(c.batch_size),
+      "buckets": buckets,
+      "bucket_share": share,
+      "eval_users": users_n,
+      "item_eval_batches": item_batches,
+      "text_eval_batches": text_batches,
       "qformer_layers": config.qformer.num_layers,
-      "queries": config.qformer.num_queries, "llm": c.llm,
+      "queries": config.qformer.num_queries,
+      "llm": c.llm,
     },
     "train_seconds_per_bucket": train,
     "beam_search_batch_seconds": {"first": beam[0], "steady": beam[1]},
     "greedy_text_batch_seconds": {"first": text[0], "steady": text[1]},
     "rerank_batch_seconds": (
       {"first": scored[0], "steady": scored[1], "batches": rerank_batches}
-      if scored else None
+      if scored
+      else None
     ),
     "projected_train_seconds": train_s,
     "projected_eval_seconds": eval_s,
     "devices": [str(d) for d in jax.devices()][:1] + [len(jax.devices())],
-  }  # fmt: skip
+  }
   os.makedirs(_WORKDIR.value, exist_ok=True)
   path = os.path.join(_WORKDIR.value, "bench_stage2.json")
   with open(path, "w") as f:

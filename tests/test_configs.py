@@ -9,6 +9,7 @@ import pytest
 
 from ilm_jax import experiment_config as EC
 from ilm_jax.data import DATASETS
+from ilm_jax.eval.evaluations import parse
 from tests.conftest import REPO_ROOT
 
 CONFIG_FILES = sorted((REPO_ROOT / "configs").glob("*.py"))
@@ -26,7 +27,7 @@ def test_every_config_loads_under_every_budget(path):
   for budget in ("", *EC.BUDGETS):
     c = _load(path, budget)
     assert c.dataset.name in DATASETS
-    assert set(c.stage2.eval.splits) <= {"valid", "test"}
+    parse(c.stage2.evaluations)  # every declared evaluation is valid
   # No suffix is the CPU recipe in every file.
   assert _load(path).to_dict() == _load(path, "cpu").to_dict()
   with pytest.raises(ValueError, match="unknown config variant 'huge'"):
@@ -62,10 +63,62 @@ def test_budgets_are_ordered_by_size():
   assert small.dataset.max_users == 300 and cpu.dataset.max_users == -1
 
 
-def test_full_stage2_defaults_report_both_splits_and_template_sets():
+# What stage 2 evaluated before evaluations were declared: item tasks x
+# splits x template sets (beam search), text tasks x template sets,
+# re-ranking splits x tasks x template sets.
+FULL_EVALUATIONS = (
+  "generate:sequential:valid:seen",
+  "generate:sequential:valid:unseen",
+  "generate:sequential:test:seen",
+  "generate:sequential:test:unseen",
+  "generate:straightforward:valid:seen",
+  "generate:straightforward:valid:unseen",
+  "generate:straightforward:test:seen",
+  "generate:straightforward:test:unseen",
+  "generate:conversational:valid:seen",
+  "generate:conversational:valid:unseen",
+  "generate:conversational:test:seen",
+  "generate:conversational:test:unseen",
+  "text:description:-:seen",
+  "text:description:-:unseen",
+  "text:profile:-:seen",
+  "text:profile:-:unseen",
+  "rerank:rerank:valid:seen",
+  "rerank:rerank:valid:unseen",
+  "rerank:rerank_conversational:valid:seen",
+  "rerank:rerank_conversational:valid:unseen",
+  "rerank:rerank:test:seen",
+  "rerank:rerank:test:unseen",
+  "rerank:rerank_conversational:test:seen",
+  "rerank:rerank_conversational:test:unseen",
+)
+# The CPU recipes: test split, held-out templates; sequential generation,
+# both text tasks, re-ranking.
+CPU_EVALUATIONS = (
+  "generate:sequential:test:unseen",
+  "text:description:-:unseen",
+  "text:profile:-:unseen",
+  "rerank:rerank:test:unseen",
+)
+
+
+@pytest.mark.parametrize(
+  "budget, want",
+  [
+    ("full", FULL_EVALUATIONS),
+    ("cpu", CPU_EVALUATIONS),
+    ("small", CPU_EVALUATIONS),
+  ],
+)
+def test_declared_evaluations_of_each_budget(budget, want):
+  c = _load(REPO_ROOT / "configs" / "ml100k.py", budget)
+  assert tuple(c.stage2.evaluations) == want
+  # Names are the declared entries, in declared order.
+  assert tuple(e.name for e in parse(c.stage2.evaluations)) == want
+
+
+def test_full_stage2_defaults_evaluate_every_held_out_user():
   c = _load(REPO_ROOT / "configs" / "ml100k.py", "full")
-  assert tuple(c.stage2.eval.splits) == ("valid", "test")
-  assert tuple(c.stage2.eval.templates) == ("seen", "unseen")
   assert c.stage2.eval.max_users == -1  # every held-out user
   assert c.stage2.max_history == c.dataset.max_history == 20
 
@@ -99,7 +152,10 @@ def test_parsing_a_config_imports_no_jax():
     "print(json.dumps([n for n in sys.modules if n.split('.')[0] in heavy]))\n"
   )
   out = subprocess.run(
-    [sys.executable, "-c", code], capture_output=True, text=True, check=True,
+    [sys.executable, "-c", code],
+    capture_output=True,
+    text=True,
+    check=True,
     cwd=REPO_ROOT,
-  )  # fmt: skip
+  )
   assert json.loads(out.stdout.strip().splitlines()[-1]) == []

@@ -4,8 +4,6 @@ import copy
 import dataclasses
 import functools
 import json
-import pathlib
-import tempfile
 
 import jax
 import numpy as np
@@ -27,29 +25,15 @@ from ilm_jax.data.stage2.encoding import (
 from ilm_jax.data.stage2.records import write_stage2_records
 from ilm_jax.data.stage2.sampling import training_prompts
 from ilm_jax.eval import metrics as M
-from ilm_jax.experiment_config import base_config, loop_config, small_budget
-from ilm_jax.models.bert import BertConfig
+from ilm_jax.experiment_config import loop_config
 from ilm_jax.models.ilm import ItemLanguageModel, SoftTokenEncoder
 from ilm_jax.models.llm import Decoder
-from ilm_jax.models.qformer import QFormerConfig
 from ilm_jax.models.stage1_model import Stage1Model
 from ilm_jax.pipeline import cf as cf_stage
 from ilm_jax.pipeline import stage2
 from ilm_jax.train import loop
-
-QCFG = QFormerConfig(
-  bert=BertConfig(
-    vocab_size=40,
-    hidden_size=16,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    intermediate_size=32,
-    max_position_embeddings=64,
-  ),
-  num_queries=2,
-  num_cf_tokens=2,
-  cf_dim=8,
-)
+from tests.tiny import STAGE2_QCFG as QCFG
+from tests.tiny import stage2_config
 
 
 def _size(tree):
@@ -141,58 +125,9 @@ def _save_stage1(workdir):
 
 
 @functools.cache
-def _tiny_bert_config_dir() -> str:
-  """A directory with only a tiny BERT's config.json (a random Q-Former's
-  shape needs no weights)."""
-  directory = pathlib.Path(tempfile.mkdtemp(prefix="tiny_bert_"))
-  fields = {
-    k: v for k, v in dataclasses.asdict(QCFG.bert).items() if k != "vocab_size"
-  }
-  fields["vocab_size"] = 40
-  (directory / "config.json").write_text(json.dumps(fields))
-  return str(directory)
-
-
-def _config(**stage2_fields):
-  c = small_budget(base_config())
-  # The random Q-Former (ILM-rand) takes the shape of config.qformer, as
-  # stage 1 would build it.
-  c.qformer.bert_path = _tiny_bert_config_dir()
-  c.qformer.num_layers = 2
-  c.qformer.num_queries = 2
-  c.qformer.num_cf_tokens = 2
-  c.qformer.max_text_length = 12
-  c.dataset.max_users = 24
-  c.cf.dim, c.cf.sweeps = 8, 2
-  s = c.stage2
-  s.llm = "tiny"
-  s.init = "random"  # no stage-1 run in these workdirs
-  s.examples_per_task = 16
-  s.length_buckets = (128, 256)
-  s.batch_size = 8  # the 8 fake devices of the data axis
-  s.train.num_steps = 3
-  s.train.checkpoint_every = 3
-  s.train.progress_bar = False
-  s.eval.max_users = 4
-  s.eval.batch_size = 4
-  s.eval.splits = ("valid",)
-  s.eval.max_text_prompts = 4
-  s.tasks = P.ALL_TASKS
-  s.eval.tasks = P.TASKS
-  s.rerank.tasks = P.RERANK_TASKS
-  # Character tokens: short candidate names keep re-ranking prompts short.
-  s.rerank.labels = "letters"
-  s.list_tokens = 1
-  s.rerank.max_users = 6
-  s.rerank.batch_size = 4
-  for key, value in stage2_fields.items():
-    setattr(s, key, value)
-  return c
-
-
 def test_stage2_starts_from_stage1_checkpoint(tmp_path):
   saved = _save_stage1(tmp_path)
-  config = _config(init="stage1")
+  config = stage2_config(init="stage1")
   llm_config, _, _ = tiny_llm(0)
   model, boxed, init = stage2.build_model(config, tmp_path, 5, 8, llm_config)
   assert init == "stage1"
@@ -244,24 +179,36 @@ def _write_cf_table(config, workdir):
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", ["ilm", "mlp", "text"])
 def test_run_end_to_end_on_tiny_llm(tmp_path, variant):
-  _write_cf_table(_config(), tmp_path)
-  results = stage2.run(_config(variant=variant), tmp_path)
+  _write_cf_table(stage2_config(), tmp_path)
+  results = stage2.run(stage2_config(variant=variant), tmp_path)
   assert results["variant"] == variant and results["steps"] == 3
+  evaluations = results["evaluations"]
+  # One entry per declared evaluation, in declared order, carrying its
+  # own fields.
+  assert list(evaluations) == list(stage2_config().stage2.evaluations)
+  assert evaluations["rerank:rerank:valid:unseen"]["split"] == "valid"
   for task in P.ITEM_TASKS:
-    metrics = results["eval"][f"{task}/valid/unseen"]
+    entry = evaluations[f"generate:{task}:valid:unseen"]
+    assert (entry["kind"], entry["task"]) == ("generate", task)
+    assert (entry["split"], entry["templates"]) == ("valid", "unseen")
+    assert "retrieval" not in entry  # no retrieval head trained
+    metrics = entry["metrics"]
     assert metrics["valid_rate"] == 1.0  # every beam is an existing item
     assert metrics["users"] == 4
     for key in ("HR@5", "HR@10", "NDCG@5", "NDCG@10"):
       for kind in ("filtered", "unfiltered"):
         assert 0.0 <= metrics[f"{kind}/{key}"] <= 1.0
   for task in (P.DESCRIPTION, P.PROFILE):
-    metrics = results["eval"][f"{task}/unseen"]
+    entry = evaluations[f"text:{task}:-:unseen"]
+    assert entry["split"] == "-"
+    metrics = entry["metrics"]
     assert -1.0 <= metrics["SC"] <= 1.0 and metrics["prompts"] > 0
-    assert len(results["text_examples"][f"{task}/unseen"]) > 0
-  assert 0.0 <= results["eval"]["description/unseen"]["title_accuracy"] <= 1
+    assert len(entry["examples"]) > 0
+  desc = evaluations["text:description:-:unseen"]["metrics"]
+  assert 0.0 <= desc["title_accuracy"] <= 1
   # Re-ranking: every evaluated user, the ILM beside both nulls, with SEs.
   for task in P.RERANK_TASKS:
-    rr = results["rerank"][f"{task}/valid/unseen"]
+    rr = evaluations[f"rerank:{task}:valid:unseen"]["metrics"]
     for name in ("ilm", "retriever", "shuffled", "popularity"):
       assert rr[name]["users"] == 6
       assert 0.0 <= rr[name]["HR@10"] <= 1.0 and rr[name]["HR@10_se"] >= 0
@@ -273,7 +220,7 @@ def test_run_end_to_end_on_tiny_llm(tmp_path, variant):
     in (tmp_path / "stage2" / "results.md").read_text()
   )
   saved = json.loads((tmp_path / "stage2" / "results.json").read_text())
-  assert saved["eval"] == results["eval"]
+  assert saved["evaluations"] == results["evaluations"]
   assert (
     "sequential/valid/unseen"
     in (tmp_path / "stage2" / "results.md").read_text()
@@ -283,36 +230,42 @@ def test_run_end_to_end_on_tiny_llm(tmp_path, variant):
   # reading the training examples written the first time
   records = tmp_path / "stage2" / (stage2.RECORDS_FILE + ".array_record")
   written = records.stat().st_mtime_ns
-  again = stage2.run(_config(variant=variant), tmp_path)
-  assert again["eval"]["sequential/valid/unseen"]["valid_rate"] == 1.0
+  again = stage2.run(stage2_config(variant=variant), tmp_path)
+  again_seq = again["evaluations"]["generate:sequential:valid:unseen"]
+  assert again_seq["metrics"]["valid_rate"] == 1.0
   assert records.stat().st_mtime_ns == written
 
 
 def _head_without_weight():
-  config = _config()
+  config = stage2_config()
   config.stage2.rerank.retriever = "retrieval_head"
   return config
 
 
 @pytest.mark.slow
 def test_run_with_retrieval_head_reports_full_ranking(tmp_path):
-  _write_cf_table(_config(), tmp_path)
-  config = _config(
+  _write_cf_table(stage2_config(), tmp_path)
+  config = stage2_config(
     retrieval_weight=1.0, tasks=(P.SEQUENTIAL, P.DESCRIPTION, P.RERANK)
   )
-  config.stage2.eval.tasks = (P.SEQUENTIAL,)
+  config.stage2.evaluations = (
+    "generate:sequential:valid:unseen",
+    "rerank:rerank:valid:unseen",
+  )
   # The trained head also proposes the candidates the LLM re-ranks.
   config.stage2.rerank.retriever = "retrieval_head"
-  config.stage2.rerank.tasks = (P.RERANK,)
   results = stage2.run(config, tmp_path, "stage2_retrieval")
-  rr = results["rerank"]["rerank/valid/unseen"]
+  evaluations = results["evaluations"]
+  assert list(evaluations) == list(config.stage2.evaluations)
+  rr = evaluations["rerank:rerank:valid:unseen"]["metrics"]
   assert rr["retrieved_by"] == "retrieval_head"
   assert rr["ilm"]["users"] == 6
   with pytest.raises(ValueError, match="retrieval_weight"):
     stage2.run(_head_without_weight(), tmp_path, "y")
   assert "retrieval_loss" in results["train"]
-  generative = results["eval"]["sequential/valid/unseen"]
-  full = results["eval"]["retrieval/sequential/valid/unseen"]
+  # The head's full ranking sits beside beam search in the same entry.
+  generative = evaluations["generate:sequential:valid:unseen"]["metrics"]
+  full = evaluations["generate:sequential:valid:unseen"]["retrieval"]
   assert set(generative) >= {k for k in full if k != "seconds"}
   assert full["filtered/users"] == 4
   for key, value in full.items():
@@ -320,4 +273,6 @@ def test_run_with_retrieval_head_reports_full_ranking(tmp_path):
       assert 0.0 <= value <= 1.0, key
   assert (tmp_path / "stage2_retrieval" / "results.json").exists()
   with pytest.raises(ValueError, match="text"):
-    stage2.run(_config(retrieval_weight=1.0, variant="text"), tmp_path, "x")
+    stage2.run(
+      stage2_config(retrieval_weight=1.0, variant="text"), tmp_path, "x"
+    )

@@ -7,12 +7,13 @@ import sys
 import pytest
 from conftest import REPO_ROOT
 
+from ilm_jax.eval.evaluations import parse
 from ilm_jax.pipeline import stage2_comparison as C
-from tests.test_stage2 import _config
+from tests.tiny import stage2_config as _config
 
 
 def test_variant_config_changes_stage2_fields_only():
-  base = _config()
+  base = _config(init="stage1")  # as the recipes: ILM starts from stage 1
   rand = C.variant_config(base, "ilm-rand")
   assert (rand.stage2.variant, rand.stage2.init) == ("ilm", "random")
   assert C.variant_config(base, "text").stage2.variant == "text"
@@ -25,7 +26,7 @@ def test_variant_config_changes_stage2_fields_only():
 
 
 def test_stage1_ablation_changes_only_its_losses_and_directory():
-  base = _config()
+  base = _config(init="stage1")
   ablation = C.variant_config(base, "ilm-it-ii")
   assert ablation.stage1.losses == "it-ii"
   assert ablation.stage2.stage1_dir == "stage1_it-ii"
@@ -38,21 +39,24 @@ def test_stage1_ablation_changes_only_its_losses_and_directory():
 def test_compare_trains_each_ablation_its_own_stage1(tmp_path, monkeypatch):
   calls = []
   monkeypatch.setattr(
-    C.pipeline, "run", lambda config, workdir, stage: calls.append(stage)
-    or {"eval": {}},
-  )  # fmt: skip
+    C.pipeline,
+    "run",
+    lambda config, workdir, stage: calls.append(stage) or {"eval": {}},
+  )
   monkeypatch.setattr(
-    C.stage1, "run",
+    C.stage1,
+    "run",
     lambda config, workdir, out_name: calls.append(
       (out_name, config.stage1.losses)
     ),
-  )  # fmt: skip
+  )
   monkeypatch.setattr(
-    C.stage2, "run",
-    lambda config, workdir, out_name: calls.append(
-      (out_name, config.stage2.stage1_dir)
-    ) or {"eval": {}},
-  )  # fmt: skip
+    C.stage2,
+    "run",
+    lambda config, workdir, out_name: (
+      calls.append((out_name, config.stage2.stage1_dir)) or {"eval": {}}
+    ),
+  )
   C.compare(_config(), tmp_path, ("ilm-it", "ilm-it-ui"), "valid", "unseen")
   assert calls == [
     "eval",  # the shared stage 1 is not needed by ablations alone
@@ -63,19 +67,37 @@ def test_compare_trains_each_ablation_its_own_stage1(tmp_path, monkeypatch):
   ]
 
 
+def _entries(*declared):
+  """{name: entry} of (declared entry, metrics[, more fields]) triples."""
+  out = {}
+  for name, metrics, *more in declared:
+    (evaluation,) = parse(name)
+    out[evaluation.name] = evaluation.entry(metrics=metrics, **dict(*more))
+  return out
+
+
 def test_summary_row_picks_the_requested_split_and_templates():
   results = {
     "train_seconds": 12.0,
-    "eval": {
-      "sequential/test/unseen": {"filtered/HR@5": 0.25, "filtered/NDCG@10": 0.1,
-                                 "unfiltered/HR@5": 0.5},
-      "sequential/valid/unseen": {"filtered/HR@5": 0.75},
-      "retrieval/sequential/test/unseen": {"filtered/HR@10": 0.3},
-      "description/unseen": {"SC": 0.4, "title_accuracy": 0.125},
-      "description/seen": {"SC": 0.9},
-      "profile/unseen": {"SC": 0.6},
-    },
-  }  # fmt: skip
+    "evaluations": _entries(
+      (
+        "generate:sequential:test:unseen",
+        {
+          "filtered/HR@5": 0.25,
+          "filtered/NDCG@10": 0.1,
+          "unfiltered/HR@5": 0.5,
+        },
+        {"retrieval": {"filtered/HR@10": 0.3}},
+      ),
+      ("generate:sequential:valid:unseen", {"filtered/HR@5": 0.75}),
+      (
+        "text:description:-:unseen",
+        {"SC": 0.4, "title_accuracy": 0.125},
+      ),
+      ("text:description:-:seen", {"SC": 0.9}),
+      ("text:profile:-:unseen", {"SC": 0.6}),
+    ),
+  }
   row = C.summary_row(results, "test", "unseen")
   assert row == {
     "HR@5": 0.25,
@@ -93,12 +115,23 @@ def test_summary_row_picks_the_requested_split_and_templates():
   }
 
 
+def test_compare_rejects_a_setting_no_evaluation_declares(tmp_path):
+  config = _config()  # the validation split, held-out templates
+  with pytest.raises(ValueError, match="split 'test' is in no stage2.eval"):
+    C.compare(config, tmp_path, ("text",), "test", "unseen")
+  with pytest.raises(ValueError, match="templates 'seen' are in no"):
+    C.compare(config, tmp_path, ("text",), "valid", "seen")
+
+
 def test_launcher_help():
   out = subprocess.run(
     [sys.executable, str(REPO_ROOT / "launch" / "compare_stage2.py"), "--help"],
-    cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+    cwd=REPO_ROOT,
+    capture_output=True,
+    text=True,
+    timeout=120,
     env={"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"},
-  )  # fmt: skip
+  )
   assert out.returncode in (0, 1), out.stderr
   for word in ("--config", "--workdir", "--variants", "ilm-rand", "--split"):
     assert word in out.stdout
@@ -107,8 +140,12 @@ def test_launcher_help():
 @pytest.mark.slow
 def test_compare_writes_table_json_and_plot(tmp_path):
   config = _config()
-  config.stage2.eval.tasks = ("sequential", "description")
-  config.stage2.eval.templates = ("seen", "unseen")
+  config.stage2.evaluations = (
+    "generate:sequential:valid:seen",
+    "generate:sequential:valid:unseen",
+    "text:description:-:seen",
+    "text:description:-:unseen",
+  )
   out = C.compare(config, tmp_path, ("ilm-rand", "text"), "valid", "unseen")
   assert set(out["rows"]) >= {"ilm-rand", "text", "als (all users)"}
   for name in ("ilm-rand", "text"):
@@ -141,7 +178,9 @@ def test_report_only_rebuilds_the_table_from_saved_results(
   config = _config()
   saved = {
     "train_seconds": 3.0,
-    "eval": {"sequential/valid/unseen": {"filtered/HR@10": 0.25}},
+    "evaluations": _entries(
+      ("generate:sequential:valid:unseen", {"filtered/HR@10": 0.25})
+    ),
   }
   (tmp_path / "stage2_mlp").mkdir()
   (tmp_path / "stage2_mlp" / "results.json").write_text(json.dumps(saved))
@@ -149,4 +188,11 @@ def test_report_only_rebuilds_the_table_from_saved_results(
   assert out["rows"]["mlp"] == {"HR@10": 0.25, "train s": 3.0}
   assert "| mlp |" in (tmp_path / C.TABLE_FILE).read_text()
   with pytest.raises(FileNotFoundError, match="stage2_text"):
+    C.compare(config, tmp_path, ("text",), "valid", "unseen", True)
+  # Results of the layout before declared evaluations are refused, not
+  # reported as empty rows.
+  (tmp_path / "stage2_text").mkdir()
+  old = {"eval": {"sequential/valid/unseen": {"filtered/HR@10": 0.25}}}
+  (tmp_path / "stage2_text" / "results.json").write_text(json.dumps(old))
+  with pytest.raises(ValueError, match="older layout"):
     C.compare(config, tmp_path, ("text",), "valid", "unseen", True)

@@ -1,4 +1,4 @@
-"""Stage-2 report: the flat results split into ranking and text tables."""
+"""Stage-2 report: evaluation entries read into ranking and text tables."""
 
 import math
 
@@ -7,34 +7,80 @@ import pytest
 from ilm_jax.pipeline import stage2_comparison as C
 from ilm_jax.pipeline import stage2_report as R
 
+
+def _entry(kind, task, split, templates, metrics, **more):
+  """A result entry as ``stage2.run`` writes it."""
+  fields = {"kind": kind, "task": task, "split": split, "templates": templates}
+  return {**fields, "metrics": metrics, **more}
+
+
+def _evaluations(*entries):
+  """{name: entry} of ``entries`` (the names are never parsed)."""
+  return {
+    ":".join(e[f] for f in ("kind", "task", "split", "templates")): e
+    for e in entries
+  }
+
+
 RESULTS = {
   "variant": "mlp",
   "steps": 3,
   "train_examples": 40,
-  "eval": {
-    "sequential/test/unseen": {
-      **{f"{mode}/{m}": 0.5 if mode == "filtered" else 0.25
-         for mode in ("filtered", "unfiltered") for m in R.RANKING},
-      **{f"{mode}/{m}_se": 0.05 if mode == "filtered" else 0.02
-         for mode in ("filtered", "unfiltered") for m in R.RANKING},
-      "filtered/users": 4,
-      "unfiltered/users": 4,
-      "valid_rate": 1.0,
-      "users": 4,
-      "seconds": 9.0,
-    },
-    "retrieval/sequential/test/unseen": {
-      **{f"{mode}/{m}": 0.75 for mode in ("filtered", "unfiltered")
-         for m in R.RANKING},
-      "filtered/users": 4,
-    },
-    "profile/unseen": {"SC": 0.4, "SC_std": 0.1, "prompts": 4, "seconds": 2},
-    "description/unseen": {
-      "SC": 0.5, "SC_std": 0.2, "SC_se": 0.01, "title_accuracy": 0.25,
-      "prompts": 4,
-    },
-  },
-}  # fmt: skip
+  "evaluations": _evaluations(
+    _entry(
+      "generate",
+      "sequential",
+      "test",
+      "unseen",
+      {
+        **{
+          f"{mode}/{m}": 0.5 if mode == "filtered" else 0.25
+          for mode in ("filtered", "unfiltered")
+          for m in R.RANKING
+        },
+        **{
+          f"{mode}/{m}_se": 0.05 if mode == "filtered" else 0.02
+          for mode in ("filtered", "unfiltered")
+          for m in R.RANKING
+        },
+        "filtered/users": 4,
+        "unfiltered/users": 4,
+        "valid_rate": 1.0,
+        "users": 4,
+        "seconds": 9.0,
+      },
+      retrieval={
+        **{
+          f"{mode}/{m}": 0.75
+          for mode in ("filtered", "unfiltered")
+          for m in R.RANKING
+        },
+        "filtered/users": 4,
+      },
+    ),
+    _entry(
+      "text",
+      "profile",
+      "-",
+      "unseen",
+      {"SC": 0.4, "SC_std": 0.1, "prompts": 4, "seconds": 2},
+      examples=[{"generated": "a", "reference": "b"}],
+    ),
+    _entry(
+      "text",
+      "description",
+      "-",
+      "unseen",
+      {
+        "SC": 0.5,
+        "SC_std": 0.2,
+        "SC_se": 0.01,
+        "title_accuracy": 0.25,
+        "prompts": 4,
+      },
+    ),
+  ),
+}
 
 
 def test_rows_split_ranking_from_text_and_keep_filtered_first():
@@ -81,24 +127,37 @@ def test_write_gives_tables_and_plot(tmp_path):
   ) in text
   assert "_se" not in text
   assert "mlp, 3 steps" in text
+  # Rows come from the entries' fields: the keys' spelling does not matter.
+  renamed = dict(enumerate(RESULTS["evaluations"].values()))
+  assert R.tables({**RESULTS, "evaluations": renamed}, "toy") == text
   assert (tmp_path / R.PLOT_FILE).stat().st_size > 0
 
 
 def test_comparison_summary_row_carries_standard_errors():
   results = {
-    "eval": {
-      "sequential/test/unseen": {
-        "filtered/HR@10": 0.5, "filtered/HR@10_se": 0.05,
-        "unfiltered/HR@10": 0.25, "unfiltered/HR@10_se": 0.02,
-      },
-      "retrieval/sequential/test/unseen": {
-        "filtered/NDCG@10": 0.3, "filtered/NDCG@10_se": 0.03,
-      },
-      "description/unseen": {
-        "SC": 0.5, "SC_std": 0.2, "title_accuracy": 0.25, "prompts": 4,
-      },
-    },
-  }  # fmt: skip
+    "evaluations": _evaluations(
+      _entry(
+        "generate",
+        "sequential",
+        "test",
+        "unseen",
+        {
+          "filtered/HR@10": 0.5,
+          "filtered/HR@10_se": 0.05,
+          "unfiltered/HR@10": 0.25,
+          "unfiltered/HR@10_se": 0.02,
+        },
+        retrieval={"filtered/NDCG@10": 0.3, "filtered/NDCG@10_se": 0.03},
+      ),
+      _entry(
+        "text",
+        "description",
+        "-",
+        "unseen",
+        {"SC": 0.5, "SC_std": 0.2, "title_accuracy": 0.25, "prompts": 4},
+      ),
+    ),
+  }
   assert C.summary_row(results, "test", "unseen") == {
     "HR@10": 0.5,
     "HR@10_se": 0.05,
@@ -126,22 +185,39 @@ def _rerank_result(hr10):
     "retriever": metrics(0.07),
     "shuffled": metrics(0.05),
     "popularity": metrics(0.04),
-    "vs_retriever": {m: {"diff": hr10 - 0.07, "se": 0.004,
-                         "verdict": M.verdict(hr10 - 0.07, 0.004)}
-                     for m in R.RANKING},
-    "vs_shuffled": {m: {"diff": hr10 - 0.05, "se": 0.004,
-                        "verdict": M.verdict(hr10 - 0.05, 0.004)}
-                    for m in R.RANKING},
+    "vs_retriever": {
+      m: {
+        "diff": hr10 - 0.07,
+        "se": 0.004,
+        "verdict": M.verdict(hr10 - 0.07, 0.004),
+      }
+      for m in R.RANKING
+    },
+    "vs_shuffled": {
+      m: {
+        "diff": hr10 - 0.05,
+        "se": 0.004,
+        "verdict": M.verdict(hr10 - 0.05, 0.004),
+      }
+      for m in R.RANKING
+    },
     "lists": {"examples": 610, "recall@20": 0.11, "rank_mean": 9.0},
-    "order": "retriever", "labels": "letters", "num_candidates": 20,
+    "order": "retriever",
+    "labels": "letters",
+    "num_candidates": 20,
     "retrieved_by": "als",
-  }  # fmt: skip
+  }
 
 
 def test_rerank_table_puts_the_ilm_beside_its_nulls_with_verdicts(tmp_path):
   results = {
     **RESULTS,
-    "rerank": {"rerank/test/unseen": _rerank_result(0.08)},
+    "evaluations": {
+      **RESULTS["evaluations"],
+      **_evaluations(
+        _entry("rerank", "rerank", "test", "unseen", _rerank_result(0.08))
+      ),
+    },
     "rerank_training": {"lists": {"examples": 6000, "recall@20": 0.13}},
   }
   rows = R.rerank_rows(results)
@@ -165,12 +241,21 @@ def test_rerank_table_puts_the_ilm_beside_its_nulls_with_verdicts(tmp_path):
   assert "training lists (inner ALS)" in text
   assert (tmp_path / R.RERANK_PLOT_FILE).stat().st_size > 0
   comparison = C.rerank_rows(
-    {"ilm": results, "text": {"rerank": {
-      "rerank/test/unseen": _rerank_result(0.06)}}},
-    "test", "unseen",
-  )  # fmt: skip
+    {
+      "ilm": results,
+      "text": {
+        "evaluations": _evaluations(
+          _entry("rerank", "rerank", "test", "unseen", _rerank_result(0.06))
+        )
+      },
+    },
+    "test",
+    "unseen",
+  )
   assert list(comparison) == [
-    "ilm (re-ranks)", "text (re-ranks)", "als order (null)",
+    "ilm (re-ranks)",
+    "text (re-ranks)",
+    "als order (null)",
     "top N shuffled (null)",
-  ]  # fmt: skip
+  ]
   assert comparison["text (re-ranks)"]["HR@10 vs retriever"].endswith("(below)")

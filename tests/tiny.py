@@ -81,11 +81,18 @@ def stage2_config(**stage2_fields):
   s.train.progress_bar = False
   s.eval.max_users = 4
   s.eval.batch_size = 4
-  s.eval.splits = ("valid",)
   s.eval.max_text_prompts = 4
   s.tasks = P.ALL_TASKS
-  s.eval.tasks = P.TASKS
-  s.rerank.tasks = P.RERANK_TASKS
+  # Every task on the validation split, held-out templates.
+  s.evaluations = (
+    "generate:sequential:valid:unseen",
+    "generate:straightforward:valid:unseen",
+    "generate:conversational:valid:unseen",
+    "text:description:-:unseen",
+    "text:profile:-:unseen",
+    "rerank:rerank:valid:unseen",
+    "rerank:rerank_conversational:valid:unseen",
+  )
   # Character tokens: short candidate names keep re-ranking prompts short.
   s.rerank.labels = "letters"
   s.list_tokens = 1

@@ -1,16 +1,18 @@
 """Stage 2's generative evaluations: ranking by generation and text tasks.
 
-For each item task (sequential, straightforward, conversational) the trained
-ILM ranks the catalogue for held-out users by trie-constrained beam search
-(and, with the retrieval head, by its full ranking); for the text tasks
-(item description, user profile) it decodes answers greedily, scored by
-semantic consistency and title accuracy; each with seen and unseen
-templates. Re-ranking retrieved candidates is ``ilm_jax.rerank.stage``.
+Runs the declared ``generate`` and ``text`` evaluations
+(``ilm_jax.eval.evaluations``): for an item task (sequential,
+straightforward, conversational) the trained ILM ranks the catalogue for
+held-out users by trie-constrained beam search (and, with the retrieval
+head, by its full ranking); for a text task (item description, user
+profile) it decodes answers greedily, scored by semantic consistency and
+title accuracy. Re-ranking retrieved candidates is ``ilm_jax.rerank.stage``.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 import ml_collections
 import numpy as np
@@ -21,7 +23,9 @@ from ilm_jax.data.stage2.sampling import (
   evaluation_prompts,
   text_evaluation_prompts,
 )
+from ilm_jax.eval import evaluations as E
 from ilm_jax.eval import generative, retrieval
+from ilm_jax.eval.evaluations import Evaluation
 from ilm_jax.eval.trained_ilm import TrainedIlm
 
 
@@ -49,92 +53,138 @@ def _text_entities(c, split, task, users, described, seed):
   return order[:n] if n > 0 else order
 
 
+def _generate(c, split, ilm, evaluation, users, held_out, items, seed):
+  """Result entry of one ``generate`` evaluation.
+
+  ``held_out`` is (targets [U], seen items per user) of its split.
+  """
+  targets, seen_items = held_out
+  common = dict(batch_size=c.eval.batch_size, buckets=tuple(c.length_buckets))
+  prompts = evaluation_prompts(
+    split,
+    evaluation.split,
+    evaluation.seen,
+    users,
+    evaluation.task,
+    c.max_history,
+    seed,
+  )
+  start = time.time()
+  ranked = generative.rank_items(
+    *ilm.inputs,
+    prompts,
+    ilm.trie,
+    num_beams=c.eval.num_beams,
+    **common,
+  )
+  metrics = generative.list_metrics(ranked, targets, seen_items)
+  metrics["seconds"] = time.time() - start
+  metrics["users"] = len(users)
+  entry = evaluation.entry(metrics=metrics)
+  if items is not None:
+    start = time.time()
+    queries = retrieval.prompt_queries(*ilm.inputs, prompts, **common)
+    full = retrieval.retrieval_metrics(queries, items, targets, seen_items)
+    full["seconds"] = time.time() - start
+    entry["retrieval"] = full
+  return entry
+
+
+def _text(c, split, ilm, evaluation, entities, keep_examples):
+  """Result entry of one ``text`` evaluation, or None without prompts."""
+  prompts = text_evaluation_prompts(
+    split, evaluation.task, evaluation.seen, entities
+  )
+  if not prompts:
+    return None
+  start = time.time()
+  generated = generative.generate_texts(
+    *ilm.inputs,
+    prompts,
+    max_new_tokens=c.max_answer_tokens,
+    batch_size=c.eval.batch_size,
+    buckets=tuple(c.length_buckets),
+  )
+  refs = [p.answer for p in prompts]
+  titles = split.catalog.item_fields.get("title")
+  item_titles = None
+  if evaluation.task == P.DESCRIPTION and titles is not None:
+    item_titles = [str(titles[p.entities()[0][1]]) for p in prompts]
+  metrics = generative.text_metrics(generated, refs, item_titles)
+  metrics["seconds"] = time.time() - start
+  examples = [
+    {"generated": g, "reference": r}
+    for g, r in list(zip(generated, refs))[:keep_examples]
+  ]
+  return evaluation.entry(metrics=metrics, examples=examples)
+
+
 def evaluate(
   c: ml_collections.ConfigDict,
   split: LeaveOneOutSplit,
   ilm: TrainedIlm,
+  evaluations: Sequence[Evaluation],
   seed: int = 0,
   described=(),
-  examples: dict | None = None,
-) -> dict:
-  """Generative metrics per task, split and template set.
+) -> dict[str, dict]:
+  """Runs the ``generate`` and ``text`` evaluations of ``evaluations``.
 
-  Item tasks give ``"{task}/{split}/{templates}"`` -> HR@k / NDCG@k
-  (filtered and unfiltered), and with the retrieval head also
-  ``"retrieval/{task}/{split}/{templates}"`` (full ranking); text tasks
-  give ``"{task}/{templates}"`` -> semantic consistency (and title
-  accuracy for item descriptions).
+  Every entry is ``Evaluation.entry``: the evaluation's fields plus
+  ``"metrics"``. A ``generate`` entry's metrics are HR@k / NDCG@k (filtered
+  and unfiltered), with the retrieval head also ``"retrieval"``: its full
+  ranking's metrics. A ``text`` entry's metrics are semantic consistency
+  (and title accuracy for item descriptions), beside ``"examples"``: a few
+  generated texts ([{"generated", "reference"}]).
 
   Args:
     c: ``config.stage2``.
     split: the leave-one-out split.
     ilm: the trained ILM and its inputs.
+    evaluations: the declared evaluations; other kinds are skipped.
     seed: seeds user / item choice.
     described: items that training description prompts used.
-    examples: a dict that receives a few generated texts per text task
-      (``"{task}/{templates}"`` -> [{"generated", "reference"}]), or None.
 
   Returns:
-    {key: {metric: float}}.
+    {evaluation name: entry}, in declared order (a text evaluation with no
+    prompts is left out).
   """
   users = _eval_users(c, split, seed)
-  tasks = tuple(c.eval.tasks)
-  out = {}
-  common = dict(batch_size=c.eval.batch_size, buckets=tuple(c.length_buckets))
   items = None
   if ilm.model.retrieval_weight > 0:
     items = retrieval.catalogue_vectors(
       ilm.model, ilm.encoder_params, ilm.cf, split.num_items
     )
-  for task in (t for t in tasks if t in P.ITEM_TASKS):
-    for split_name in c.eval.splits:
-      targets = split.targets(split_name)[users]
-      seen_items = [split.history_all(int(u), split_name) for u in users]
-      for templates in c.eval.templates:
-        prompts = evaluation_prompts(
-          split, split_name, templates == "seen", users, task,
-          c.max_history, seed,
-        )  # fmt: skip
-        start = time.time()
-        ranked = generative.rank_items(
-          *ilm.inputs, prompts, ilm.trie, num_beams=c.eval.num_beams,
-          **common,
-        )  # fmt: skip
-        metrics = generative.list_metrics(ranked, targets, seen_items)
-        metrics["seconds"] = time.time() - start
-        metrics["users"] = len(users)
-        out[f"{task}/{split_name}/{templates}"] = metrics
-        if items is not None:
-          start = time.time()
-          queries = retrieval.prompt_queries(*ilm.inputs, prompts, **common)
-          metrics = retrieval.retrieval_metrics(
-            queries, items, targets, seen_items
-          )
-          metrics["seconds"] = time.time() - start
-          out[f"retrieval/{task}/{split_name}/{templates}"] = metrics
-  titles = split.catalog.item_fields.get("title")
-  for task in (t for t in tasks if t in (P.DESCRIPTION, P.PROFILE)):
-    entities = _text_entities(c, split, task, users, described, seed)
-    for templates in c.eval.templates:
-      prompts = text_evaluation_prompts(
-        split, task, templates == "seen", entities
+  held_out, entities, out = {}, {}, {}
+  for evaluation in evaluations:
+    if evaluation.kind == E.GENERATE:
+      if evaluation.split not in held_out:
+        held_out[evaluation.split] = (
+          split.targets(evaluation.split)[users],
+          [split.history_all(int(u), evaluation.split) for u in users],
+        )
+      out[evaluation.name] = _generate(
+        c,
+        split,
+        ilm,
+        evaluation,
+        users,
+        held_out[evaluation.split],
+        items,
+        seed,
       )
-      if not prompts:
-        continue
-      start = time.time()
-      generated = generative.generate_texts(
-        *ilm.inputs, prompts, max_new_tokens=c.max_answer_tokens, **common
+    elif evaluation.kind == E.TEXT:
+      if evaluation.task not in entities:
+        entities[evaluation.task] = _text_entities(
+          c, split, evaluation.task, users, described, seed
+        )
+      entry = _text(
+        c,
+        split,
+        ilm,
+        evaluation,
+        entities[evaluation.task],
+        c.eval.keep_examples,
       )
-      refs = [p.answer for p in prompts]
-      item_titles = None
-      if task == P.DESCRIPTION and titles is not None:
-        item_titles = [str(titles[p.entities()[0][1]]) for p in prompts]
-      metrics = generative.text_metrics(generated, refs, item_titles)
-      metrics["seconds"] = time.time() - start
-      out[f"{task}/{templates}"] = metrics
-      if examples is not None:
-        examples[f"{task}/{templates}"] = [
-          {"generated": g, "reference": r}
-          for g, r in list(zip(generated, refs))[: c.eval.keep_examples]
-        ]
+      if entry is not None:
+        out[evaluation.name] = entry
   return out

@@ -13,14 +13,16 @@
    enter the optimiser state), checkpointing to ``workdir/stage2``; the
    re-ranking tasks' prompts list an inner retriever's candidates
    (``ilm_jax.rerank``);
-4. re-ranks the retriever's top N for every held-out user beside the
-   retriever's order, the shuffled list and popularity (``rerank.stage``);
-5. ranks items for held-out users by trie-constrained beam search (the
-   sequential, straightforward and conversational tasks), decodes item
-   descriptions and user profiles greedily and scores them by semantic
-   consistency and title accuracy, each with seen and unseen templates,
-   and writes ``workdir/stage2/results.json`` (plus ``results.md`` tables
-   and a ``results.png`` plot).
+4. runs the evaluations ``stage2.evaluations`` declares
+   (``ilm_jax.eval.evaluations``): ranking items for held-out users by
+   trie-constrained beam search (item tasks), decoding item descriptions and
+   user profiles greedily, scored by semantic consistency and title
+   accuracy (``eval.stage2_tasks``), and re-ranking the retriever's top N
+   for every held-out user beside the retriever's order, the shuffled list
+   and popularity (``rerank.stage``);
+5. writes ``workdir/stage2/results.json`` (``results["evaluations"]``:
+   evaluation name -> its kind, task, split, templates and metrics; plus
+   ``results.md`` tables and a ``results.png`` plot).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from ilm_jax.data.stage2.encoding import (
 from ilm_jax.data.stage2.records import write_stage2_records
 from ilm_jax.data.stage2.sampling import training_prompts
 from ilm_jax.decode.item_trie import build_item_trie
+from ilm_jax.eval import evaluations as E
 from ilm_jax.eval import stage2_tasks
 from ilm_jax.eval.trained_ilm import TrainedIlm
 from ilm_jax.models.ilm import (
@@ -208,6 +211,7 @@ def run(
   workdir = pathlib.Path(workdir)
   c = config.stage2
   rerank.check_config(c)
+  evaluations = E.parse(c.evaluations)  # a bad entry fails before training
   out_dir = workdir / out_name
   out_dir.mkdir(parents=True, exist_ok=True)
   split = load_split(config.dataset)
@@ -216,9 +220,14 @@ def run(
   llm_config, llm_params, tokenizer = load_stage2_llm(c.llm, config.seed)
   token_rms = word_embedding_rms(Decoder(llm_config), llm_params)
   model, boxed, init = build_model(
-    config, workdir, split.num_users, table.dim, llm_config, config.seed,
+    config,
+    workdir,
+    split.num_users,
+    table.dim,
+    llm_config,
+    config.seed,
     token_rms,
-  )  # fmt: skip
+  )
   prompt_encoder = PromptEncoder(
     tokenizer,
     index,
@@ -282,13 +291,12 @@ def run(
     prompt_encoder,
     trie,
   )
-  text_examples = {}
-  metrics = stage2_tasks.evaluate(
-    c, split, ilm, config.seed, described, text_examples
+  done = stage2_tasks.evaluate(
+    c, split, ilm, evaluations, config.seed, described
   )
-  rerank_results = {}
-  if c.rerank.tasks:
-    rerank_results = rerank.evaluate(c, split, ilm, table, ks, config.seed)
+  done.update(
+    rerank.evaluate(c, split, ilm, table, ks, evaluations, config.seed)
+  )
   results = {
     "variant": c.variant,
     "init": init,
@@ -298,10 +306,11 @@ def run(
     "prep_seconds": prep_seconds,
     "train_seconds": train_seconds,
     "train": result.metrics,
-    "eval": metrics,
-    "rerank": rerank_results,
+    # Declared order; a text evaluation without prompts is absent.
+    "evaluations": {
+      e.name: done[e.name] for e in evaluations if e.name in done
+    },
     "rerank_training": rerank_stats,
-    "text_examples": text_examples,
   }
   (out_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2))
   stage2_report.write(results, out_dir, config.dataset.name)

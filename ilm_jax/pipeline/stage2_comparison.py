@@ -20,6 +20,7 @@ import time
 import ml_collections
 
 from ilm_jax.data import prompts as P
+from ilm_jax.eval import evaluations as E
 from ilm_jax.eval.metrics import SE_SUFFIX
 from ilm_jax.eval.report import bar_plot, markdown_table
 from ilm_jax.pipeline import run as pipeline
@@ -102,21 +103,23 @@ def summary_row(
     "train s" (whichever are present); each metric but "train s" with its
     standard error under ``name + "_se"`` (as ``stage2_report`` gives it).
   """
-  ev = results.get("eval", {})
   row = {}
-  seq = ev.get(f"{P.SEQUENTIAL}/{split}/{templates}", {})
+  seq = E.find_entry(results, E.GENERATE, P.SEQUENTIAL, split, templates) or {}
   for key in RANKING_KEYS:
-    _copy_with_se(row, key, seq, f"{mode}/{key}")
-  ret = ev.get(f"retrieval/{P.SEQUENTIAL}/{split}/{templates}", {})
+    _copy_with_se(row, key, seq.get("metrics", {}), f"{mode}/{key}")
   for key in ("HR@10", "NDCG@10"):
-    _copy_with_se(row, f"retrieval {key}", ret, f"{mode}/{key}")
-  for task in (P.DESCRIPTION, P.PROFILE):
-    text = ev.get(f"{task}/{templates}", {})
-    if "SC" in text:
-      _copy_with_se(row, f"SC {task}", text_row(text), "SC")
-  desc = ev.get(f"{P.DESCRIPTION}/{templates}", {})
-  if "title_accuracy" in desc:
-    _copy_with_se(row, "title accuracy", text_row(desc), "title_accuracy")
+    _copy_with_se(
+      row, f"retrieval {key}", seq.get("retrieval", {}), f"{mode}/{key}"
+    )
+  for task in E.TEXT_TASKS:
+    text = E.find_entry(results, E.TEXT, task, E.NO_SPLIT, templates)
+    if text is not None:
+      _copy_with_se(row, f"SC {task}", text_row(text["metrics"]), "SC")
+  desc = E.find_entry(results, E.TEXT, P.DESCRIPTION, E.NO_SPLIT, templates)
+  if desc is not None and "title_accuracy" in desc["metrics"]:
+    _copy_with_se(
+      row, "title accuracy", text_row(desc["metrics"]), "title_accuracy"
+    )
   if "train_seconds" in results:
     row["train s"] = results["train_seconds"]
   return row
@@ -137,12 +140,12 @@ def rerank_rows(
     retriever": paired difference ± SE and verdict}}; empty when no
     variant re-ranked.
   """
-  key = f"{task}/{split}/{templates}"
   rows, nulls = {}, {}
   for name, res in results.items():
-    result = res.get("rerank", {}).get(key)
-    if result is None:
+    entry = E.find_entry(res, E.RERANK, task, split, templates)
+    if entry is None:
       continue
+    result = entry["metrics"]
     row = {}
     for m in RANKING_KEYS:
       _copy_with_se(row, m, result["ilm"], m)
@@ -196,8 +199,9 @@ def compare(
     config: the experiment config (its stage-2 fields are the budget).
     workdir: shared workdir (cf/, eval/, stage1/, stage2_<variant>/).
     variants: names from VARIANTS.
-    split: held-out split of the summary table.
-    templates: template set of the summary table.
+    split: held-out split of the summary table (one that an entry of
+      ``stage2.evaluations`` declares).
+    templates: template set of the summary table (likewise declared).
     report_only: train and evaluate nothing: rebuild the table from each
       variant's ``stage2_<variant>/results.json`` (e.g. after variants ran
       as separate jobs).
@@ -209,10 +213,23 @@ def compare(
   workdir = pathlib.Path(workdir)
   for name in variants:
     variant_config(config, name)  # fail fast on a bad name
-  if split not in config.stage2.eval.splits:
-    raise ValueError(f"split {split!r} not in stage2.eval.splits")
-  if templates not in config.stage2.eval.templates:
-    raise ValueError(f"templates {templates!r} not in stage2.eval.templates")
+  evaluations = E.parse(config.stage2.evaluations)
+  # (split, templates) of every evaluation with a split, in declared order.
+  settings = list(
+    dict.fromkeys(
+      (e.split, e.templates) for e in evaluations if e.split != E.NO_SPLIT
+    )
+  )
+  if split not in {s for s, _ in settings}:
+    raise ValueError(
+      f"split {split!r} is in no stage2.evaluations entry; declared: "
+      f"{sorted({s for s, _ in settings})}"
+    )
+  if templates not in {e.templates for e in evaluations}:
+    raise ValueError(
+      f"templates {templates!r} are in no stage2.evaluations entry; "
+      f"declared: {sorted({e.templates for e in evaluations})}"
+    )
   seconds = {}
   start = time.time()
   base = pipeline.run(config, workdir, "eval")
@@ -234,6 +251,13 @@ def compare(
       if not path.exists():
         raise FileNotFoundError(f"{path}: variant {name!r} has no results")
       results[name] = json.loads(path.read_text())
+      if "evaluations" not in results[name]:
+        # Written before evaluations were declared ("eval" / "rerank"
+        # keys): its tables would come out empty.
+        raise ValueError(
+          f"{path}: no 'evaluations' entries (an older layout); rerun "
+          f"variant {name!r}"
+        )
     else:
       results[name] = stage2.run(
         variant_config(config, name), workdir, out_name
@@ -254,6 +278,7 @@ def compare(
     "dataset": config.dataset.name,
     "max_users": int(config.dataset.max_users),
     "tasks": list(c.tasks),
+    "evaluations": list(c.evaluations),
     "list_tokens": int(c.list_tokens),
     "rerank": c.rerank.to_dict(),
   }
@@ -266,20 +291,18 @@ def compare(
   # Every evaluated (split, template set) gets its own table in the file;
   # the chosen one comes first and is the one plotted.
   tables = [markdown_table(rows, title)]
-  for other_split in c.eval.splits:
-    for other in c.eval.templates:
-      if (other_split, other) == (split, templates):
-        continue
-      other_rows = {
-        name: summary_row(results[name], other_split, other)
-        for name in variants
-      }
-      tables.append(
-        markdown_table(
-          other_rows,
-          f"{config.dataset.name}: {other_split}, {other} templates, filtered",
-        )
+  for other_split, other in settings:
+    if (other_split, other) == (split, templates):
+      continue
+    other_rows = {
+      name: summary_row(results[name], other_split, other) for name in variants
+    }
+    tables.append(
+      markdown_table(
+        other_rows,
+        f"{config.dataset.name}: {other_split}, {other} templates, filtered",
       )
+    )
   reranked = rerank_rows(results, split, templates)
   if reranked:
     r = c.rerank

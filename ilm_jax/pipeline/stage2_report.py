@@ -1,11 +1,14 @@
 """Stage-2 results as two readable tables and a plot.
 
-``stage2.run`` returns one flat dict of metrics per evaluation key; this
-turns it into an item-ranking table (one row per task, split and template
-set: HR/NDCG filtered and unfiltered, and the retrieval head's full ranking
-when trained) and a text table (semantic consistency, title accuracy), as
-printed by the launcher and written to ``stage2/results.md`` and
-``stage2/results.png``.
+``stage2.run`` returns one entry per declared evaluation
+(``results["evaluations"]``: kind, task, split, templates, metrics); this
+turns the entries into a re-ranking table, an item-ranking table (one row
+per ``generate`` evaluation: HR/NDCG filtered and unfiltered, and the
+retrieval head's full ranking when trained) and a text table (semantic
+consistency, title accuracy), reading the entries' fields, as printed by
+the launcher and written to ``stage2/results.md`` and
+``stage2/results.png``. Rows are named ``task/split/templates``
+(``Evaluation.label``).
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from __future__ import annotations
 import math
 import pathlib
 
+from ilm_jax.eval import evaluations as E
+from ilm_jax.eval.evaluations import Evaluation
 from ilm_jax.eval.metrics import SE_SUFFIX
 from ilm_jax.eval.report import bar_plot, markdown_table
 
@@ -39,8 +44,25 @@ def _with_se(row: dict, name: str, metrics: dict, key: str) -> None:
     row[name + SE_SUFFIX] = metrics[key + SE_SUFFIX]
 
 
+def ranking_row(metrics: dict) -> dict[str, float]:
+  """Table row of one item ranking's metrics (``ranking_rows``)."""
+  row = {}
+  for m in RANKING:
+    _with_se(row, m, metrics, f"filtered/{m}")
+  for m in ("HR@10", "NDCG@10"):
+    _with_se(row, f"unfiltered {m}", metrics, f"unfiltered/{m}")
+  if "valid_rate" in metrics:
+    row["valid_rate"] = metrics["valid_rate"]
+  for m in ("users", "filtered/users"):
+    if m in metrics:
+      row["users"] = metrics[m]
+      break
+  return row
+
+
 def ranking_rows(results: dict) -> dict[str, dict[str, float]]:
-  """``"{task}/{split}/{templates}"`` (and ``retrieval/...``) -> metrics.
+  """``generate`` evaluations: label -> metrics, each followed by
+  ``"retrieval/" + label`` (the retrieval head's full ranking) when trained.
 
   Columns: filtered HR/NDCG, then unfiltered HR@10 / NDCG@10, then the
   share of beams that spelled an item and the users evaluated; each HR/NDCG
@@ -48,21 +70,11 @@ def ranking_rows(results: dict) -> dict[str, dict[str, float]]:
   when the results hold one.
   """
   rows = {}
-  for key, metrics in results.get("eval", {}).items():
-    if "filtered/HR@10" not in metrics:
-      continue
-    row = {}
-    for m in RANKING:
-      _with_se(row, m, metrics, f"filtered/{m}")
-    for m in ("HR@10", "NDCG@10"):
-      _with_se(row, f"unfiltered {m}", metrics, f"unfiltered/{m}")
-    if "valid_rate" in metrics:
-      row["valid_rate"] = metrics["valid_rate"]
-    for m in ("users", "filtered/users"):
-      if m in metrics:
-        row["users"] = metrics[m]
-        break
-    rows[key] = row
+  for entry in E.result_entries(results, E.GENERATE):
+    label = Evaluation.of_entry(entry).label
+    rows[label] = ranking_row(entry["metrics"])
+    if "retrieval" in entry:
+      rows[f"retrieval/{label}"] = ranking_row(entry["retrieval"])
   return rows
 
 
@@ -98,11 +110,10 @@ def text_row(metrics: dict) -> dict[str, float]:
 
 
 def text_rows(results: dict) -> dict[str, dict[str, float]]:
-  """``"{task}/{templates}"`` -> ``text_row`` of its metrics."""
+  """``text`` evaluations: label (``task/templates``) -> ``text_row``."""
   return {
-    key: text_row(metrics)
-    for key, metrics in results.get("eval", {}).items()
-    if "SC" in metrics
+    Evaluation.of_entry(entry).label: text_row(entry["metrics"])
+    for entry in E.result_entries(results, E.TEXT)
   }
 
 
@@ -112,14 +123,16 @@ def _verdict(comparison: dict, metric: str) -> str:
 
 
 def rerank_rows(results: dict) -> dict[str, dict]:
-  """Re-ranking results: per key, the ILM and the rows it is compared with.
+  """``rerank`` evaluations: per evaluation, the ILM and the rows it is
+  compared with.
 
   Row names are ``"{task}/{split}/{templates}: {model}"``; the ILM's row
   also says how it differs from each null on HR@10 (paired difference ±
   SE, "above" only beyond two SEs).
   """
   rows = {}
-  for key, result in results.get("rerank", {}).items():
+  for entry in E.result_entries(results, E.RERANK):
+    key, result = Evaluation.of_entry(entry).label, entry["metrics"]
     for name, label in RERANK_ROWS:
       metrics = result.get(name)
       if metrics is None:
@@ -144,8 +157,8 @@ def list_rows(results: dict) -> dict[str, dict]:
   if training:
     rows["training lists (inner ALS)"] = training
   seen = set()
-  for key, result in results.get("rerank", {}).items():
-    split = key.split("/")[1]
+  for entry in E.result_entries(results, E.RERANK):
+    split, result = entry["split"], entry["metrics"]
     if "lists" in result and split not in seen:
       seen.add(split)
       rows[f"evaluation lists ({split})"] = result["lists"]
@@ -153,7 +166,8 @@ def list_rows(results: dict) -> dict[str, dict]:
 
 
 def _rerank_setting(results: dict) -> str:
-  for result in results.get("rerank", {}).values():
+  for entry in E.result_entries(results, E.RERANK):
+    result = entry["metrics"]
     lists = result.get("lists", {})
     n = result.get("num_candidates", "?")
     recall = lists.get(f"recall@{n}")

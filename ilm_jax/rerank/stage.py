@@ -3,12 +3,15 @@
 Training prompts come from the inner retriever's lists (``candidates``),
 kept where the held-out item is among the top N (a list without it teaches
 nothing about choosing). Evaluation re-ranks the evaluated retriever's top
-N for every held-out user (``rerank.max_users = -1``) per task, split and
-template set, beside the retriever's order, the shuffled list and
-popularity, all with standard errors.
+N for every held-out user (``rerank.max_users = -1``) for each declared
+``rerank`` evaluation (``ilm_jax.eval.evaluations``: task, split, template
+set), beside the retriever's order, the shuffled list and popularity, all
+with standard errors.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import ml_collections
 import numpy as np
@@ -19,6 +22,7 @@ from ilm_jax.data.split import LeaveOneOutSplit
 from ilm_jax.data.stage2.sampling import evaluation_prompts
 from ilm_jax.eval import full_ranking, retrieval
 from ilm_jax.eval import metrics as M
+from ilm_jax.eval.evaluations import RERANK, Evaluation, of_kind
 from ilm_jax.eval.trained_ilm import TrainedIlm
 from ilm_jax.rerank import candidates as C
 from ilm_jax.rerank import evaluate as E
@@ -96,9 +100,11 @@ def _head_scorer(c, split, split_name, users, ilm: TrainedIlm, seed):
     split, split_name, True, users, P.SEQUENTIAL, c.max_history, seed
   )
   queries = retrieval.prompt_queries(
-    *ilm.inputs, prompts, batch_size=int(c.rerank.batch_size),
+    *ilm.inputs,
+    prompts,
+    batch_size=int(c.rerank.batch_size),
     buckets=tuple(c.length_buckets),
-  )  # fmt: skip
+  )
   items = retrieval.catalogue_vectors(
     ilm.model, ilm.encoder_params, ilm.cf, split.num_items
   )
@@ -113,9 +119,13 @@ def evaluate(
   ilm: TrainedIlm,
   cf: CFTable,
   ks: tuple[int, ...],
+  evaluations: Sequence[Evaluation],
   seed: int = 0,
-) -> dict:
-  """Re-ranking results per ``"{task}/{split}/{templates}"``.
+) -> dict[str, dict]:
+  """Runs the ``rerank`` evaluations of ``evaluations``.
+
+  Candidate lists, their shown order and popularity's ranks are built once
+  per split and shared by that split's evaluations.
 
   Args:
     c: ``config.stage2``.
@@ -123,14 +133,19 @@ def evaluate(
     ilm: the trained ILM and its inputs.
     cf: the CFTable (the ALS retriever).
     ks: cut-offs.
+    evaluations: the declared evaluations; other kinds are skipped.
     seed: seeds shuffling, wishes, user sampling.
 
   Returns:
-    {key: {"ilm", "retriever", "shuffled", "popularity": metrics with SEs,
-    "vs_retriever", "vs_shuffled": paired comparisons, "lists": the target's
-    rank distribution, "order", "labels", "num_candidates", "retrieved_by",
-    "seconds"}}.
+    {evaluation name: ``Evaluation.entry`` with "metrics": {"ilm",
+    "retriever", "shuffled", "popularity": metrics with SEs,
+    "vs_retriever", "vs_shuffled": paired comparisons, "lists": the
+    target's rank distribution, "order", "labels", "num_candidates",
+    "retrieved_by", "seconds"}}, in declared order.
   """
+  reranks = of_kind(evaluations, RERANK)
+  if not reranks:
+    return {}
   r = c.rerank
   n = int(r.num_candidates)
   users = evaluation_users(c, split, seed)
@@ -138,7 +153,7 @@ def evaluate(
   _, train_items = split.train_interactions()
   popularity = full_ranking.popularity_scorer(train_items, split.num_items)
   out = {}
-  for split_name in c.eval.splits:
+  for split_name in dict.fromkeys(e.split for e in reranks):
     score_fn = als
     if r.retriever == "retrieval_head":
       score_fn = _head_scorer(c, split, split_name, users, ilm, seed)
@@ -148,24 +163,41 @@ def evaluate(
     shown = shown_order(lists, n, r.order, seed)
     seen = split.seen_items(split_name)  # indexed by user
     pop_ranks = full_ranking.rank_targets(
-      popularity, users, lists.targets, split.num_items, seen,
+      popularity,
+      users,
+      lists.targets,
+      split.num_items,
+      seen,
       batch_size=min(full_ranking.DEFAULT_BATCH, len(users)),
-    )  # fmt: skip
-    for task in r.tasks:
-      for templates in c.eval.templates:
-        prompts = rerank_prompts(
-          lists, shown, task, templates == "seen", split.catalog,
-          c.max_history, seed, True,
-        )  # fmt: skip
-        result = E.evaluate_task(
-          *ilm.inputs, lists, shown, prompts, batch_size=int(r.batch_size),
-          buckets=tuple(c.length_buckets), ks=ks, seed=seed,
-        )  # fmt: skip
-        result["popularity"] = M.metrics_from_ranks(pop_ranks, ks)
-        result["lists"] = C.rank_summary(lists, n)
-        result.update(
-          order=r.order, labels=r.labels, num_candidates=n,
-          retrieved_by=r.retriever,
-        )  # fmt: skip
-        out[f"{task}/{split_name}/{templates}"] = result
-  return out
+    )
+    for evaluation in (e for e in reranks if e.split == split_name):
+      prompts = rerank_prompts(
+        lists,
+        shown,
+        evaluation.task,
+        evaluation.seen,
+        split.catalog,
+        c.max_history,
+        seed,
+        True,
+      )
+      result = E.evaluate_task(
+        *ilm.inputs,
+        lists,
+        shown,
+        prompts,
+        batch_size=int(r.batch_size),
+        buckets=tuple(c.length_buckets),
+        ks=ks,
+        seed=seed,
+      )
+      result["popularity"] = M.metrics_from_ranks(pop_ranks, ks)
+      result["lists"] = C.rank_summary(lists, n)
+      result.update(
+        order=r.order,
+        labels=r.labels,
+        num_candidates=n,
+        retrieved_by=r.retriever,
+      )
+      out[evaluation.name] = evaluation.entry(metrics=result)
+  return {e.name: out[e.name] for e in reranks}
