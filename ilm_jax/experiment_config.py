@@ -68,6 +68,9 @@ def loop_config() -> ml_collections.ConfigDict:
   c.eval_every = 0  # steps between evaluations; 0 = only at the end
   c.checkpoint_every = 100  # FixedIntervalPolicy interval
   c.keep_checkpoints = 2  # LatestN: checkpoints kept on disk
+  # Resuming under other settings or inputs than the checkpoints were
+  # trained with is refused; True discards them and trains afresh instead.
+  c.restart_if_changed = False
   c.progress_bar = True  # tqdm progress bar on stderr
   return c
 

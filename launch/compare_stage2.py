@@ -71,9 +71,10 @@ def main(argv):
     report_only=_REPORT_ONLY.value,
   )
   print(f"budget: {out['budget']}")
-  print("wall seconds: " + ", ".join(
-    f"{k} {v:.0f}" for k, v in out["seconds"].items()
-  ))  # fmt: skip
+  print(
+    "wall seconds: "
+    + ", ".join(f"{k} {v:.0f}" for k, v in out["seconds"].items())
+  )
   if out["rerank_rows"]:
     print(markdown_table(out["rerank_rows"], "stage-2 comparison: re-ranking"))
   print(markdown_table(out["rows"], "stage-2 comparison"))

@@ -11,7 +11,8 @@ from flax import linen as nn
 from ilm_jax.checkpoint import manager as ckpt
 from ilm_jax.experiment_config import loop_config
 from ilm_jax.sharding.mesh import make_mesh
-from ilm_jax.train import loop, optimizer
+from ilm_jax.train import loop, optimizer, provenance
+from ilm_jax.train.provenance import ProvenanceError
 
 
 class Toy(nn.Module):
@@ -247,3 +248,72 @@ def test_non_finite_parameters_are_never_saved(tmp_path):
       frozen=frozen,
     )
   assert not list((tmp_path / loop.CHECKPOINT_DIR).glob("1"))
+
+
+def test_resuming_under_changed_settings_is_refused_or_restarts(tmp_path):
+  params, specs, frozen = _toy_setup()
+  kw = dict(mesh=_mesh(), frozen=frozen)
+  trained = {"lr": 0.05, "data": "abc"}
+  with pytest.raises(KeyboardInterrupt):
+    loop.train(
+      _toy_loss,
+      params,
+      specs,
+      ToyData(crash_at=6),
+      _config(),
+      tmp_path,
+      provenance=trained,
+      **kw,
+    )
+  with pytest.raises(ProvenanceError) as info:
+    loop.train(
+      _toy_loss,
+      params,
+      specs,
+      ToyData(),
+      _config(),
+      tmp_path,
+      provenance={**trained, "data": "abd"},
+      **kw,
+    )
+  message = str(info.value)
+  assert "data: 'abc' -> 'abd'" in message and "lr" not in message
+  assert "restart_if_changed" in message
+  # The same settings resume where the run stopped.
+  resumed = loop.train(
+    _toy_loss,
+    params,
+    specs,
+    ToyData(),
+    _config(),
+    tmp_path,
+    provenance=trained,
+    **kw,
+  )
+  assert resumed.start_step == 4
+  # Asked to, a run under changed settings discards the old checkpoints.
+  again = loop.train(
+    _toy_loss,
+    params,
+    specs,
+    ToyData(),
+    _config(restart_if_changed=True),
+    tmp_path,
+    provenance={**trained, "data": "abd"},
+    **kw,
+  )
+  assert again.start_step == 0 and int(again.state.step) == 10
+  history = json.loads((tmp_path / "metrics.json").read_text())
+  assert [r["step"] for r in history["train"]] == list(range(1, 11))
+
+
+def test_provenance_ignores_how_long_and_how_visibly_to_train():
+  from ilm_jax.experiment_config import loop_config
+
+  a, b = loop_config(), loop_config()
+  b.num_steps, b.log_every, b.progress_bar = 99, 3, False
+  assert provenance.without_bookkeeping(a) == provenance.without_bookkeeping(b)
+  b.learning_rate = 0.5
+  assert provenance.differences(
+    provenance.without_bookkeeping(a), provenance.without_bookkeeping(b)
+  ) == ["learning_rate: 0.0001 -> 0.5"]

@@ -25,6 +25,7 @@ import numpy as np
 from flax import linen as nn
 
 from ilm_jax import files
+from ilm_jax.cf.table import TABLE_FILE
 from ilm_jax.checkpoint import manager as ckpt
 from ilm_jax.convert import bert as convert_bert
 from ilm_jax.data import load_split
@@ -40,9 +41,9 @@ from ilm_jax.models.bert import BertConfig
 from ilm_jax.models.qformer import QFormerConfig
 from ilm_jax.models.stage1_model import Stage1Model
 from ilm_jax.objectives import mix as mix_lib
-from ilm_jax.pipeline.cf import cf_table
+from ilm_jax.pipeline.cf import CF_DIR, cf_table
 from ilm_jax.sharding import mesh as mesh_lib
-from ilm_jax.train import loop
+from ilm_jax.train import loop, provenance
 from ilm_jax.train.summaries import MetricsLog
 
 STAGE_DIR = "stage1"
@@ -253,12 +254,32 @@ def run(
     run_config=json.loads(config.to_json_best_effort()),
     eval_fn=eval_fn,
     desc="stage1",
+    provenance=_provenance(config, workdir),
   )
   final = dict(result.metrics)
   final.update({f"start/{k}": v for k, v in start_metrics.items()})
   final["objectives"] = ",".join(loss_mix.weights)
   logging.info("stage1: %s", final)
   return final
+
+
+def _provenance(config, workdir: pathlib.Path) -> dict:
+  """What a stage-1 state depends on: its data, Q-Former shape, objectives,
+  optimiser settings and the CF table it read (by content)."""
+  s1 = config.stage1
+  return {
+    "dataset": config.dataset.to_dict(),
+    "qformer": config.qformer.to_dict(),
+    "stage1": {
+      "losses": s1.losses,
+      "loss_weights": s1.loss_weights.to_dict(),
+      "batch_size": s1.batch_size,
+      "train": provenance.without_bookkeeping(s1.train),
+    },
+    "cf_table": provenance.file_digest(
+      pathlib.Path(workdir) / CF_DIR / TABLE_FILE
+    ),
+  }
 
 
 def _start_evaluation(out: pathlib.Path, eval_fn, params) -> dict:

@@ -38,6 +38,7 @@ import numpy as np
 from flax import linen as nn
 from jax.sharding import PartitionSpec
 
+from ilm_jax.cf.table import TABLE_FILE
 from ilm_jax.convert.frozen_llm import load_stage2_llm
 from ilm_jax.data import load_split
 from ilm_jax.data import prompts as P
@@ -62,10 +63,10 @@ from ilm_jax.models.ilm import (
 )
 from ilm_jax.models.llm.decoder import Decoder
 from ilm_jax.pipeline import stage1, stage2_report
-from ilm_jax.pipeline.cf import als_config, cf_table
+from ilm_jax.pipeline.cf import CF_DIR, als_config, cf_table
 from ilm_jax.rerank import stage as rerank
 from ilm_jax.sharding.mesh import make_mesh
-from ilm_jax.train import loop
+from ilm_jax.train import loop, provenance
 
 STAGE_DIR = "stage2"
 RESULTS_FILE = "results.json"
@@ -200,6 +201,38 @@ def training_examples(c, split, index, prompt_encoder, seed, rerank_prompts=()):
   return examples, described
 
 
+# Stage-2 fields that only choose what to evaluate after training.
+_EVALUATION_ONLY = ("eval", "evaluations")
+# (Training lists always come from the inner ALS, whatever evaluates.)
+_RERANK_EVALUATION_ONLY = ("max_users", "batch_size", "retriever")
+
+
+def _provenance(config, workdir, initial_params) -> dict:
+  """What a stage-2 state depends on: data, the training recipe, the CF
+  table (by content) and the encoder's starting point (stage 1's Q-Former
+  or a seeded random init, by content)."""
+  c = config.stage2
+  recipe = {
+    k: v
+    for k, v in c.to_dict().items()
+    if k not in (*_EVALUATION_ONLY, "train", "rerank")
+  }
+  recipe["rerank"] = {
+    k: v
+    for k, v in c.rerank.to_dict().items()
+    if k not in _RERANK_EVALUATION_ONLY
+  }
+  recipe["train"] = provenance.without_bookkeeping(c.train)
+  return {
+    "dataset": config.dataset.to_dict(),
+    "stage2": recipe,
+    "cf_table": provenance.file_digest(
+      pathlib.Path(workdir) / CF_DIR / TABLE_FILE
+    ),
+    "initial_params": provenance.tree_digest(initial_params),
+  }
+
+
 def run(
   config: ml_collections.ConfigDict, workdir, out_name: str = STAGE_DIR
 ) -> dict:
@@ -281,6 +314,7 @@ def run(
     frozen_specs=frozen_specs,
     run_config=json.loads(config.to_json_best_effort()),
     desc="stage2",
+    provenance=_provenance(config, workdir, nn.unbox(boxed)),
   )
   train_seconds = time.time() - start
   ilm = TrainedIlm(

@@ -35,6 +35,7 @@ from ilm_jax.checkpoint import manager as ckpt
 from ilm_jax.experiment_config import MESH_RULES
 from ilm_jax.sharding import mesh as mesh_lib
 from ilm_jax.train import optimizer as optim
+from ilm_jax.train import provenance as provenance_lib
 from ilm_jax.train.summaries import MetricsLog
 
 CHECKPOINT_DIR = "checkpoints"
@@ -282,6 +283,31 @@ def _save_checked(manager, step, state, data, run_config, force=False):
   ckpt.save(manager, step, state, data.get_state(), run_config, force=force)
 
 
+def _resolve_changed_inputs(manager, log, workdir, provenance, config, desc):
+  """Stops (or, if asked, starts afresh) when the checkpoints in ``workdir``
+  were trained under other settings or inputs than ``provenance``."""
+  changed = provenance_lib.check(workdir, provenance)
+  if not changed:
+    return
+  if not config.restart_if_changed:
+    raise provenance_lib.ProvenanceError(
+      f"{workdir}: its checkpoints were trained with other settings or "
+      "inputs; resuming would report that model under this config:\n  "
+      + "\n  ".join(changed)
+      + f"\nRestore them, use another workdir, or pass "
+      f"--config.{desc}.train.restart_if_changed=True to discard these "
+      "checkpoints and train afresh."
+    )
+  logging.warning(
+    "%s: inputs changed (%s); discarding its checkpoints", desc, changed
+  )
+  manager.wait_until_finished()
+  for step in manager.all_steps():
+    manager.delete(step)
+  log.truncate(0)
+  log.history["final"] = {}
+
+
 def train(
   loss_fn: LossFn,
   params,
@@ -297,6 +323,7 @@ def train(
   run_config: dict | None = None,
   eval_fn: Callable[[Any, int], dict] | None = None,
   desc: str = "train",
+  provenance: dict | None = None,
 ) -> TrainResult:
   """Trains to ``config.num_steps``, resuming from the latest checkpoint.
 
@@ -316,7 +343,9 @@ def train(
     run_config: the full config as a dict, saved in each checkpoint.
     eval_fn: ``eval_fn(params, step) -> metrics`` run every
       ``config.eval_every`` steps (if > 0) and at the end.
-    desc: progress bar label.
+    desc: progress bar label (and the config section named in messages).
+    provenance: what the trained state depends on (``train.provenance``);
+      recorded when the run starts, compared when it resumes.
 
   Returns:
     A TrainResult.
@@ -324,6 +353,8 @@ def train(
   Raises:
     NonFiniteLossError: a NaN/inf loss or gradient (last good checkpoint is
       kept).
+    ProvenanceError: resuming under other settings or inputs than the
+      checkpoints were trained with (unless ``restart_if_changed``).
   """
   workdir = pathlib.Path(workdir)
   trainer = Trainer(
@@ -339,6 +370,8 @@ def train(
   num_steps = int(config.num_steps)
   state = trainer.init_state(params)
   start = 0
+  if provenance is not None and manager.latest_step() is not None:
+    _resolve_changed_inputs(manager, log, workdir, provenance, config, desc)
   if manager.latest_step() is not None:
     state, data_state, _ = ckpt.restore(manager, ckpt.abstract_like(state))
     data.set_state(data_state)
@@ -347,6 +380,8 @@ def train(
   # Records past the restored step (or any train records of a run that never
   # checkpointed) belong to a future that did not happen.
   log.truncate(start)
+  if provenance is not None:
+    provenance_lib.record(workdir, provenance)
   if start >= num_steps and log.history.get("final"):
     # A finished run restarted: report what it measured (training window
     # and final evaluation) instead of an empty result, and do not evaluate

@@ -1,0 +1,106 @@
+"""What a training run's state depends on, checked when it resumes.
+
+A run resumed under another learning rate, batch size or CF table used to
+continue silently and report the old model under the new ``config.json``.
+A stage now describes what its state depends on (its config sections and
+hashes of its inputs); the loop records that beside the checkpoints when a
+run starts and compares it when one resumes. A difference stops the run,
+naming every changed field, unless the loop config asks to start afresh.
+
+Fields that only say how long or how visibly to train (``num_steps``, so a
+finished run can be extended, and the logging / checkpoint cadence) are not
+part of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pathlib
+from collections.abc import Mapping
+from typing import Any
+
+from ilm_jax import files
+
+FILE = "provenance.json"
+# Loop fields that change neither the data seen so far nor the updates made.
+BOOKKEEPING = (
+  "num_steps",
+  "log_every",
+  "eval_every",
+  "checkpoint_every",
+  "keep_checkpoints",
+  "progress_bar",
+)
+
+
+class ProvenanceError(RuntimeError):
+  """A run would resume under inputs or settings it was not trained with."""
+
+
+def file_digest(path: str | pathlib.Path) -> str:
+  """SHA-256 of a file's bytes (an input's identity)."""
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def tree_digest(tree) -> str:
+  """SHA-256 over a pytree's leaf paths, shapes, dtypes and bytes (the
+  identity of a starting point, e.g. stage 1's Q-Former)."""
+  import jax  # Only digesting parameters needs it.
+  import numpy as np
+
+  digest = hashlib.sha256()
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    array = np.ascontiguousarray(np.asarray(leaf))
+    digest.update(jax.tree_util.keystr(path).encode())
+    digest.update(f"{array.shape}{array.dtype}".encode())
+    digest.update(array.tobytes())
+  return digest.hexdigest()
+
+
+def without_bookkeeping(loop_config: Mapping) -> dict:
+  """A loop config's fields that shape training."""
+  return {k: v for k, v in dict(loop_config).items() if k not in BOOKKEEPING}
+
+
+def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+  if isinstance(value, Mapping):
+    out = {}
+    for key, child in value.items():
+      out.update(_flat(child, f"{prefix}{key}."))
+    return out
+  if isinstance(value, list | tuple):
+    value = list(value)
+  return {prefix.rstrip("."): value}
+
+
+def differences(saved: Mapping, current: Mapping) -> list[str]:
+  """``"field: saved -> current"`` for every field that differs."""
+  a, b = _flat(saved), _flat(current)
+  return [
+    f"{key}: {a.get(key, '<absent>')!r} -> {b.get(key, '<absent>')!r}"
+    for key in sorted(set(a) | set(b))
+    if a.get(key) != b.get(key)
+  ]
+
+
+def normalised(value: Any) -> Any:
+  """``value`` as JSON would give it back (tuples as lists, plain types)."""
+  return json.loads(json.dumps(value, default=str))
+
+
+def check(workdir: pathlib.Path, current: Mapping) -> list[str]:
+  """Differences between the recorded provenance and ``current`` (none when
+  nothing was recorded, as for runs from before it existed)."""
+  path = pathlib.Path(workdir) / FILE
+  if not path.exists():
+    return []
+  return differences(files.read_json(path), normalised(current))
+
+
+def record(workdir: pathlib.Path, current: Mapping) -> None:
+  files.write_json(pathlib.Path(workdir) / FILE, normalised(current))

@@ -1,0 +1,59 @@
+"""What each stage's state depends on: settings that train, not those that
+only evaluate or pace the run."""
+
+import numpy as np
+
+from ilm_jax.cf.table import CFTable
+from ilm_jax.experiment_config import get_config
+from ilm_jax.pipeline import stage1, stage2
+from ilm_jax.train import provenance
+
+
+def _workdir(tmp_path, seed=0):
+  table = np.random.default_rng(seed).normal(size=(7, 4)).astype(np.float32)
+  CFTable(table, 3, 4).save(tmp_path / "cf")
+  return tmp_path
+
+
+def test_stage2_provenance_follows_training_settings_only(tmp_path):
+  workdir = _workdir(tmp_path)
+  params = {"adapter": {"kernel": np.ones((2, 3), np.float32)}}
+  config = get_config("ml-latest-small")
+  base = stage2._provenance(config, workdir, params)
+  # Evaluation choices and the run's pace leave it unchanged.
+  config.stage2.evaluations = ("rerank:rerank:valid:seen",)
+  config.stage2.eval.max_users = 5
+  config.stage2.rerank.max_users = 7
+  config.stage2.train.num_steps = 999
+  config.stage2.train.log_every = 1
+  assert stage2._provenance(config, workdir, params) == base
+  # What trains changes it, and the difference is named.
+  config.stage2.train.learning_rate = 0.5
+  config.stage2.rerank.labels = "identifiers"
+  changed = provenance.differences(
+    provenance.normalised(base),
+    provenance.normalised(stage2._provenance(config, workdir, params)),
+  )
+  assert changed == [
+    "stage2.rerank.labels: 'letters' -> 'identifiers'",
+    "stage2.train.learning_rate: 0.003 -> 0.5",
+  ]
+  # So do the starting point and the CF table, by content.
+  same = {"adapter": {"kernel": np.ones((2, 3), np.float32)}}
+  other = {"adapter": {"kernel": np.zeros((2, 3), np.float32)}}
+  assert provenance.tree_digest(same) == provenance.tree_digest(params)
+  assert provenance.tree_digest(other) != provenance.tree_digest(params)
+  before = stage2._provenance(config, workdir, params)["cf_table"]
+  after = stage2._provenance(config, _workdir(tmp_path, seed=1), params)
+  assert after["cf_table"] != before
+
+
+def test_stage1_provenance_follows_the_cf_table_and_recipe(tmp_path):
+  config = get_config("ml-latest-small")
+  first = stage1._provenance(config, _workdir(tmp_path, seed=0))
+  second = stage1._provenance(config, _workdir(tmp_path, seed=1))
+  assert first["cf_table"] != second["cf_table"]
+  config.stage1.train.num_steps = 5000
+  assert stage1._provenance(config, tmp_path) == second
+  config.stage1.batch_size = 64
+  assert stage1._provenance(config, tmp_path)["stage1"]["batch_size"] == 64
