@@ -24,7 +24,6 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import linen as nn
@@ -34,11 +33,13 @@ from tqdm import tqdm
 from ilm_jax.checkpoint import manager as ckpt
 from ilm_jax.experiment_config import MESH_RULES
 from ilm_jax.sharding import mesh as mesh_lib
+from ilm_jax.train import guards
 from ilm_jax.train import optimizer as optim
 from ilm_jax.train import provenance as provenance_lib
 from ilm_jax.train.summaries import MetricsLog
 
 CHECKPOINT_DIR = "checkpoints"
+NonFiniteLossError = guards.NonFiniteLossError
 # A metric "x" with a companion "x_weight" is averaged over a logging window
 # weighted by it (e.g. a loss over the re-ranking rows of mixed batches);
 # windows with zero total weight leave it out.
@@ -80,10 +81,6 @@ def window_mean(window: list[dict]) -> dict[str, float]:
     if weights.sum() > 0:
       out[k] = float((values * weights).sum() / weights.sum())
   return out
-
-
-class NonFiniteLossError(RuntimeError):
-  """The loss or gradient became NaN/inf; the run stopped before saving."""
 
 
 class Trainer:
@@ -238,76 +235,6 @@ class TrainResult:
   start_step: int
 
 
-def _check_finite(step: int, metrics: dict, manager) -> None:
-  bad = {
-    k: float(metrics[k])
-    for k in ("loss", "grad_norm")
-    if not np.isfinite(float(metrics[k]))
-  }
-  if bad:
-    manager.wait_until_finished()
-    last = manager.latest_step()
-    kept = f"step {last}" if last is not None else "none saved yet"
-    raise NonFiniteLossError(
-      f"non-finite {bad} at step {step}; training stopped without saving "
-      f"this state. Last good checkpoint: {kept} in {manager.directory}. "
-      "Lower the learning rate or check the inputs, then rerun to resume."
-    )
-
-
-@jax.jit
-def _all_finite(tree) -> jax.Array:
-  return jax.tree.reduce(
-    jnp.logical_and,
-    jax.tree.map(lambda x: jnp.all(jnp.isfinite(x)), tree),
-    jnp.array(True),
-  )
-
-
-def _save_checked(manager, step, state, data, run_config, force=False):
-  """Saves a checkpoint the policy (or ``force``) asks for, once its params
-  are known finite: a finite loss does not guarantee finite params (a NaN
-  learning rate turns them all NaN after the update), and a NaN checkpoint
-  would be resumed from and evaluated as if it were a model."""
-  if not (force or manager.should_save(step)):
-    return
-  if not bool(_all_finite(state.params)):
-    manager.wait_until_finished()
-    last = manager.latest_step()
-    kept = f"step {last}" if last is not None else "none saved yet"
-    raise NonFiniteLossError(
-      f"non-finite parameters after step {step}; not saved. Last good "
-      f"checkpoint: {kept} in {manager.directory}. Lower the learning rate "
-      "or check the inputs, then rerun to resume."
-    )
-  ckpt.save(manager, step, state, data.get_state(), run_config, force=force)
-
-
-def _resolve_changed_inputs(manager, log, workdir, provenance, config, desc):
-  """Stops (or, if asked, starts afresh) when the checkpoints in ``workdir``
-  were trained under other settings or inputs than ``provenance``."""
-  changed = provenance_lib.check(workdir, provenance)
-  if not changed:
-    return
-  if not config.restart_if_changed:
-    raise provenance_lib.ProvenanceError(
-      f"{workdir}: its checkpoints were trained with other settings or "
-      "inputs; resuming would report that model under this config:\n  "
-      + "\n  ".join(changed)
-      + f"\nRestore them, use another workdir, or pass "
-      f"--config.{desc}.train.restart_if_changed=True to discard these "
-      "checkpoints and train afresh."
-    )
-  logging.warning(
-    "%s: inputs changed (%s); discarding its checkpoints", desc, changed
-  )
-  manager.wait_until_finished()
-  for step in manager.all_steps():
-    manager.delete(step)
-  log.truncate(0)
-  log.history["final"] = {}
-
-
 def train(
   loss_fn: LossFn,
   params,
@@ -371,7 +298,9 @@ def train(
   state = trainer.init_state(params)
   start = 0
   if provenance is not None and manager.latest_step() is not None:
-    _resolve_changed_inputs(manager, log, workdir, provenance, config, desc)
+    guards.resolve_changed_inputs(
+      manager, log, workdir, provenance, config, desc
+    )
   if manager.latest_step() is not None:
     state, data_state, _ = ckpt.restore(manager, ckpt.abstract_like(state))
     data.set_state(data_state)
@@ -407,7 +336,7 @@ def train(
       batch = trainer.place_batch(next(data))
       state, metrics = trainer.step(state, frozen, batch)
       metrics = jax.device_get(metrics)
-      _check_finite(step, metrics, manager)
+      guards.check_finite_metrics(step, metrics, manager)
       window.append(metrics)
       bar.update(1)
       if step % log_every == 0 or step == num_steps:
@@ -417,9 +346,11 @@ def train(
         bar.set_postfix(loss=f"{last_metrics['loss']:.4f}")
       if eval_fn is not None and eval_every > 0 and step % eval_every == 0:
         log.write("eval", step, eval_fn(state.params, step))
-      _save_checked(manager, step, state, data, run_config)
+      guards.save_checked(manager, step, state, data, run_config)
     if manager.latest_step() != num_steps and num_steps > start:
-      _save_checked(manager, num_steps, state, data, run_config, force=True)
+      guards.save_checked(
+        manager, num_steps, state, data, run_config, force=True
+      )
     manager.wait_until_finished()
     if eval_fn is not None:
       final_eval = eval_fn(state.params, num_steps)
