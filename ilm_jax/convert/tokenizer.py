@@ -3,6 +3,13 @@
 Built from an HF ``tokenizer.json`` (with ``tokenizer_config.json`` beside it
 for the special tokens and chat template) or, by ``gguf_tokenizer``, from the
 metadata of a GGUF file.
+
+Why not transformers' ``AutoTokenizer``: the packaged SmolLM2 and Gemma
+weights come as GGUF files with no HF folder, and both sources must give the
+same small object; ``tokenizers`` (what ``AutoTokenizer`` wraps) does the
+tokenising either way, and its post-processor decides BOS as transformers
+would (``tests/test_llm_convert.py`` compares the two on a Llama-3-style
+folder).
 """
 
 from __future__ import annotations
