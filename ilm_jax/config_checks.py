@@ -82,7 +82,7 @@ _RULES = {
   "dataset.kcore": _int_at_least(-1),
   "dataset.min_rating": _finite(),
   "dataset.max_history": POSITIVE_INT,
-  "dataset.indexing": _one_of("random", "sequential"),
+  "dataset.indexing": _one_of("random", "sequential", "collaborative"),
   "cf.dim": POSITIVE_INT,
   "cf.reg": NON_NEGATIVE,
   "cf.alpha": NON_NEGATIVE,

@@ -84,7 +84,9 @@ def dataset_config() -> ml_collections.ConfigDict:
   c.kcore = -1  # k-core filter; -1 = the dataset's default (5)
   c.min_rating = 0.0  # ratings below this are dropped (0 = keep all)
   c.max_history = 20  # history cap in prompts (OpenP5: 20)
-  c.indexing = "random"  # OpenP5 item ids: "random" | "sequential"
+  # Item ids: "random" | "sequential" (leaks: next item = last id + 1 often)
+  # | "collaborative" (hierarchical k-means of the CF table; OpenP5-C idea).
+  c.indexing = "random"
   c.max_users = -1  # keep only the first N users (-1 = all); CPU runs
   return c
 

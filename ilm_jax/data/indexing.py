@@ -5,7 +5,14 @@ order; sequential indexing numbers items from 1001 in order of first appearance
 when walking users' sequences in order. We walk training sequences first and
 only then the held-out items, so the numbering carries no information about a
 user's validation or test item into anything that trains (OpenP5 walks the
-full sequences).
+full sequences). Sequential numbers still leak in another way: a user's next
+item is often the number after their last one.
+
+Collaborative indexing (OpenP5-C's idea, our construction): a hierarchical
+k-means of the items' CF vectors, which ALS fitted on training interactions
+only, with ten branches per level; an item's digits are its path down the
+tree and its place in its leaf, so items close in CF space share identifier
+prefixes and the LLM can generate coarse-to-fine.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ class ItemIndex:
 
   Attributes:
     codes: int64[I], the identifier number of each item index.
-    scheme: "random" or "sequential".
+    scheme: "random", "sequential" or "collaborative".
   """
 
   codes: np.ndarray
@@ -81,11 +88,95 @@ def sequential_indexing(split: LeaveOneOutSplit) -> ItemIndex:
   return ItemIndex(codes, "sequential")
 
 
-def make_index(
-  split: LeaveOneOutSplit, scheme: str, seed: int = 0
+BRANCHES = 10  # children per tree node: one decimal digit per level
+
+
+def _kmeans(vectors: np.ndarray, k: int, rng, iterations: int = 20):
+  """Labels int[N] of Lloyd's k-means (k-means++ seeding) on float[N, D]."""
+  n = len(vectors)
+  centers = [vectors[rng.integers(n)]]
+  for _ in range(1, k):
+    d2 = np.min(
+      ((vectors[:, None, :] - np.asarray(centers)[None]) ** 2).sum(-1), axis=1
+    )
+    total = d2.sum()
+    pick = rng.choice(n, p=d2 / total) if total > 0 else rng.integers(n)
+    centers.append(vectors[pick])
+  centers = np.asarray(centers)
+  labels = np.zeros(n, np.int64)
+  for _ in range(iterations):
+    d2 = ((vectors[:, None, :] - centers[None]) ** 2).sum(-1)
+    labels = d2.argmin(1)
+    for c in range(k):
+      members = vectors[labels == c]
+      if len(members):
+        centers[c] = members.mean(0)
+  return labels
+
+
+def _paths(vectors: np.ndarray, items: np.ndarray, rng, prefix: str, out):
+  """Fills ``out[item] = (path digits, place in leaf)`` below ``prefix``."""
+  if len(items) <= BRANCHES:
+    for place, item in enumerate(items):
+      out[int(item)] = (prefix, place)
+    return
+  labels = _kmeans(vectors[items], BRANCHES, rng)
+  if len(np.unique(labels)) == 1:
+    # Identical vectors cannot be told apart by distance: split evenly.
+    labels = np.arange(len(items)) * BRANCHES // len(items)
+  for child in range(BRANCHES):
+    members = items[labels == child]
+    if len(members):
+      _paths(vectors, members, rng, prefix + str(child), out)
+
+
+def collaborative_indexing(
+  item_vectors: np.ndarray, seed: int = 0
 ) -> ItemIndex:
+  """Codes whose digits follow a hierarchical k-means of the CF vectors.
+
+  Args:
+    item_vectors: float[I, D], each item's CF embedding (fitted on training
+      interactions only, so the tree holds nothing of held-out items).
+    seed: seeds the clustering.
+
+  Returns:
+    An ItemIndex whose codes all have the same number of digits: ``1``, the
+    item's path (one digit per level, zero-padded after a shallow leaf, whose
+    node has no deeper children to collide with) and its place in the leaf.
+  """
+  vectors = np.asarray(item_vectors, np.float64)
+  if vectors.ndim != 2 or not np.isfinite(vectors).all():
+    raise ValueError("item_vectors must be a finite float[I, D] array")
+  out: dict[int, tuple[str, int]] = {}
+  _paths(vectors, np.arange(len(vectors)), np.random.default_rng(seed), "", out)
+  depth = max(len(path) for path, _ in out.values())
+  codes = np.empty(len(vectors), np.int64)
+  for item, (path, place) in out.items():
+    codes[item] = int("1" + path.ljust(depth, "0") + str(place))
+  return ItemIndex(codes, "collaborative")
+
+
+SCHEMES = ("random", "sequential", "collaborative")
+
+
+def make_index(
+  split: LeaveOneOutSplit,
+  scheme: str,
+  seed: int = 0,
+  item_vectors: np.ndarray | None = None,
+) -> ItemIndex:
+  """The ItemIndex of ``scheme`` (``item_vectors``: the CF table's items,
+  needed by "collaborative")."""
   if scheme == "random":
     return random_indexing(split.num_items, seed)
   if scheme == "sequential":
     return sequential_indexing(split)
-  raise ValueError(f"indexing must be 'random' or 'sequential', got {scheme!r}")
+  if scheme == "collaborative":
+    if item_vectors is None or len(item_vectors) != split.num_items:
+      raise ValueError(
+        "collaborative indexing needs the CF table's item vectors "
+        f"(float[{split.num_items}, d])"
+      )
+    return collaborative_indexing(item_vectors, seed)
+  raise ValueError(f"indexing must be one of {SCHEMES}, got {scheme!r}")

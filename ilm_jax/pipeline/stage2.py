@@ -249,7 +249,9 @@ def run(
   out_dir.mkdir(parents=True, exist_ok=True)
   split = load_split(config.dataset)
   table = cf_table(config, workdir, split)
-  index = make_index(split, config.dataset.indexing, config.seed)
+  index = make_index(
+    split, config.dataset.indexing, config.seed, np.asarray(table.items)
+  )
   llm_config, llm_params, tokenizer = load_stage2_llm(c.llm, config.seed)
   token_rms = word_embedding_rms(Decoder(llm_config), llm_params)
   model, boxed, init = build_model(

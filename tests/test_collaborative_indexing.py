@@ -1,0 +1,86 @@
+"""Collaborative identifiers: items close in CF space share prefixes."""
+
+import numpy as np
+import pytest
+
+from ilm_jax.data import load_split
+from ilm_jax.data.indexing import (
+  BRANCHES,
+  collaborative_indexing,
+  make_index,
+)
+from ilm_jax.experiment_config import get_config
+
+
+def _clustered_vectors(seed=0, groups=12, per_group=30, dim=8):
+  """Tight groups far apart: the ground truth the tree should find."""
+  rng = np.random.default_rng(seed)
+  centers = rng.normal(scale=10.0, size=(groups, dim))
+  vectors = np.repeat(centers, per_group, 0)
+  vectors += rng.normal(scale=0.01, size=vectors.shape)
+  return vectors, np.repeat(np.arange(groups), per_group)
+
+
+def _shared_prefix(a: str, b: str) -> int:
+  n = 0
+  while n < min(len(a), len(b)) and a[n] == b[n]:
+    n += 1
+  return n
+
+
+def test_codes_are_distinct_equally_long_and_deterministic():
+  vectors, _ = _clustered_vectors()
+  index = collaborative_indexing(vectors, seed=3)
+  codes = [str(c) for c in index.codes]
+  assert len(set(codes)) == len(codes)
+  assert len({len(c) for c in codes}) == 1 and all(c[0] == "1" for c in codes)
+  np.testing.assert_array_equal(
+    index.codes, collaborative_indexing(vectors, seed=3).codes
+  )
+  assert index.scheme == "collaborative"
+  assert index.lookup(index.identifier(17)) == 17
+
+
+def test_items_of_one_group_share_a_longer_prefix_than_items_apart():
+  vectors, group = _clustered_vectors()
+  codes = [str(c) for c in collaborative_indexing(vectors).codes]
+  rng = np.random.default_rng(1)
+  pairs = rng.integers(0, len(codes), size=(2000, 2))
+  same = [
+    _shared_prefix(codes[a], codes[b])
+    for a, b in pairs
+    if group[a] == group[b] and a != b
+  ]
+  apart = [
+    _shared_prefix(codes[a], codes[b]) for a, b in pairs if group[a] != group[b]
+  ]
+  # Every group of 30 sits under one node two levels down, so its members
+  # share at least the root "1" plus one digit; different groups mostly
+  # part at the first digit.
+  assert min(same) >= 2
+  assert np.mean(same) > np.mean(apart) + 1
+
+
+def test_leaves_hold_at_most_ten_items():
+  vectors, _ = _clustered_vectors(groups=3, per_group=55)
+  codes = [str(c) for c in collaborative_indexing(vectors).codes]
+  parents = {}
+  for code in codes:
+    parents.setdefault(code[:-1], []).append(code[-1])
+  assert max(len(v) for v in parents.values()) <= BRANCHES
+
+
+def test_identical_vectors_still_get_distinct_codes():
+  codes = collaborative_indexing(np.zeros((37, 4))).codes
+  assert len(set(codes.tolist())) == 37
+
+
+def test_make_index_needs_the_cf_vectors_and_names_the_schemes():
+  split = load_split(get_config("ml-latest-small", "small").dataset)
+  with pytest.raises(ValueError, match="item vectors"):
+    make_index(split, "collaborative")
+  with pytest.raises(ValueError, match="collaborative"):
+    make_index(split, "semantic")
+  vectors = np.random.default_rng(0).normal(size=(split.num_items, 4))
+  index = make_index(split, "collaborative", 0, vectors)
+  assert len(index.identifiers) == split.num_items
