@@ -214,6 +214,10 @@ def stage2_config() -> ml_collections.ConfigDict:
   # mean-pooled into this many (0 = all K), so long lists stay short (a
   # re-ranking prompt of 20 history items and 20 candidates fits 512).
   c.list_tokens = 2
+  # Generative loss: "example" averages each prompt's answer tokens, then
+  # the prompts, so short identifier answers count as much as long text;
+  # "token" averages all answer tokens of a batch.
+  c.answer_weighting = "example"
   c.rerank = rerank_config()
   # What is evaluated: "kind:task:split:templates" entries
   # (ilm_jax.eval.evaluations); results and reports keep this order.
@@ -287,6 +291,7 @@ def cpu_budget(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   s2.max_answer_tokens = 32
   s2.batch_size = 8
   s2.list_tokens = 1
+  s2.answer_weighting = "token"  # as measured for the README's CPU figures
   s2.ids_as_text = False  # entities as soft tokens only: short prompts
   # A shared soft prompt lets a few steps set the task's behaviour.
   s2.shared_prompt = 8

@@ -270,3 +270,24 @@ def test_gradients_reach_queries_and_text_branch(tiny_model):
   assert norms["qformer"]["layer_0"]["cross_attention"]["query"]["kernel"] > 0
   assert norms["qformer"]["layer_0"]["ffn"]["output"]["kernel"] > 0
   assert all(np.isfinite(v) for v in jax.tree.leaves(norms))
+
+
+def test_answer_weighting_gives_every_prompt_one_vote():
+  from ilm_jax.objectives.answer_loss import mean_answer_nll
+
+  # Row 0: a 4-token identifier answer with high loss; row 1: a 12-token
+  # text answer with low loss; row 2: no answer (a re-ranking row).
+  nll = np.zeros((3, 12), np.float32)
+  mask = np.zeros((3, 12), np.float32)
+  nll[0, :4], mask[0, :4] = 3.0, 1.0
+  nll[1, :], mask[1, :] = 1.0, 1.0
+  token = float(mean_answer_nll(jnp.asarray(nll), jnp.asarray(mask), "token"))
+  example = float(
+    mean_answer_nll(jnp.asarray(nll), jnp.asarray(mask), "example")
+  )
+  assert token == pytest.approx((4 * 3.0 + 12 * 1.0) / 16)
+  assert example == pytest.approx((3.0 + 1.0) / 2)
+  empty = mean_answer_nll(jnp.zeros((2, 3)), jnp.zeros((2, 3)), "example")
+  assert float(empty) == 0.0
+  with pytest.raises(ValueError, match="token"):
+    mean_answer_nll(jnp.asarray(nll), jnp.asarray(mask), "row")

@@ -182,6 +182,10 @@ def test_run_end_to_end_on_tiny_llm(tmp_path, variant):
   _write_cf_table(stage2_config(), tmp_path)
   results = stage2.run(stage2_config(variant=variant), tmp_path)
   assert results["variant"] == variant and results["steps"] == 3
+  # The mixture trained: every configured task, adding up to the examples.
+  mixture = results["train_mixture"]
+  assert sum(mixture.values()) == results["train_examples"]
+  assert set(mixture) == set(stage2_config().stage2.tasks)
   evaluations = results["evaluations"]
   # One entry per declared evaluation, in declared order, carrying its
   # own fields.

@@ -33,6 +33,7 @@ from ilm_jax.models.retrieval_head import (
   item_vectors,
 )
 from ilm_jax.models.slots import SOFT_PROMPT
+from ilm_jax.objectives.answer_loss import mean_answer_nll
 
 VARIANTS = ("ilm", "mlp", "text")
 
@@ -199,6 +200,7 @@ class ItemLanguageModel:
       S tokens are mean-pooled into this many groups, appended after its S
       tokens (``EntityCoding.list_tokens``); 0 = lists use all S. Pooling
       after the linear adapter equals adapting pooled query outputs.
+    answer_weighting: "token" or "example" (``objectives.answer_loss``).
   """
 
   decoder: Decoder
@@ -206,6 +208,7 @@ class ItemLanguageModel:
   num_users: int
   retrieval_weight: float = 0.0
   list_tokens: int = 0
+  answer_weighting: str = "token"
 
   @property
   def head(self) -> RetrievalHead:
@@ -364,7 +367,7 @@ class ItemLanguageModel:
       "token_accuracy_weight": mask.sum(),
       "answer_tokens": mask.sum(),
     }
-    loss = (nll * mask).sum() / count
+    loss = mean_answer_nll(nll, mask, self.answer_weighting)
     # Re-ranking rows: softmax over the candidates' answer log-likelihoods,
     # the held-out item's candidate the class (rows without one add 0).
     scores = _candidate_scores(out.logits[:, p:].reshape(b, n, m, -1), batch)

@@ -144,6 +144,7 @@ def build_model(
     num_users,
     float(c.retrieval_weight),
     list_tokens=int(c.list_tokens),
+    answer_weighting=c.answer_weighting,
   )
   boxed = model.init_encoder(jax.random.key(seed), cf_dim)
   init = "random"
@@ -179,11 +180,14 @@ def build_trie(prompt_encoder: PromptEncoder, vocab_size: int):
   return build_item_trie(sequences, vocab_size)
 
 
-def training_examples(c, split, index, prompt_encoder, seed, rerank_prompts=()):
+def training_examples(
+  c, split, index, prompt_encoder, seed, rerank_prompts=(), mixture=None
+):
   """(encoded training examples, set of items that descriptions use).
 
   ``rerank_prompts`` (``rerank.training_prompts``) join the generative
-  tasks' prompts.
+  tasks' prompts. ``mixture``, a dict, receives the number of examples
+  kept per task (what is actually trained, after length filtering).
   """
   generative = tuple(t for t in c.tasks if t in P.TASKS)
   prompts = list(rerank_prompts)
@@ -196,6 +200,8 @@ def training_examples(c, split, index, prompt_encoder, seed, rerank_prompts=()):
     enc = encode_fitting(prompt_encoder, p, c.length_buckets[-1], True)
     if enc is not None:
       examples.append(enc)
+      if mixture is not None:
+        mixture[p.task] = mixture.get(p.task, 0) + 1
       if p.task == P.DESCRIPTION:
         described.add(p.entities()[0][1])
   return examples, described
@@ -277,8 +283,9 @@ def run(
   rerank_train, rerank_stats = rerank.training_prompts(
     c, split, als_config(config), ks, config.seed, mesh
   )
+  mixture = {}
   examples, described = training_examples(
-    c, split, index, prompt_encoder, config.seed, rerank_train
+    c, split, index, prompt_encoder, config.seed, rerank_train, mixture
   )
   records = out_dir / RECORDS_FILE
   on_first_host(lambda: write_stage2_records(records, examples))
@@ -338,6 +345,7 @@ def run(
     "init": init,
     "llm": c.llm,
     "train_examples": len(examples),
+    "train_mixture": mixture,  # examples per task
     "steps": int(c.train.num_steps),
     "prep_seconds": prep_seconds,
     "train_seconds": train_seconds,
