@@ -34,15 +34,17 @@ def sasrec_config(
   # L: positions; histories keep their last L items (the paper: 200 on
   # MovieLens-1M, 50 on sparser data).
   c.max_len = 50
-  # "bce": the paper's binary cross-entropy against sampled negatives;
-  # "softmax": cross-entropy over the whole catalogue.
-  c.loss = "bce"
+  # "softmax": cross-entropy over the whole catalogue; "bce": the paper's
+  # binary cross-entropy against sampled negatives. On latest-small the
+  # softmax learns far faster per step: validation HR@10 (filtered) .0967
+  # after 400 steps against BCE's .0607 after 750 (plateauing near .06).
+  c.loss = "softmax"
   c.num_negatives = 1  # sampled negatives per positive ("bce")
   c.batch_size = 128  # users per global batch
   c.train = train
-  # Latest-small has 610 users, 5 batches an epoch: 1000 steps are 200
-  # epochs, about a minute on two CPU cores.
-  c.train.num_steps = 1000
+  # Latest-small has 610 users, about 5 batches an epoch: 600 steps are 126
+  # epochs, a few minutes on two CPU cores (full softmax over 3,650 items).
+  c.train.num_steps = 600
   c.train.learning_rate = 1e-3  # the paper's Adam rate
   c.train.warmup_steps = 50
   c.train.adam_b2 = 0.98  # the paper's Adam beta2

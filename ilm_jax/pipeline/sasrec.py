@@ -32,7 +32,7 @@ from ilm_jax.eval import full_ranking
 from ilm_jax.models import sasrec as sasrec_model
 from ilm_jax.pipeline.baselines import EVAL_DIR, MODES, write_results
 from ilm_jax.sharding import mesh as mesh_lib
-from ilm_jax.train import loop
+from ilm_jax.train import loop, provenance
 
 STAGE_DIR = "sasrec"
 MODEL_NAME = "sasrec"
@@ -249,8 +249,20 @@ def train_sasrec(
     run_config=json.loads(config.to_json_best_effort()),
     eval_fn=eval_fn,
     desc="sasrec",
+    provenance=_provenance(config, scfg),
   )
   return model, jax.device_get(result.state.params), dict(result.metrics)
+
+
+def _provenance(
+  config: ml_collections.ConfigDict, scfg: ml_collections.ConfigDict
+) -> dict:
+  """What a SASRec state depends on: its data, shape, loss and optimiser."""
+  fields = {k: v for k, v in scfg.to_dict().items() if k != "train"}
+  return {
+    "dataset": config.dataset.to_dict(),
+    "sasrec": {**fields, "train": provenance.without_bookkeeping(scfg.train)},
+  }
 
 
 def run_sasrec(
