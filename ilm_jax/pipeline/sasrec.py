@@ -8,6 +8,8 @@ full-ranking code as popularity and ALS: the training sequence predicts the
 validation item, the training sequence plus the validation item predicts
 the test item; filtered and unfiltered. Results go to
 ``workdir/eval/sasrec.{json,md}`` (``baselines.write_results``).
+``Retriever`` lists a trained model's top N items per user from the same
+scores, ties broken as the full ranking breaks them.
 
 Config fields: ``dataset``, ``eval``, ``mesh`` and ``sasrec``
 (``ilm_jax.sasrec_config``), or the ``sasrec`` section passed explicitly.
