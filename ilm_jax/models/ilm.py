@@ -13,6 +13,10 @@ embedding. Encoders (one per variant, same interface):
 
 The LLM's parameters are an input, never part of the trainable tree, so the
 gradient is taken only with respect to the encoder and the LLM cannot move.
+
+(About 400 lines: the encoder, the splice and the three ways the composed
+model is used, loss, candidate scores and retrieval queries, share one
+forward pass and stay together so that they cannot drift apart.)
 """
 
 from __future__ import annotations
