@@ -9,10 +9,41 @@ show at WARNING and above, unless the user asks for more with absl's own
 
 from __future__ import annotations
 
-from absl import flags, logging
+import pathlib
+import sys
+
+from absl import app, flags, logging
 
 
 def quiet_by_default() -> None:
   """WARNING-level logging unless --verbosity was given on the command line."""
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
+
+
+def define_compilation_cache() -> flags.FlagHolder:
+  """The ``--compilation_cache`` flag of entry points that compile a lot,
+  listed by the calling script's ``--help``."""
+  holder = flags.DEFINE_string(
+    "compilation_cache",
+    str(pathlib.Path.home() / ".cache" / "ilm_jax" / "xla"),
+    "Persistent XLA compilation cache directory, so a resumed or repeated "
+    "run skips recompiling; '' disables it.",
+  )
+  # --help lists the main script's flags; this one belongs there too.
+  flags.FLAGS.register_flag_by_module(
+    sys.argv[0], flags.FLAGS["compilation_cache"]
+  )
+  return holder
+
+
+def start(argv, compilation_cache: str = "") -> None:
+  """The first lines of every entry point's ``main``: no stray arguments,
+  quiet library logs, and the compilation cache when one is given."""
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  quiet_by_default()
+  if compilation_cache:
+    import jax  # Only entry points that compile get here.
+
+    jax.config.update("jax_compilation_cache_dir", compilation_cache)

@@ -16,7 +16,6 @@ Examples:
 import os
 import time
 
-import jax
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -43,20 +42,12 @@ _SASREC = config_flags.DEFINE_config_dict(
 _WORKDIR = flags.DEFINE_string(
   "workdir", "workdir/sasrec", "Where SASRec writes (and resumes from)."
 )
-_CACHE = flags.DEFINE_string(
-  "compilation_cache",
-  os.path.join(os.path.expanduser("~"), ".cache", "ilm_jax", "xla"),
-  "Persistent XLA compilation cache directory; '' disables it.",
-)
+_CACHE = console.define_compilation_cache()
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  console.quiet_by_default()
+  console.start(argv, _CACHE.value)
   config = _CONFIG.value
-  if _CACHE.value:
-    jax.config.update("jax_compilation_cache_dir", _CACHE.value)
   start = time.perf_counter()
   results = run_sasrec(config, _WORKDIR.value, _SASREC.value)
   seconds = time.perf_counter() - start

@@ -14,7 +14,6 @@ Examples:
 
 import os
 
-import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -34,12 +33,7 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string(
   "workdir", "workdir/default", "Where stages write (and resume from)."
 )
-_CACHE = flags.DEFINE_string(
-  "compilation_cache",
-  os.path.join(os.path.expanduser("~"), ".cache", "ilm_jax", "xla"),
-  "Persistent XLA compilation cache directory, so a resumed or repeated run "
-  "skips recompiling; '' disables it.",
-)
+_CACHE = console.define_compilation_cache()
 _STAGE = flags.DEFINE_enum(
   "stage",
   "all",
@@ -51,12 +45,8 @@ _STAGE = flags.DEFINE_enum(
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  console.quiet_by_default()
+  console.start(argv, _CACHE.value)
   config = _CONFIG.value
-  if _CACHE.value:
-    jax.config.update("jax_compilation_cache_dir", _CACHE.value)
   results = pipeline.run(config, _WORKDIR.value, _STAGE.value)
   name = config.dataset.name
   if "eval" in results:
