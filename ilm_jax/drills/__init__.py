@@ -1,0 +1,1 @@
+"""Reliability drills: fuzzed parsers, hostile weight files, kill -9, damage."""
