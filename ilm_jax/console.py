@@ -14,6 +14,8 @@ import sys
 
 from absl import app, flags, logging
 
+from ilm_jax import distributed
+
 
 def quiet_by_default() -> None:
   """WARNING-level logging unless --verbosity was given on the command line."""
@@ -39,10 +41,14 @@ def define_compilation_cache() -> flags.FlagHolder:
 
 def start(argv, compilation_cache: str = "") -> None:
   """The first lines of every entry point's ``main``: no stray arguments,
-  quiet library logs, and the compilation cache when one is given."""
+  quiet library logs, the multi-host job joined when its flags ask
+  (``distributed.define_flags``), and the compilation cache when one is
+  given."""
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   quiet_by_default()
+  # Before anything touches a device: jax.distributed must come first.
+  distributed.initialize_from_flags()
   if compilation_cache:
     import jax  # Only entry points that compile get here.
 

@@ -13,9 +13,22 @@ import os
 import pathlib
 from typing import Any
 
+from etils import epath
+
+from ilm_jax import distributed
+
 
 def write_text(path: str | pathlib.Path, text: str) -> None:
-  """Replaces ``path`` with ``text`` atomically (temporary file + rename)."""
+  """Replaces ``path`` with ``text`` atomically (temporary file + rename).
+
+  Only process 0 of a multi-host job writes (``distributed.is_primary``);
+  a ``gs://`` path is written as one object, which is whole or absent.
+  """
+  if not distributed.is_primary():
+    return
+  if _remote(path):
+    epath.Path(path).write_text(text)
+    return
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
@@ -36,7 +49,7 @@ def read_json(path: str | pathlib.Path) -> Any:
     ValueError: ``path`` is not valid JSON; the message names the file and
       where the parser stopped.
   """
-  path = pathlib.Path(path)
+  path = epath.Path(path) if _remote(path) else pathlib.Path(path)
   text = path.read_text()
   try:
     return json.loads(text)
@@ -45,3 +58,8 @@ def read_json(path: str | pathlib.Path) -> Any:
       f"{path}:{e.lineno}:{e.colno}: damaged JSON ({e.msg}); restore it or "
       "delete it to have the stage that writes it run again"
     ) from e
+
+
+def _remote(path) -> bool:
+  """Whether ``path`` names object storage (``gs://...``), not a local file."""
+  return "://" in str(path)

@@ -17,7 +17,7 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from ilm_jax import console
+from ilm_jax import console, distributed
 from ilm_jax.eval.report import markdown_table
 from ilm_jax.pipeline import run as pipeline
 from ilm_jax.pipeline import stage2_report
@@ -34,6 +34,7 @@ _WORKDIR = flags.DEFINE_string(
   "workdir", "workdir/default", "Where stages write (and resume from)."
 )
 _CACHE = console.define_compilation_cache()
+distributed.define_flags()
 _STAGE = flags.DEFINE_enum(
   "stage",
   "all",
@@ -48,6 +49,8 @@ def main(argv):
   console.start(argv, _CACHE.value)
   config = _CONFIG.value
   results = pipeline.run(config, _WORKDIR.value, _STAGE.value)
+  if not distributed.is_primary():
+    return  # One copy of the tables, not one per host.
   name = config.dataset.name
   if "eval" in results:
     for split in config.eval.splits:
