@@ -8,7 +8,7 @@ import pathlib
 import numpy as np
 from tensorboardX import SummaryWriter
 
-from ilm_jax import files
+from ilm_jax import distributed, files
 
 METRICS_FILE = "metrics.json"
 TENSORBOARD_DIR = "tensorboard"
@@ -24,18 +24,22 @@ class MetricsLog:
 
   The JSON file (``metrics.json``) holds ``{"train": [{"step": s, ...}],
   "eval": [...], "final": {...}}`` and is rewritten atomically, so a resumed
-  run continues the history of the interrupted one.
+  run continues the history of the interrupted one. In a multi-host job
+  every process keeps the history (they all read the same file on resume)
+  but only process 0 writes it and the TensorBoard events.
   """
 
   def __init__(self, workdir: str | pathlib.Path):
     self.workdir = pathlib.Path(workdir)
-    self.workdir.mkdir(parents=True, exist_ok=True)
     self.path = self.workdir / METRICS_FILE
     if self.path.exists():
       self.history = files.read_json(self.path)
     else:
       self.history = {"train": [], "eval": [], "final": {}}
-    self._writer = SummaryWriter(str(self.workdir / TENSORBOARD_DIR))
+    self._writer = None
+    if distributed.is_primary():
+      self.workdir.mkdir(parents=True, exist_ok=True)
+      self._writer = SummaryWriter(str(self.workdir / TENSORBOARD_DIR))
 
   def truncate(self, step: int):
     """Drops records after ``step`` (they belong to an unsaved future)."""
@@ -49,7 +53,7 @@ class MetricsLog:
     record = {"step": int(step)}
     for name, value in sorted(metrics.items()):
       record[name] = _plain(value)
-      if isinstance(record[name], float):
+      if isinstance(record[name], float) and self._writer is not None:
         self._writer.add_scalar(f"{split}/{name}", record[name], step)
     self.history.setdefault(split, []).append(record)
     self._flush()
@@ -60,7 +64,9 @@ class MetricsLog:
 
   def _flush(self):
     files.write_json(self.path, self.history, indent=1)
-    self._writer.flush()
+    if self._writer is not None:
+      self._writer.flush()
 
   def close(self):
-    self._writer.close()
+    if self._writer is not None:
+      self._writer.close()
