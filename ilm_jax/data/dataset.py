@@ -140,8 +140,8 @@ def from_events(
 
   Args:
     name: dataset name.
-    user_raw: str or int[N] raw user ids.
-    item_raw: str or int[N] raw item ids.
+    user_raw: N raw user ids (strings or integers; a list or an array).
+    item_raw: N raw item ids, likewise.
     order_key: int or float[N], the chronological key (timestamp, or the file
       position when the source has no time).
     item_catalog_ids: raw ids of the items ``item_fields`` describe; items that
@@ -152,8 +152,6 @@ def from_events(
     A Dataset whose items are those that occur in the events, numbered in
     ascending raw-id order, and users likewise.
   """
-  user_raw = np.asarray(user_raw).astype(str)
-  item_raw = np.asarray(item_raw).astype(str)
   users, user_idx = _dense_ids(user_raw)
   items, item_idx = _dense_ids(item_raw)
   order = np.lexsort((np.asarray(order_key), user_idx))
@@ -165,22 +163,39 @@ def from_events(
   ]
   fields = {}
   if item_fields:
-    lookup = {str(k): i for i, k in enumerate(np.asarray(item_catalog_ids))}
-    rows = np.array([lookup.get(i, -1) for i in items])
+    lookup = {str(k): i for i, k in enumerate(item_catalog_ids)}
+    rows = np.array([lookup.get(i, -1) for i in items], dtype=np.int64)
     for field_name, values in item_fields.items():
       values = np.asarray(values, dtype=object)
+      if not len(values):  # a catalog without items describes none
+        values = np.array([""], dtype=object)
       column = np.where(rows >= 0, values[np.maximum(rows, 0)], "")
       fields[field_name] = column.astype(str)
   return Dataset(name, Catalog(items, users, fields), sequences)
 
 
-def _dense_ids(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """Unique raw ids (numeric order when all are integers) and dense indices."""
-  uniq, inverse = np.unique(raw, return_inverse=True)
-  if all(u.isdigit() for u in uniq):
-    numeric = uniq.astype(np.int64)
-    perm = np.argsort(numeric, kind="stable")
-    rank = np.empty_like(perm)
-    rank[perm] = np.arange(len(perm))
-    return uniq[perm], rank[inverse]
-  return uniq, inverse
+def _dense_ids(raw) -> tuple[np.ndarray, np.ndarray]:
+  """Unique raw ids (numeric order when all are integers) and dense indices.
+
+  Ids are counted through a dict rather than a numpy string array of all N
+  events, whose width would be set by the longest id; integers of any size
+  sort exactly since they are compared as Python ints.
+
+  Returns:
+    (str[U] unique ids in order, int64[N] index of each event's id).
+  """
+  codes: dict[str, int] = {}
+  first = np.fromiter(
+    (codes.setdefault(str(r), len(codes)) for r in raw),
+    dtype=np.int64,
+    count=len(raw),
+  )
+  uniq = list(codes)
+  if all(u.isascii() and u.isdigit() for u in uniq):
+    order = sorted(range(len(uniq)), key=lambda i: (int(uniq[i]), uniq[i]))
+  else:
+    order = sorted(range(len(uniq)), key=uniq.__getitem__)
+  rank = np.empty(len(uniq), dtype=np.int64)
+  rank[order] = np.arange(len(uniq))
+  ids = np.array([uniq[i] for i in order], dtype=str)
+  return ids, rank[first]

@@ -11,16 +11,16 @@ The item-text file has the same shape: an item column plus text columns
 item field under its lower-cased column name, so ``title`` and ``genres``
 mean what they mean for MovieLens (prompt titles, profile genres).
 
-Ids are kept as strings, exactly as written. The delimiter is sniffed from
-the header line (tab, comma, semicolon or pipe); the file extension (.csv,
-.tsv) settles a header that contains several of them. Values follow CSV
-quoting, so a title may contain the delimiter inside double quotes.
+Ids are kept as strings, exactly as written: 1 to 64 printable characters
+without whitespace (``fields.string_id``); numbers are plain decimals. The
+delimiter is sniffed from the header line (tab, comma, semicolon or
+pipe); the file extension (.csv, .tsv) settles a header that contains
+several of them. Values follow CSV quoting, so a title may contain the
+delimiter inside double quotes.
 """
 
 from __future__ import annotations
 
-import csv
-import math
 import pathlib
 import re
 from collections.abc import Iterator
@@ -29,7 +29,8 @@ from typing import NamedTuple
 import numpy as np
 
 from ilm_jax.data import dataset as ds
-from ilm_jax.data.text_files import open_text
+from ilm_jax.data import fields as fv
+from ilm_jax.data.text_files import csv_records, read_text
 
 # Accepted spellings, compared after _normalise (case, "_", "-", " " ignored).
 USER_COLUMNS = ("user", "user_id", "userId")
@@ -87,52 +88,31 @@ def read_table(path: str | pathlib.Path) -> Table:
     FileNotFoundError: no such file.
   """
   path = pathlib.Path(path)
-  f = open_text(path)
-  try:
-    header_line = f.readline()
-    while header_line and not header_line.strip():
-      header_line = f.readline()
-    delimiter = _delimiter(path, header_line)
-    # Re-read from the start so csv counts lines (quoted values may span
-    # several) from line 1.
-    f.seek(0)
-    records = _records(path, csv.reader(f, delimiter=delimiter))
-    first = next(records, None)
-    if first is None:
-      raise ds.DataFormatError(path, None, "empty file: expected a header row")
-  except BaseException:
-    f.close()
-    raise
+  text = read_text(path)
+  # The delimiter comes from the first non-blank line.
+  first_line = re.search(r"^[ \t]*[^ \t\r\n].*$", text, re.MULTILINE)
+  delimiter = _delimiter(path, first_line.group() if first_line else "")
+  records = csv_records(path, text, delimiter)
+  first = next(records, None)
+  if first is None:
+    raise ds.DataFormatError(
+      path, None, "empty file: expected a header row naming the columns"
+    )
   header_line_no, header = first
-  # Spreadsheet exports often start with a byte-order mark.
-  header = [c.lstrip("\ufeff").strip() for c in header]
+  header = [c.strip() for c in header]
 
   def rows():
-    with f:
-      for line_no, fields in records:
-        if len(fields) != len(header):
-          raise ds.DataFormatError(
-            path,
-            line_no,
-            f"expected {len(header)} fields ({_layout(header, delimiter)}), "
-            f"found {len(fields)}",
-          )
-        yield line_no, fields
+    for line_no, fields in records:
+      if len(fields) != len(header):
+        raise ds.DataFormatError(
+          path,
+          line_no,
+          f"expected {len(header)} fields ({_layout(header, delimiter)}), "
+          f"found {len(fields)}; quote values that contain the delimiter",
+        )
+      yield line_no, fields
 
   return Table(path, header, header_line_no, rows())
-
-
-def _records(path, reader) -> Iterator[tuple[int, list[str]]]:
-  """(line number, fields) of a csv reader's non-blank records."""
-  while True:
-    try:
-      fields = next(reader)
-    except StopIteration:
-      return
-    except csv.Error as e:  # e.g. an unbalanced quote swallowing lines
-      raise ds.DataFormatError(path, reader.line_num, str(e)) from None
-    if any(v.strip() for v in fields):
-      yield reader.line_num, fields
 
 
 def _layout(header: list[str], delimiter: str) -> str:
@@ -167,23 +147,12 @@ def _column(
 
 
 def _value(path, line_no: int, fields, column: int, name: str) -> str:
-  value = fields[column].strip()
-  if not value:
-    raise ds.DataFormatError(path, line_no, f"empty {name!r} value")
-  return value
+  # Spaces around a value are layout (", " separators); inside, an error.
+  return fv.string_id(path, line_no, fields[column].strip(" \t"), name)
 
 
 def _number(path, line_no: int, fields, column: int, name: str) -> float:
-  raw = fields[column].strip()
-  try:
-    value = float(raw)
-  except ValueError:
-    value = math.nan
-  if not math.isfinite(value):
-    raise ds.DataFormatError(
-      path, line_no, f"field {name!r} is not a finite number: {raw!r}"
-    )
-  return value
+  return fv.finite_number(path, line_no, fields[column].strip(" \t"), name)
 
 
 def load_interactions(
@@ -240,18 +209,23 @@ def load_interactions(
     items.append(item)
     keys.append(key)
   if not rows_read:
-    raise ds.DataFormatError(path, None, "no interactions after the header")
+    raise ds.DataFormatError(
+      path, None, "no interactions after the header; add rows below it"
+    )
   if not users:
     raise ds.DataFormatError(
-      path, None, f"no interaction is rated >= min_rating={min_rating}"
+      path,
+      None,
+      f"no interaction is rated >= min_rating={min_rating}; lower "
+      "dataset.min_rating",
     )
   catalog_ids = item_fields = None
   if item_text_path is not None:
     catalog_ids, item_fields = text_columns(read_item_text(item_text_path))
   return ds.from_events(
     name,
-    np.array(users, dtype=str),
-    np.array(items, dtype=str),
+    users,
+    items,
     np.array(keys, dtype=np.float64),
     catalog_ids,
     item_fields,
@@ -285,13 +259,16 @@ def read_item_text(path: str | pathlib.Path) -> dict[str, dict[str, str]]:
       raise ds.DataFormatError(
         path,
         line_no,
-        f"item {item!r} repeated (first on line {first_line[item]})",
+        f"item {item!r} repeated (first on line {first_line[item]}); keep "
+        "one row per item",
       )
     first_line[item] = line_no
     for n, i in zip(names, text_cols):
       text[n][item] = fields[i].strip()
   if not first_line:
-    raise ds.DataFormatError(path, None, "no items after the header")
+    raise ds.DataFormatError(
+      path, None, "no items after the header; add one row per item"
+    )
   return text
 
 

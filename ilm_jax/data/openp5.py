@@ -2,15 +2,19 @@
 
 One parser serves the named OpenP5 datasets (their files in the shared data
 directory) and a user's own file in the same format (``load_openp5_file``).
+Ids are strings (``fields.string_id``: printable, no whitespace, at most
+64 characters), separated by spaces or tabs.
 """
 
 from __future__ import annotations
 
+import itertools
 import pathlib
 
 import numpy as np
 
 from ilm_jax.data import dataset as ds
+from ilm_jax.data import fields as fv
 from ilm_jax.data.interactions import read_item_text, text_columns
 from ilm_jax.data.movielens import read_ml100k_items
 from ilm_jax.data.text_files import split_lines
@@ -19,27 +23,52 @@ from ilm_jax.data.text_files import split_lines
 def read_user_sequences(path: str | pathlib.Path) -> dict[str, list[str]]:
   """``user item item ...`` per line, chronological; raw ids as strings."""
   sequences: dict[str, list[str]] = {}
+  line_of: dict[str, int] = {}
   for line_no, fields in split_lines(path, None):
     if len(fields) < 2:
       raise ds.DataFormatError(
-        path, line_no, "a user line needs a user id and at least one item"
+        path,
+        line_no,
+        "a user line needs a user id and at least one item; write "
+        "`user item item ...`",
       )
-    user = fields[0]
+    user = fv.string_id(path, line_no, fields[0], "user")
     if user in sequences:
-      raise ds.DataFormatError(path, line_no, f"user {user!r} appears twice")
-    sequences[user] = fields[1:]
+      raise ds.DataFormatError(
+        path,
+        line_no,
+        f"user {user!r} appears twice (lines {line_of[user]} and {line_no}); "
+        "give each user one line",
+      )
+    sequences[user] = [
+      fv.string_id(path, line_no, f, "item") for f in fields[1:]
+    ]
+    line_of[user] = line_no
   if not sequences:
-    raise ds.DataFormatError(path, None, "no user sequences found")
+    raise ds.DataFormatError(
+      path, None, "no user sequences found; is this the right file?"
+    )
   return sequences
 
 
 def read_short_text(path: str | pathlib.Path) -> dict[str, str]:
   """``ASIN short text`` per line (Beauty item text; the text may be empty)."""
-  text = {}
+  text, line_of = {}, {}
   for line_no, fields in split_lines(path, None):
-    if fields[0] in text:
-      raise ds.DataFormatError(path, line_no, f"item {fields[0]!r} repeated")
-    text[fields[0]] = " ".join(fields[1:])
+    item = fv.string_id(path, line_no, fields[0], "item")
+    if item in text:
+      raise ds.DataFormatError(
+        path,
+        line_no,
+        f"item {item!r} repeated (lines {line_of[item]} and {line_no}); keep "
+        "one line per item",
+      )
+    text[item] = " ".join(fields[1:])
+    line_of[item] = line_no
+  if not text:
+    raise ds.DataFormatError(
+      path, None, "no items listed; is this the right item-text file?"
+    )
   return text
 
 
@@ -59,8 +88,9 @@ def load_openp5(
     The Dataset; users and items keep OpenP5's raw ids, numbered densely.
   """
   seqs = read_user_sequences(sequence_path)
-  users = np.repeat(list(seqs), [len(v) for v in seqs.values()])
-  items = np.concatenate([np.array(v) for v in seqs.values()])
+  # Lists, not numpy string arrays as wide as the longest id times N.
+  users = [u for u, v in seqs.items() for _ in v]
+  items = list(itertools.chain.from_iterable(seqs.values()))
   order = np.concatenate([np.arange(len(v)) for v in seqs.values()])
   catalog_ids = fields = None
   if item_text:
