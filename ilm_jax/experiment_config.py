@@ -327,7 +327,10 @@ def small_budget(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.qformer.max_text_length = 24
   c.stage1.train.num_steps = 30
   c.stage1.train.warmup_steps = 5
-  c.stage1.train.checkpoint_every = 30
+  # Two checkpoints per stage at its end (keep_checkpoints = 2), so a
+  # damaged newest one falls back to the one before; on multiples of
+  # log_every, so a run resumed there logs the same windows.
+  c.stage1.train.checkpoint_every = 10
   s2 = c.stage2
   s2.examples_per_task = 200
   s2.length_buckets = (64, 128)
@@ -335,7 +338,7 @@ def small_budget(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   s2.train.num_steps = 30
   s2.train.warmup_steps = 5
   s2.train.log_every = 5
-  s2.train.checkpoint_every = 30
+  s2.train.checkpoint_every = 15
   s2.eval.max_users = 20
   s2.rerank.num_candidates = 10
   s2.rerank.train_holdout = 5

@@ -8,6 +8,7 @@ for items, and tells the two apart by ``entity_type``.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import pathlib
 
 import numpy as np
@@ -73,31 +74,73 @@ class CFTable:
     )
 
   def save(self, directory: str | pathlib.Path, config: dict | None = None):
-    """Writes the table and its metadata (incl. the config that made it)."""
+    """Writes the table, then its metadata (incl. the config that made it).
+
+    Table and metadata are one unit: the metadata is written last and holds
+    the table file's SHA-256, so a run killed between the two writes leaves
+    a new table beside old metadata whose hash does not match it, which
+    ``load_cf_table`` rejects (and the cf stage refits) instead of pairing
+    them.
+    """
     directory = pathlib.Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / (TABLE_FILE + ".tmp.npy")
-    np.save(tmp, np.asarray(self.embeddings, dtype=np.float32))
-    tmp.replace(directory / TABLE_FILE)  # atomic: never a half-written table
+    table_path = directory / TABLE_FILE
+    files.save_npy(table_path, np.asarray(self.embeddings, dtype=np.float32))
     meta = {
       "num_users": self.num_users,
       "num_items": self.num_items,
       "dim": self.dim,
+      "table_sha256": _sha256(table_path),
       "config": config or {},
     }
     files.write_json(directory / META_FILE, meta)
 
 
+def _sha256(path: pathlib.Path) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+class DamagedTableError(ValueError):
+  """The table or its metadata is missing, unreadable or does not match."""
+
+
 def load_cf_table(directory: str | pathlib.Path) -> CFTable:
-  """Reads a table written by ``CFTable.save``; errors name the file."""
+  """Reads a table written by ``CFTable.save``; errors name the file.
+
+  Raises:
+    FileNotFoundError: the table or its metadata is missing.
+    DamagedTableError: either file is damaged, or the table is not the one
+      its metadata was written for (a write interrupted between the two).
+  """
   directory = pathlib.Path(directory)
   meta_path = directory / META_FILE
   table_path = directory / TABLE_FILE
   for p in (meta_path, table_path):
     if not p.exists():
       raise FileNotFoundError(f"{p}: no CF table here (run the 'cf' stage)")
-  meta = files.read_json(meta_path)
-  emb = np.load(table_path)
+  way_out = "delete it or rerun the 'cf' stage to refit the table"
+  try:
+    meta = files.read_json(meta_path, way_out)
+    expected = meta["table_sha256"]
+    users, items = int(meta["num_users"]), int(meta["num_items"])
+  except (ValueError, KeyError, TypeError) as e:
+    raise DamagedTableError(
+      f"{meta_path}: damaged or incomplete CF metadata ({e}); {way_out}"
+    ) from e
+  if _sha256(table_path) != expected:
+    raise DamagedTableError(
+      f"{table_path}: does not match the SHA-256 in {meta_path} (damaged, "
+      f"or written by an interrupted run); {way_out}"
+    )
+  try:
+    emb = np.load(table_path)
+  except (ValueError, OSError, EOFError) as e:
+    raise DamagedTableError(f"{table_path}: unreadable ({e}); {way_out}") from e
   if emb.ndim != 2 or not np.isfinite(emb).all():
-    raise ValueError(f"{table_path}: CF table must be a finite 2-D array")
-  return CFTable(emb, int(meta["num_users"]), int(meta["num_items"]))
+    raise DamagedTableError(
+      f"{table_path}: CF table must be a finite 2-D array; {way_out}"
+    )
+  return CFTable(emb, users, items)

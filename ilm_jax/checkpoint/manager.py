@@ -11,7 +11,9 @@ One checkpoint per saved step holds three items:
 
 from __future__ import annotations
 
+import logging
 import pathlib
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -79,6 +81,16 @@ def abstract_like(tree: Any) -> Any:
   )
 
 
+class NoUsableCheckpointError(RuntimeError):
+  """Every checkpoint in a directory is damaged (none can be resumed from)."""
+
+
+# A damaged checkpoint is moved here (beside the checkpoint directory), out
+# of the manager's sight: kept for inspection, and no longer in the way of
+# the step the resumed run will save again.
+DAMAGED_DIR = "damaged_checkpoints"
+
+
 def restore(
   manager: ocp.CheckpointManager, abstract_state: Any, step: int | None = None
 ) -> tuple[Any, dict, dict]:
@@ -107,6 +119,84 @@ def restore(
     ),
   )
   return restored[STATE], restored[DATA], restored[CONFIG]
+
+
+def _set_aside(manager: ocp.CheckpointManager, step: int) -> pathlib.Path:
+  """Moves step ``step``'s directory to ``DAMAGED_DIR``; returns where."""
+  directory = pathlib.Path(manager.directory)
+  target = directory.parent / DAMAGED_DIR / str(step)
+  suffix = 0
+  while target.exists():
+    suffix += 1
+    target = directory.parent / DAMAGED_DIR / f"{step}.{suffix}"
+  target.parent.mkdir(parents=True, exist_ok=True)
+  (directory / str(step)).rename(target)
+  return target
+
+
+def restore_newest_usable(
+  manager: ocp.CheckpointManager,
+  abstract_state: Any,
+  check: Callable[[Any, dict], None],
+) -> tuple[Any, dict, dict, int]:
+  """Restores the newest checkpoint that loads and passes ``check``.
+
+  Steps are tried newest first. One that fails to load (truncated files, an
+  empty step directory, a damaged data or config item) or that ``check``
+  rejects (non-finite params, a data position the iterator refuses) is
+  logged with the reason and the next older one is tried. Once one is
+  usable, the damaged newer ones are moved to ``DAMAGED_DIR`` beside the
+  checkpoint directory, so the resumed run can save those steps again.
+
+  Args:
+    manager: the run's manager (its directory holds at least one step).
+    abstract_state: as for ``restore``.
+    check: ``check(state, data_state)`` raising an ``Exception`` when the
+      restored step must not be resumed from.
+
+  Returns:
+    (state, data position, config, step).
+
+  Raises:
+    NoUsableCheckpointError: no step is usable (all are left in place); the
+      message names the directory, each step's reason and the way out.
+  """
+  directory = pathlib.Path(manager.directory)
+  skipped: list[tuple[int, str]] = []
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      state, data_state, config = restore(manager, abstract_state, step)
+      if not isinstance(data_state, dict) or not data_state:
+        raise ValueError("its data-iterator position is empty")
+      check(state, data_state)
+    except Exception as e:  # noqa: BLE001 - any failure means: try older
+      first_line = (str(e).splitlines() or [""])[0][:300]
+      reason = f"{type(e).__name__}: {first_line}"
+      skipped.append((step, reason))
+      logging.warning(
+        "%s: skipping checkpoint step %d: %s", directory, step, reason
+      )
+      continue
+    manager.wait_until_finished()
+    for bad, reason in skipped:
+      moved = _set_aside(manager, bad)
+      logging.warning(
+        "%s: resuming from step %d; damaged step %d (%s) moved to %s",
+        directory,
+        step,
+        bad,
+        reason,
+        moved,
+      )
+    if skipped:
+      manager.reload()
+    return state, data_state, config, step
+  raise NoUsableCheckpointError(
+    f"{directory}: no usable checkpoint ("
+    + "; ".join(f"step {s}: {r}" for s, r in skipped)
+    + f"). Restore a good checkpoint there, or delete {directory} (or the "
+    "whole stage directory) to train this stage afresh."
+  )
 
 
 def load_params(

@@ -67,12 +67,21 @@ def cf_table(
   out = pathlib.Path(workdir) / CF_DIR
   meta = out / table_lib.META_FILE
   split = split if split is not None else load_split(config.dataset)
+  table = None
   if meta.exists():
-    saved = files.read_json(meta).get("config")
-    if saved == _provenance(config):
-      logging.info("cf: reusing the table in %s", out)
-      return _checked(table_lib.load_cf_table(out), split, out)
-    logging.info("cf: %s was made with another config; retraining", out)
+    try:
+      saved = files.read_json(meta).get("config")
+      if saved == _provenance(config):
+        table = table_lib.load_cf_table(out)
+      else:
+        logging.info("cf: %s was made with another config; retraining", out)
+    except (ValueError, AttributeError, FileNotFoundError) as e:
+      # The table is cheap to refit and ALS is seeded, so a damaged or
+      # half-written table (or metadata) is replaced, not trusted.
+      logging.warning("cf: %s; refitting the table", e)
+  if table is not None:
+    logging.info("cf: reusing the table in %s", out)
+    return _checked(table, split, out)
   return _train(config, split, out)
 
 

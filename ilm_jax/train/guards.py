@@ -1,10 +1,12 @@
 """What stops a training run before it saves or reports something wrong.
 
-Three guards the loop runs: a non-finite loss or gradient stops training
+Four guards the loop runs: a non-finite loss or gradient stops training
 (``check_finite_metrics``); parameters are checked finite before every
 checkpoint, since a finite loss does not guarantee them (``save_checked``);
-and a run resumed under other settings or inputs than its checkpoints were
-trained with is refused, or restarted when asked (``resolve_changed_inputs``).
+a checkpoint is resumed from only with finite parameters and a data position
+its iterator accepts (``check_resumable``); and a run resumed under other
+settings or inputs than its checkpoints were trained with is refused, or
+restarted when asked (``resolve_changed_inputs``).
 Each message says which checkpoint is kept and how to go on.
 """
 
@@ -67,6 +69,18 @@ def save_checked(manager, step, state, data, run_config, force=False):
       "or check the inputs, then rerun to resume."
     )
   ckpt.save(manager, step, state, data.get_state(), run_config, force=force)
+
+
+def check_resumable(state, data, data_state: dict) -> None:
+  """Raises ValueError unless a restored checkpoint can be resumed from:
+  finite params, and a data position the iterator accepts (which it then
+  holds)."""
+  if not bool(_all_finite(state.params)):
+    raise ValueError("non-finite parameters")
+  try:
+    data.set_state(data_state)
+  except Exception as e:  # noqa: BLE001 - any refusal makes the step unusable
+    raise ValueError(f"data-iterator position refused ({e!r})") from e
 
 
 def resolve_changed_inputs(manager, log, workdir, provenance, config, desc):

@@ -282,6 +282,7 @@ def train(
       kept).
     ProvenanceError: resuming under other settings or inputs than the
       checkpoints were trained with (unless ``restart_if_changed``).
+    NoUsableCheckpointError: every checkpoint in the workdir is damaged.
   """
   workdir = pathlib.Path(workdir)
   trainer = Trainer(
@@ -302,8 +303,12 @@ def train(
       manager, log, workdir, provenance, config, desc
     )
   if manager.latest_step() is not None:
-    state, data_state, _ = ckpt.restore(manager, ckpt.abstract_like(state))
-    data.set_state(data_state)
+    # Newest first, falling back past damaged steps (each one named).
+    state, _, _, _ = ckpt.restore_newest_usable(
+      manager,
+      ckpt.abstract_like(state),
+      lambda state, data_state: guards.check_resumable(state, data, data_state),
+    )
     start = int(state.step)
     logging.info("%s: resumed from step %d in %s", desc, start, workdir)
   # Records past the restored step (or any train records of a run that never
