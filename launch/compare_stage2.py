@@ -25,7 +25,7 @@ import os
 from absl import app, flags
 from ml_collections import config_flags
 
-from ilm_jax import console
+from ilm_jax import console, workdir_lock
 from ilm_jax.eval.report import markdown_table
 from ilm_jax.pipeline import stage2_comparison
 
@@ -62,14 +62,15 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   console.quiet_by_default()
-  out = stage2_comparison.compare(
-    _CONFIG.value,
-    _WORKDIR.value,
-    tuple(_VARIANTS.value),
-    _SPLIT.value,
-    _TEMPLATES.value,
-    report_only=_REPORT_ONLY.value,
-  )
+  with workdir_lock.hold(_WORKDIR.value):  # one run per workdir
+    out = stage2_comparison.compare(
+      _CONFIG.value,
+      _WORKDIR.value,
+      tuple(_VARIANTS.value),
+      _SPLIT.value,
+      _TEMPLATES.value,
+      report_only=_REPORT_ONLY.value,
+    )
   print(f"budget: {out['budget']}")
   print(
     "wall seconds: "

@@ -19,7 +19,7 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
-from ilm_jax import console
+from ilm_jax import console, workdir_lock
 from ilm_jax.eval.report import markdown_table
 from ilm_jax.experiment_config import loop_config
 from ilm_jax.pipeline.baselines import MODES, summary_rows
@@ -49,7 +49,8 @@ def main(argv):
   console.start(argv, _CACHE.value)
   config = _CONFIG.value
   start = time.perf_counter()
-  results = run_sasrec(config, _WORKDIR.value, _SASREC.value)
+  with workdir_lock.hold(_WORKDIR.value):  # one run per workdir
+    results = run_sasrec(config, _WORKDIR.value, _SASREC.value)
   seconds = time.perf_counter() - start
   name = config.dataset.name
   for split in config.eval.splits:
