@@ -20,6 +20,8 @@ import pathlib
 import socket
 from collections.abc import Iterator
 
+from ilm_jax import distributed
+
 LOCK_FILE = ".lock"
 # workdir (resolved) -> [open lock file descriptor, how many holders]
 _HELD: dict[pathlib.Path, list[int]] = {}
@@ -44,6 +46,10 @@ def hold(workdir: str | pathlib.Path) -> Iterator[pathlib.Path]:
   """
   workdir = pathlib.Path(workdir).resolve()
   path = workdir / LOCK_FILE
+  if not distributed.is_primary():
+    # One multi-host job is one run: its process 0 holds the lock for all.
+    yield path
+    return
   if workdir in _HELD:
     _HELD[workdir][1] += 1
     try:
