@@ -77,7 +77,7 @@ def params_from_hf(
       raise ValueError(
         f"tensor {full!r} has shape {value.shape}, config expects {shape}"
       )
-    return value.astype(np.float32)
+    return value.astype(np.float32, copy=False)  # cast() copies once
 
   def cast(value):
     return np.ascontiguousarray(value).astype(dtype)
