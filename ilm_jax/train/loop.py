@@ -83,6 +83,17 @@ def window_mean(window: list[dict]) -> dict[str, float]:
   return out
 
 
+def _place(value, sharding: jax.sharding.Sharding) -> jax.Array:
+  """A frozen leaf on devices: a host value sliced into its shards; a jax
+  array (an LLM restored straight into its shards) kept, or resharded on
+  the devices, never gathered through one host."""
+  if isinstance(value, jax.Array):
+    if value.sharding.is_equivalent_to(sharding, value.ndim):
+      return value
+    return jax.device_put(value, sharding)
+  return mesh_lib.host_to_global(value, sharding)
+
+
 class Trainer:
   """One jitted, sharded update step and the placement of its inputs.
 
@@ -154,7 +165,7 @@ class Trainer:
       shardings = mesh_lib.tree_shardings(
         self.frozen_specs, self.mesh, self.rules
       )
-    return jax.tree.map(mesh_lib.host_to_global, frozen, shardings)
+    return jax.tree.map(_place, frozen, shardings)
 
   def place_batch(self, batch: dict[str, np.ndarray]):
     """Joins the hosts' shares of a global batch, sharded on its leading axis.
