@@ -17,7 +17,6 @@ import os
 
 # implicit wants single-threaded BLAS (it parallelises over users itself).
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-import json
 import time
 import types
 
@@ -25,7 +24,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from ilm_jax import console
+from ilm_jax import console, files
 from ilm_jax.cf.als import ALSConfig, train_als
 from ilm_jax.data import leave_one_out, load_dataset
 from ilm_jax.eval.full_ranking import (
@@ -182,15 +181,14 @@ def main(argv):
   print("x = implicit seconds / our seconds (>1: ours is faster)")
   os.makedirs(_WORKDIR.value, exist_ok=True)
   out = os.path.join(_WORKDIR.value, "bench_als.json")
-  with open(out, "w") as f:
-    settings = {
-      "dataset": _DATASET.value,
-      "dim": _DIM.value,
-      "sweeps": _SWEEPS.value,
-      "reg": _REG.value,
-      "alpha": _ALPHA.value,
-    }
-    json.dump({**settings, "results": rows}, f, indent=2)
+  settings = {
+    "dataset": _DATASET.value,
+    "dim": _DIM.value,
+    "sweeps": _SWEEPS.value,
+    "reg": _REG.value,
+    "alpha": _ALPHA.value,
+  }
+  files.write_json(out, {**settings, "results": rows})
   print(f"wrote {out}")
 
 

@@ -18,7 +18,6 @@ to --workdir.
   python launch/bench_llm.py --workdir=workdir/bench_llm
 """
 
-import json
 import os
 import statistics
 import time
@@ -28,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from ilm_jax import console
+from ilm_jax import console, files
 from ilm_jax.convert.gguf_checkpoint import load_gguf
 from ilm_jax.convert.hf_params import params_to_hf
 from ilm_jax.convert.model_packages import smollm2_gguf_path
@@ -171,8 +170,7 @@ def main(argv):
   print(f"  greedy tokens identical for the first {agree} of {n}")
   os.makedirs(_WORKDIR.value, exist_ok=True)
   path = os.path.join(_WORKDIR.value, "bench_llm.json")
-  with open(path, "w") as f:
-    json.dump(result, f, indent=2)
+  files.write_json(path, result)
   print(f"wrote {path}")
 
 

@@ -31,7 +31,7 @@ from absl import app, flags
 from flax import linen as nn
 from ml_collections import config_flags
 
-from ilm_jax import console
+from ilm_jax import console, files
 from ilm_jax.convert.frozen_llm import load_stage2_llm
 from ilm_jax.data import load_split
 from ilm_jax.data import prompts as P
@@ -276,8 +276,7 @@ def main(argv):
   }
   os.makedirs(_WORKDIR.value, exist_ok=True)
   path = os.path.join(_WORKDIR.value, "bench_stage2.json")
-  with open(path, "w") as f:
-    json.dump(out, f, indent=2, default=str)
+  files.write_json(path, out, default=str)
   print(json.dumps(out, indent=2, default=str))
   print(
     f"projected stage 2: train {train_s / 60:.1f} min + eval "

@@ -12,7 +12,6 @@ each array straight into its shards: no host ever holds a full replica.
 
 from __future__ import annotations
 
-import json
 import pathlib
 
 import jax
@@ -20,6 +19,7 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from flax import linen as nn
 
+from ilm_jax import files
 from ilm_jax.models.llm.config import LlmConfig
 from ilm_jax.models.llm.decoder import Decoder
 from ilm_jax.sharding.mesh import DEFAULT_RULES, tree_shardings
@@ -38,7 +38,7 @@ def save_llm(directory: str | pathlib.Path, config: LlmConfig, params) -> None:
   if (directory / PARAMS_DIR).exists():
     raise FileExistsError(f"{directory / PARAMS_DIR} already exists")
   directory.mkdir(parents=True, exist_ok=True)
-  (directory / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2))
+  files.write_json(directory / CONFIG_FILE, config.to_dict())
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(directory / PARAMS_DIR, nn.unbox(params))
   checkpointer.wait_until_finished()
@@ -48,7 +48,7 @@ def read_llm_config(directory: str | pathlib.Path) -> LlmConfig:
   path = pathlib.Path(directory) / CONFIG_FILE
   if not path.exists():
     raise FileNotFoundError(f"{path} not found (not a converted LLM dir)")
-  return LlmConfig.from_dict(json.loads(path.read_text()))
+  return LlmConfig.from_dict(files.read_json(path))
 
 
 def abstract_params(config: LlmConfig, param_dtype=jnp.float32):

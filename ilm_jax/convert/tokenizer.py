@@ -14,11 +14,12 @@ folder).
 
 from __future__ import annotations
 
-import json
 import pathlib
 from collections.abc import Sequence
 
 import tokenizers
+
+from ilm_jax import files
 
 # Gemma GGUF files carry no chat template; this is Gemma's documented turn
 # format (a system message is folded into the first user turn).
@@ -134,8 +135,8 @@ class Tokenizer:
       "additional_eos_tokens": [token(i) for i in self.eos_ids[1:]],
       "chat_template": self.chat_template,
     }
-    (directory / "tokenizer_config.json").write_text(
-      json.dumps(config, indent=2, ensure_ascii=False)
+    files.write_json(
+      directory / "tokenizer_config.json", config, ensure_ascii=False
     )
 
   def encode_chat(
@@ -174,7 +175,7 @@ def load_tokenizer_json(directory_or_file: str | pathlib.Path) -> Tokenizer:
     raise FileNotFoundError(f"{path} not found")
   backend = tokenizers.Tokenizer.from_file(str(path))
   config_path = path.with_name("tokenizer_config.json")
-  config = json.loads(config_path.read_text()) if config_path.exists() else {}
+  config = files.read_json(config_path) if config_path.exists() else {}
   eos = _special_id(config, "eos_token", backend)
   extra = config.get("additional_eos_tokens") or [
     "<end_of_turn>",

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 
 import matplotlib
 
+from ilm_jax import files
 from ilm_jax.eval.metrics import SE_SUFFIX, split_se
 
 matplotlib.use("Agg")  # headless: plots are written to files
@@ -122,5 +123,8 @@ def bar_plot(
   ax.set_title(title)
   ax.legend(fontsize="small")
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  # Through a temporary file and a rename: a kill never leaves half a plot.
+  fmt = pathlib.Path(path).suffix.lstrip(".") or "png"
+  with files.open_atomic(path, "wb") as f:
+    fig.savefig(f, dpi=120, format=fmt)
   plt.close(fig)

@@ -12,12 +12,13 @@ so ``ilm_jax.sharding.mesh`` can shard them.
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
+
+from ilm_jax import files
 
 # BERT's truncated-normal-ish initialiser scale (HF ``initializer_range``).
 INIT_STD = 0.02
@@ -65,7 +66,7 @@ class BertConfig:
   def from_json(cls, path: str | pathlib.Path) -> BertConfig:
     """Reads the BERT fields of an HF ``config.json``; errors name the file."""
     path = pathlib.Path(path)
-    raw = json.loads(path.read_text())
+    raw = files.read_json(path, "restore or reinstall that model's files")
     if raw.get("hidden_act", "gelu") != "gelu":
       raise ValueError(f"{path}: hidden_act {raw['hidden_act']!r} != 'gelu'")
     if raw.get("position_embedding_type", "absolute") != "absolute":

@@ -38,6 +38,7 @@ import numpy as np
 from flax import linen as nn
 from jax.sharding import PartitionSpec
 
+from ilm_jax import files
 from ilm_jax.cf.table import TABLE_FILE
 from ilm_jax.convert.frozen_llm import load_stage2_llm
 from ilm_jax.data import load_split
@@ -356,6 +357,6 @@ def run(
     },
     "rerank_training": rerank_stats,
   }
-  (out_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2))
+  files.write_json(out_dir / RESULTS_FILE, results)
   stage2_report.write(results, out_dir, config.dataset.name)
   return results

@@ -13,12 +13,12 @@ its own stage 1 into ``workdir/stage1_<losses>`` and starts stage 2 there.
 
 from __future__ import annotations
 
-import json
 import pathlib
 import time
 
 import ml_collections
 
+from ilm_jax import files
 from ilm_jax.data import prompts as P
 from ilm_jax.eval import evaluations as E
 from ilm_jax.eval.metrics import SE_SUFFIX
@@ -250,7 +250,7 @@ def compare(
       path = workdir / out_name / stage2.RESULTS_FILE
       if not path.exists():
         raise FileNotFoundError(f"{path}: variant {name!r} has no results")
-      results[name] = json.loads(path.read_text())
+      results[name] = files.read_json(path)
       if "evaluations" not in results[name]:
         # Written before evaluations were declared ("eval" / "rerank"
         # keys): its tables would come out empty.
@@ -283,7 +283,7 @@ def compare(
     "rerank": c.rerank.to_dict(),
   }
   out = {"rows": rows, "results": results, "seconds": seconds, "budget": budget}
-  (workdir / RESULTS_FILE).write_text(json.dumps(out, indent=2, default=str))
+  files.write_json(workdir / RESULTS_FILE, out, default=str)
   title = (
     f"{config.dataset.name}: stage-2 variants, {split}, {templates} "
     f"templates, filtered ({budget['steps']} steps x {budget['batch_size']})"
@@ -316,8 +316,8 @@ def compare(
       ),
     )
   out["rerank_rows"] = reranked
-  (workdir / RESULTS_FILE).write_text(json.dumps(out, indent=2, default=str))
-  (workdir / TABLE_FILE).write_text("\n\n".join(tables))
+  files.write_json(workdir / RESULTS_FILE, out, default=str)
+  files.write_text(workdir / TABLE_FILE, "\n\n".join(tables))
   plotted = {
     m: {k: v for k, v in r.items() if k != "train s"} for m, r in rows.items()
   }

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import pathlib
 
+from ilm_jax import files
 from ilm_jax.eval import evaluations as E
 from ilm_jax.eval.evaluations import Evaluation
 from ilm_jax.eval.metrics import SE_SUFFIX
@@ -159,25 +160,30 @@ def list_rows(results: dict) -> dict[str, dict]:
   seen = set()
   for entry in E.result_entries(results, E.RERANK):
     split, result = entry["split"], entry["metrics"]
-    if "lists" in result and split not in seen:
-      seen.add(split)
-      rows[f"evaluation lists ({split})"] = result["lists"]
+    key = (split, result.get("retrieved_by", "?"))
+    if "lists" in result and key not in seen:
+      seen.add(key)
+      rows[f"evaluation lists ({split}, {key[1]})"] = result["lists"]
   return rows
 
 
 def _rerank_setting(results: dict) -> str:
+  """How candidates were listed, with each retriever's ceiling (the share
+  of lists holding the held-out item: no re-ranking can beat it)."""
+  settings = {}
   for entry in E.result_entries(results, E.RERANK):
     result = entry["metrics"]
-    lists = result.get("lists", {})
+    by = result.get("retrieved_by", "?")
+    if by in settings:
+      continue
     n = result.get("num_candidates", "?")
-    recall = lists.get(f"recall@{n}")
+    recall = result.get("lists", {}).get(f"recall@{n}")
     ceiling = f", target in top {n}: {recall:.4f}" if recall is not None else ""
-    return (
-      f"top {n} of {result.get('retrieved_by', '?')}, shown in "
-      f"{result.get('order', '?')} order, named by "
-      f"{result.get('labels', '?')}{ceiling}"
+    settings[by] = (
+      f"top {n} of {by}, shown in {result.get('order', '?')} order, named "
+      f"by {result.get('labels', '?')}{ceiling} ({entry['split']})"
     )
-  return ""
+  return "; ".join(settings.values())
 
 
 def tables(results: dict, name: str) -> str:
@@ -229,7 +235,7 @@ def write(results: dict, out_dir: str | pathlib.Path, name: str) -> str:
   markdown."""
   out_dir = pathlib.Path(out_dir)
   text = tables(results, name)
-  (out_dir / TABLE_FILE).write_text(text)
+  files.write_text(out_dir / TABLE_FILE, text)
   plotted = {
     key: {m: row[m] for m in _PLOTTED_RANKING if m in row}
     for key, row in ranking_rows(results).items()
