@@ -47,6 +47,12 @@ _SECTIONS = flags.DEFINE_list(
 _FUZZ_CASES = flags.DEFINE_integer(
   "fuzz_cases", 10_000, "How many fuzzed parser inputs to try.", lower_bound=1
 )
+_KILL_POINTS = flags.DEFINE_integer(
+  "kill_points",
+  20,
+  "How many random moments of the :small run the kill section SIGKILLs.",
+  lower_bound=1,
+)
 _SEED = flags.DEFINE_integer("seed", 0, "Changes every generated case.")
 
 
@@ -91,6 +97,7 @@ def _resume_section(name: str, workdir: str) -> list[DrillRow] | None:
   bar, step = _progress(name)
   offered = {
     "workdir": os.path.join(workdir, name),
+    "points": _KILL_POINTS.value,
     "seed": _SEED.value,
     "progress": step,
   }
@@ -148,6 +155,7 @@ def main(argv):
       "flags": {
         "sections": _SECTIONS.value,
         "fuzz_cases": _FUZZ_CASES.value,
+        "kill_points": _KILL_POINTS.value,
         "seed": _SEED.value,
       },
     },

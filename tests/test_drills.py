@@ -62,8 +62,7 @@ def test_drills_command_help_and_a_small_run(tmp_path):
   ).stdout
   assert "--fuzz_cases" in help_text and "--sections" in help_text
   run = subprocess.run(
-    command
-    + ["--sections=fuzz,kill", "--fuzz_cases=30", f"--workdir={tmp_path}"],
+    command + ["--sections=fuzz", "--fuzz_cases=30", f"--workdir={tmp_path}"],
     capture_output=True,
     text=True,
     cwd=REPO_ROOT,
