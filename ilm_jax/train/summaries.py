@@ -33,7 +33,12 @@ class MetricsLog:
     self.workdir = pathlib.Path(workdir)
     self.path = self.workdir / METRICS_FILE
     if self.path.exists():
-      self.history = files.read_json(self.path)
+      # Training metrics live only here: a damaged history cannot be
+      # rebuilt from the checkpoints, so say how to get a complete one.
+      self.history = files.read_json(
+        self.path,
+        f"restore it, or delete {self.workdir} to train this stage afresh",
+      )
     else:
       self.history = {"train": [], "eval": [], "final": {}}
     self._writer = None
