@@ -193,3 +193,33 @@ def ranked_items(trie: ItemTrie, tokens: np.ndarray) -> np.ndarray:
         out[n, w] = item
         seen.add(item)
   return out
+
+
+def without_items(trie: ItemTrie, items) -> ItemTrie:
+  """The same trie with ``items`` unreachable (e.g. what a user has seen).
+
+  Branches that lead to no remaining item are cut, so a beam never walks
+  into a dead end; the tables keep their shapes, so the compiled search is
+  reused.
+
+  Args:
+    trie: a trie from ``build_item_trie``.
+    items: item indices to drop.
+  """
+  drop = np.zeros(int(trie.item_at_node.max(initial=-1)) + 1, bool)
+  items = np.asarray(list(items), np.int64)
+  drop[items[(items >= 0) & (items < len(drop))]] = True
+  at = trie.item_at_node
+  alive = (at >= 0) & ~drop[np.maximum(at, 0)]
+  # A child always has a larger index than its parent (nodes are appended
+  # as identifiers are inserted), so one backward pass settles every node.
+  for node in range(trie.num_nodes - 1, -1, -1):
+    children = trie.transitions[node]
+    if not alive[node]:
+      alive[node] = bool(alive[children[children >= 0]].any())
+  transitions = np.where(
+    (trie.transitions >= 0) & alive[np.maximum(trie.transitions, 0)],
+    trie.transitions,
+    NO_NODE,
+  ).astype(np.int32)
+  return dataclasses.replace(trie, transitions=transitions)
