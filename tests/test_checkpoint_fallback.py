@@ -174,3 +174,20 @@ def test_no_usable_checkpoint_stops_naming_the_directory(finished, tmp_path):
     "4",
     "6",
   ]
+
+
+def test_later_stage_loading_a_damaged_checkpoint_is_told_what_to_do(
+  finished, tmp_path
+):
+  import shutil
+
+  source, params = finished
+  shutil.copytree(source, tmp_path / "run")
+  checkpoints = tmp_path / "run" / loop.CHECKPOINT_DIR
+  loaded, _ = ckpt.load_params(checkpoints)
+  jax.tree.map(np.testing.assert_array_equal, loaded, params)
+  _truncate_state(checkpoints / "6")
+  with pytest.raises(ckpt.NoUsableCheckpointError) as e:
+    ckpt.load_params(checkpoints)
+  assert str(checkpoints.absolute() / "6") in str(e.value)
+  assert "Rerun the stage that wrote it" in str(e.value)

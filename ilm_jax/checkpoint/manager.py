@@ -233,23 +233,33 @@ def load_params(
     step = manager.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"{directory}: no checkpoint to load")
-    meta = manager.item_metadata(step)[STATE]
-    target = jax.tree.map(
-      lambda m: jax.ShapeDtypeStruct(
-        m.shape,
-        m.dtype,
-        sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0]),
-      ),
-      meta,
-    )
-    restored = manager.restore(
-      step,
-      args=ocp.args.Composite(
-        **{
-          STATE: ocp.args.StandardRestore(target),
-          CONFIG: ocp.args.JsonRestore(),
-        }
-      ),
-    )
+    try:
+      meta = manager.item_metadata(step)[STATE]
+      target = jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(
+          m.shape,
+          m.dtype,
+          sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0]),
+        ),
+        meta,
+      )
+      restored = manager.restore(
+        step,
+        args=ocp.args.Composite(
+          **{
+            STATE: ocp.args.StandardRestore(target),
+            CONFIG: ocp.args.JsonRestore(),
+          }
+        ),
+      )
+    except Exception as e:  # noqa: BLE001 - orbax and tensorstore raise many
+      # A later stage must not silently start from an older step; rerunning
+      # the run that wrote it falls back and retrains the damaged one.
+      raise NoUsableCheckpointError(
+        f"{directory / str(step)}: damaged checkpoint ({type(e).__name__}: "
+        f"{(str(e).splitlines() or [''])[0][:300]}). Rerun the stage that "
+        "wrote it (it resumes from an older checkpoint and trains the "
+        "damaged steps again), or delete its directory to train it afresh."
+      ) from e
   params = jax.tree.map(lambda x: jax.device_get(x), restored[STATE]["params"])
   return params, restored[CONFIG]
