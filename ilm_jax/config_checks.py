@@ -106,7 +106,12 @@ _RULES = {
   "stage1.eval.batch_size": POSITIVE_INT,
   "stage2.variant": _one_of("ilm", "mlp", "text"),
   "stage2.init": _one_of("stage1", "random"),
+  "stage2.llm_dtype": _one_of("auto", "float32", "bfloat16"),
   "stage2.examples_per_task": POSITIVE_INT,
+  "stage2.min_ranking_fraction": (
+    lambda v: _number(v) and 0 <= v < 1,
+    "a number in [0, 1)",
+  ),
   "stage2.max_history": POSITIVE_INT,
   "stage2.max_answer_tokens": POSITIVE_INT,
   "stage2.batch_size": POSITIVE_INT,

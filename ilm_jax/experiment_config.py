@@ -25,8 +25,11 @@ import ml_collections
 
 from ilm_jax.data import prompts as P
 from ilm_jax.eval import evaluations as E
+from ilm_jax.sasrec_config import sasrec_config
 
 BUDGETS = ("cpu", "small", "full")
+# Full-ranking baselines the "eval" stage can train and report.
+BASELINES = ("popularity", "als", "sasrec")
 # Logical-axis rules shared by all models: logical name -> mesh axes (a
 # tuple, one axis, or None = replicated). ``ilm_jax.sharding.mesh`` applies
 # them; configs may override ``mesh.rules``.
@@ -161,7 +164,8 @@ def full_evaluations() -> tuple[str, ...]:
   """Every stage-2 evaluation: each task on both splits and template sets.
 
   Item tasks by generation, then the text tasks (no split), then
-  re-ranking split by split (its candidate lists are built per split).
+  re-ranking split by split (its candidate lists are built per split), of
+  ALS's candidates (the config's retriever) and of SASRec's.
   """
   generate = [
     f"{E.GENERATE}:{task}:{split}:{templates}"
@@ -180,6 +184,7 @@ def full_evaluations() -> tuple[str, ...]:
     for task in P.RERANK_TASKS
     for templates in E.TEMPLATE_SETS
   ]
+  rerank += [f"{entry}:sasrec" for entry in rerank]
   return tuple(generate + text + rerank)
 
 
@@ -195,9 +200,18 @@ def stage2_config() -> ml_collections.ConfigDict:
   # in ``stage1_dir`` (an error if there is none), "random" = ILM-rand.
   c.init = "stage1"
   c.stage1_dir = "stage1"  # workdir subdirectory of the stage-1 run used
-  c.llm = "smollm2"  # LLM source (load_llm) or "tiny" (random, tests)
+  # The frozen LLM: an offline package ("smollm2", "gemma3-270m"), a Hugging
+  # Face folder, a .gguf file, a folder converted by
+  # launch/convert_checkpoint.py (restored straight into its shards), or
+  # "tiny" (random, tests).
+  c.llm = "smollm2"
+  # Its parameters' dtype: "auto" = bfloat16 on TPU/GPU, float32 on CPU.
+  c.llm_dtype = "auto"
   c.tasks = P.ALL_TASKS  # multitask mixture (re-ranking tasks included)
   c.examples_per_task = 2000  # training prompts per task (sampled)
+  # Ranking tasks (item answers: generation and re-ranking) make up at least
+  # this share of training examples; theirs are repeated where needed.
+  c.min_ranking_fraction = 0.5
   c.max_history = 20  # items in a prompt's history (OpenP5: 20)
   # Padded prompt+answer lengths; longer prompts drop their oldest history
   # items to fit the largest bucket. One bucket = one compile.
@@ -251,6 +265,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.ks = (5, 10)  # HR@k / NDCG@k cut-offs
   c.eval.splits = ("valid", "test")  # held-out splits to report
   c.eval.batch_size = 256  # users per full-ranking batch
+  # Models of the "eval" stage's baseline table. SASRec trains there (in
+  # ``workdir/sasrec``, its fields in ``c.sasrec``) and can then retrieve
+  # candidates for re-ranking ("rerank:...:sasrec" evaluations).
+  c.eval.baselines = BASELINES
+  c.sasrec = sasrec_config(loop_config())
   c.qformer = qformer_config()
   c.stage1 = stage1_config()
   c.stage2 = stage2_config()
@@ -310,6 +329,9 @@ def cpu_budget(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     "text:description:-:unseen",
     "text:profile:-:unseen",
     "rerank:rerank:test:unseen",
+    # The same, re-ranking SASRec's top N: a stronger retriever, a higher
+    # ceiling (README: each retriever's recall@N).
+    "rerank:rerank:test:unseen:sasrec",
   )
   s2.eval.max_text_prompts = 8
   return c
@@ -344,6 +366,10 @@ def small_budget(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   s2.rerank.train_holdout = 5
   s2.rerank.examples_per_task = 100
   s2.rerank.max_users = 40
+  c.sasrec.train.num_steps = 40
+  c.sasrec.train.warmup_steps = 5
+  c.sasrec.train.log_every = 10
+  c.sasrec.train.checkpoint_every = 20  # two checkpoints, as above
   return c
 
 

@@ -1,7 +1,8 @@
 r"""Trains the SASRec baseline and ranks the whole catalogue with it.
 
 Reads the dataset, evaluation and mesh sections of an experiment config;
-SASRec's own fields are ``--sasrec.*`` (``ilm_jax/sasrec_config.py``).
+SASRec's own fields are ``--config.sasrec.*`` (``ilm_jax/sasrec_config.py``);
+the main job trains the same model in its "eval" stage.
 Writes ``<workdir>/sasrec`` (checkpoints, TensorBoard, metrics; a rerun
 resumes) and ``<workdir>/eval/sasrec.{json,md}``, and prints HR@k / NDCG@k
 (± SE), filtered and unfiltered, on each held-out split.
@@ -9,7 +10,7 @@ resumes) and ``<workdir>/eval/sasrec.{json,md}``, and prints HR@k / NDCG@k
 Examples:
   python launch/sasrec.py --config=configs/default.py --workdir=workdir/sasrec
   python launch/sasrec.py --config=configs/ml100k.py \
-      --sasrec.loss=softmax --sasrec.train.num_steps=500 \
+      --config.sasrec.loss=softmax --config.sasrec.train.num_steps=500 \
       --workdir=workdir/sasrec_ml100k
 """
 
@@ -21,22 +22,15 @@ from ml_collections import config_flags
 
 from ilm_jax import console, workdir_lock
 from ilm_jax.eval.report import markdown_table
-from ilm_jax.experiment_config import loop_config
 from ilm_jax.pipeline.baselines import MODES, summary_rows
 from ilm_jax.pipeline.sasrec import run_sasrec
-from ilm_jax.sasrec_config import sasrec_config
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config",
   "configs/default.py",
-  "Experiment config file (dataset, eval and mesh sections are used). "
+  "Experiment config file (dataset, eval, mesh and sasrec sections are "
+  "used). "
   "Override fields with --config.<field>=<value>.",
-  lock_config=True,
-)
-_SASREC = config_flags.DEFINE_config_dict(
-  "sasrec",
-  sasrec_config(loop_config()),
-  "SASRec's fields; override with --sasrec.<field>=<value>.",
   lock_config=True,
 )
 _WORKDIR = flags.DEFINE_string(
@@ -50,7 +44,7 @@ def main(argv):
   config = _CONFIG.value
   start = time.perf_counter()
   with workdir_lock.hold(_WORKDIR.value):  # one run per workdir
-    results = run_sasrec(config, _WORKDIR.value, _SASREC.value)
+    results = run_sasrec(config, _WORKDIR.value)
   seconds = time.perf_counter() - start
   name = config.dataset.name
   for split in config.eval.splits:

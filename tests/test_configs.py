@@ -92,13 +92,18 @@ FULL_EVALUATIONS = (
   "rerank:rerank_conversational:test:seen",
   "rerank:rerank_conversational:test:unseen",
 )
+# Re-ranking of ALS's candidates, then the same of SASRec's.
+FULL_EVALUATIONS += tuple(
+  f"{e}:sasrec" for e in FULL_EVALUATIONS if e.startswith("rerank:")
+)
 # The CPU recipes: test split, held-out templates; sequential generation,
-# both text tasks, re-ranking.
+# both text tasks, re-ranking of ALS's and of SASRec's candidates.
 CPU_EVALUATIONS = (
   "generate:sequential:test:unseen",
   "text:description:-:unseen",
   "text:profile:-:unseen",
   "rerank:rerank:test:unseen",
+  "rerank:rerank:test:unseen:sasrec",
 )
 
 

@@ -47,6 +47,7 @@ def test_entries_parse_into_evaluations_named_by_their_canonical_entry():
   [
     ("generate:sequential:test", r"expected 'kind:task:split:templates'"),
     ("generate:sequential:test:unseen:x", r"expected 'kind:task:split"),
+    ("rerank:rerank:test:unseen:bm25", r"retriever 'bm25' not in \('als', "),
     ("score:sequential:test:unseen", r"kind 'score' not in \('generate', "),
     (
       "generate:description:test:unseen",
@@ -86,8 +87,12 @@ def test_result_entries_carry_their_fields_and_are_found_by_them():
     "task": "sequential",
     "split": "test",
     "templates": "unseen",
+    "retriever": "",
     "metrics": {"filtered/HR@10": 0.5},
   }
+  assert Evaluation.of_entry(entry) == seq
+  # Entries written before the retriever field existed still read.
+  del entry["retriever"]
   assert Evaluation.of_entry(entry) == seq
   # Keys are opaque to readers: entries are matched on their fields.
   results = {"evaluations": {"a": entry, "b": desc.entry(metrics={})}}
@@ -109,3 +114,21 @@ def test_config_check_rejects_a_bad_entry_before_anything_runs():
   ):
     config_checks.check(config)
   config_checks.check({"stage2": {"evaluations": ("text:profile:-:seen",)}})
+
+
+def test_rerank_entries_may_name_their_retriever():
+  als, sasrec = E.parse(
+    ("rerank:rerank:test:unseen", "rerank:rerank:test:unseen:sasrec")
+  )
+  assert (als.retriever, sasrec.retriever) == ("", "sasrec")
+  assert sasrec.name == "rerank:rerank:test:unseen:sasrec"
+  assert sasrec.label == "rerank/test/unseen/sasrec"
+  assert als.name == "rerank:rerank:test:unseen"  # unchanged
+  results = {
+    "evaluations": {e.name: e.entry(metrics={}) for e in (als, sasrec)}
+  }
+  found = E.find_entry(results, "rerank", "rerank", "test", "unseen", "sasrec")
+  assert found["retriever"] == "sasrec"
+  assert E.find_entry(results, "rerank", "rerank", "test", "unseen") == (
+    als.entry(metrics={})
+  )

@@ -179,17 +179,42 @@ def _write_cf_table(config, workdir):
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", ["ilm", "mlp", "text"])
 def test_run_end_to_end_on_tiny_llm(tmp_path, variant):
-  _write_cf_table(stage2_config(), tmp_path)
-  results = stage2.run(stage2_config(variant=variant), tmp_path)
+  config = stage2_config(variant=variant)
+  if variant == "ilm":
+    # Re-ranking SASRec's candidates too (SASRec trained on the way).
+    config.stage2.evaluations += ("rerank:rerank:valid:unseen:sasrec",)
+    config.sasrec.dim, config.sasrec.train.num_steps = 8, 4
+  _write_cf_table(config, tmp_path)
+  results = stage2.run(config, tmp_path)
   assert results["variant"] == variant and results["steps"] == 3
-  # The mixture trained: every configured task, adding up to the examples.
+  # The mixture trained: every configured task (text-only prompts have no
+  # soft tokens to identify), adding up to the examples; ranking tasks at
+  # least half of them.
   mixture = results["train_mixture"]
   assert sum(mixture.values()) == results["train_examples"]
-  assert set(mixture) == set(stage2_config().stage2.tasks)
+  tasks = set(config.stage2.tasks) - (
+    {P.IDENTIFY} if variant == "text" else set()
+  )
+  assert set(mixture) == tasks
+  ranking = sum(n for t, n in mixture.items() if t in P.RANKING_TASKS)
+  assert ranking >= 0.5 * results["train_examples"]
   evaluations = results["evaluations"]
   # One entry per declared evaluation, in declared order, carrying its
   # own fields.
-  assert list(evaluations) == list(stage2_config().stage2.evaluations)
+  assert list(evaluations) == list(config.stage2.evaluations)
+  if variant == "ilm":
+    by_sasrec = evaluations["rerank:rerank:valid:unseen:sasrec"]["metrics"]
+    by_als = evaluations["rerank:rerank:valid:unseen"]["metrics"]
+    assert (by_sasrec["retrieved_by"], by_als["retrieved_by"]) == (
+      "sasrec",
+      "als",
+    )
+    assert by_sasrec["ilm"]["users"] == by_als["ilm"]["users"] == 6
+    assert f"recall@{by_sasrec['num_candidates']}" in by_sasrec["lists"]
+    assert (tmp_path / "sasrec" / "checkpoints").is_dir()
+    assert (
+      "top 10 of sasrec" in (tmp_path / "stage2" / "results.md").read_text()
+    )
   assert evaluations["rerank:rerank:valid:unseen"]["split"] == "valid"
   for task in P.ITEM_TASKS:
     entry = evaluations[f"generate:{task}:valid:unseen"]
@@ -234,7 +259,7 @@ def test_run_end_to_end_on_tiny_llm(tmp_path, variant):
   # reading the training examples written the first time
   records = tmp_path / "stage2" / (stage2.RECORDS_FILE + ".array_record")
   written = records.stat().st_mtime_ns
-  again = stage2.run(stage2_config(variant=variant), tmp_path)
+  again = stage2.run(config, tmp_path)
   again_seq = again["evaluations"]["generate:sequential:valid:unseen"]
   assert again_seq["metrics"]["valid_rate"] == 1.0
   assert records.stat().st_mtime_ns == written

@@ -1,7 +1,10 @@
 """Stage-2 task templates and their rendering into prompt segments.
 
 A template is a sentence with slots. ``{user}`` and ``{item}`` hold one
-entity, ``{history}`` a list of items, ``{candidates}`` the retrieved items a
+entity, ``{item_soft}`` an item shown by its soft tokens alone and
+``{item_id}`` one shown by its identifier alone (the grounding tasks, which
+teach the frozen LLM what an identifier stands for), ``{history}`` a list of
+items, ``{candidates}`` the retrieved items a
 re-ranking prompt asks the model to choose from, and ``{wish}`` a phrase in
 words (the conversational request). Rendering gives a tuple of segments,
 each either text or an entity; ``data.stage2.encoding`` later turns an entity
@@ -40,11 +43,23 @@ ITEM_TASKS = (SEQUENTIAL, STRAIGHTFORWARD, CONVERSATIONAL)
 RERANK = "rerank"
 RERANK_CONVERSATIONAL = "rerank_conversational"
 RERANK_TASKS = (RERANK, RERANK_CONVERSATIONAL)
-ALL_TASKS = TASKS + RERANK_TASKS
+# Identifier grounding (as LC-Rec's item-index tasks): an item's soft tokens
+# -> its identifier (IDENTIFY), its identifier -> its title (NAME). Without
+# them the identifiers a generated answer spells are opaque strings to the
+# frozen LLM, learned only through the recommendation answers.
+IDENTIFY = "identify"
+NAME = "name"
+GROUNDING_TASKS = (IDENTIFY, NAME)
+ALL_TASKS = TASKS + RERANK_TASKS + GROUNDING_TASKS
+# Tasks whose answer is an item (generated identifier or chosen candidate):
+# the tasks that train recommendation itself.
+RANKING_TASKS = ITEM_TASKS + RERANK_TASKS
 
-ENTITY_SLOTS = ("user", "item", "history", "candidates")
+ENTITY_SLOTS = ("user", "item", "item_soft", "item_id", "history", "candidates")
 # Segment kinds of entities: a single user or item, or a member of a list.
 USER, ITEM, HISTORY, CANDIDATE = "user", "item", "history", "candidate"
+# A single item shown by its soft tokens only / by its identifier only.
+ITEM_SOFT, ITEM_NAMED = "item_soft", "item_id"
 LIST_KINDS = (HISTORY, CANDIDATE)
 TEXT_SLOTS = ("wish",)
 HISTORY_SEPARATOR = ", "
@@ -75,7 +90,9 @@ class Template:
 
   @property
   def output(self) -> str:
-    return TEXT_OUTPUT if self.task in (DESCRIPTION, PROFILE) else ITEM_OUTPUT
+    if self.task in (DESCRIPTION, PROFILE, NAME):
+      return TEXT_OUTPUT
+    return ITEM_OUTPUT
 
 
 def _templates(task: str, seen: list[str], unseen: list[str]):
@@ -178,6 +195,30 @@ TEMPLATES: tuple[Template, ...] = tuple(
       "Based on {history}, which of {candidates} would be {wish} for me?",
     ],
   )
+  + _templates(
+    IDENTIFY,
+    [
+      "Which item identifier stands for {item_soft}?",
+      "Name the identifier of the item {item_soft}.",
+      "{item_soft} is known by which identifier?",
+    ],
+    [
+      "What is the identifier of {item_soft}?",
+      "Give the item identifier for {item_soft}.",
+    ],
+  )
+  + _templates(
+    NAME,
+    [
+      "What is the title of {item_id}?",
+      "Which item is {item_id}?",
+      "{item_id} is the identifier of which item?",
+    ],
+    [
+      "Give the title of the item {item_id}.",
+      "Name the item called {item_id}.",
+    ],
+  )
 )
 
 
@@ -196,8 +237,9 @@ class Prompt:
     task: the task.
     template: index of the template in ``TEMPLATES`` (-1 for another).
     segments: ("text", str) or (kind, index) tuples in reading order, kind
-      one of USER, ITEM (a single item), HISTORY or CANDIDATE (list
-      members; both are items).
+      one of USER, ITEM (a single item), ITEM_SOFT / ITEM_NAMED (a single
+      item by its soft tokens / identifier only), HISTORY or CANDIDATE
+      (list members; both are items).
     answer: the text the model should generate (an identifier or prose);
       None for evaluation prompts.
     target_item: the item an item task asks for (-1 for text tasks).
@@ -234,7 +276,7 @@ def render(
   Args:
     template: the template.
     user: user index for ``{user}``.
-    item: item index for ``{item}``.
+    item: item index for ``{item}``, ``{item_soft}`` or ``{item_id}``.
     history: item indices for ``{history}``, oldest first (-1 entries, i.e.
       padding from ``sequential_examples``, are skipped).
     wish: the phrase for ``{wish}``.
@@ -259,9 +301,9 @@ def render(
     if name == "user":
       _require(user >= 0, template, name)
       segments.append(("user", user))
-    elif name == "item":
+    elif name in ("item", ITEM_SOFT, ITEM_NAMED):
       _require(item >= 0, template, name)
-      segments.append(("item", item))
+      segments.append((name, item))
     elif name in ("history", "candidates"):
       members = history if name == "history" else candidates
       _require(len(members) > 0, template, name)
@@ -302,6 +344,15 @@ def _merge_text(segments):
 
 def _split_list(value: str) -> list[str]:
   return [v.strip() for v in re.split(r"[,|]", value) if v.strip()]
+
+
+def item_title(catalog: Catalog, item: int) -> str:
+  """The item's title, or its whole text line where the source has no title
+  field ('' if it has no text at all)."""
+  titles = catalog.item_fields.get("title")
+  if titles is not None and titles[item]:
+    return str(titles[item])
+  return catalog.item_text(item)
 
 
 def item_genres(catalog: Catalog, item: int) -> list[str]:

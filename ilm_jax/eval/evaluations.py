@@ -8,8 +8,10 @@ string per evaluation, parsed here (and only here) into ``Evaluation``:
   head's full ranking beside it);
 * ``text:<description|profile>:-:<templates>`` (or ``text:<task>:<templates>``):
   greedy decoding scored by semantic consistency; no split applies;
-* ``rerank:<re-ranking task>:<split>:<templates>``: the LLM re-ranks the
-  retriever's top N.
+* ``rerank:<re-ranking task>:<split>:<templates>[:<retriever>]``: the LLM
+  re-ranks a retriever's top N: ``als``, ``sasrec`` or ``retrieval_head``
+  (default: ``stage2.rerank.retriever``), so one run can report re-ranking
+  of several retrievers' candidates side by side.
 
 Results are keyed by ``Evaluation.name`` and every entry carries its own
 fields (``Evaluation.entry``), so reports read fields and never parse keys.
@@ -34,6 +36,8 @@ KIND_TASKS = {
   TEXT: TEXT_TASKS,
   RERANK: P.RERANK_TASKS,
 }
+# Retrievers whose top N a re-ranking evaluation can take.
+RETRIEVERS = ("als", "retrieval_head", "sasrec")
 SPLITS = ("valid", "test")
 TEMPLATE_SETS = ("seen", "unseen")
 # The split field of text evaluations, which use no held-out split.
@@ -50,17 +54,21 @@ class Evaluation:
     task: a task of that kind (``KIND_TASKS``).
     split: "valid" or "test"; ``NO_SPLIT`` for text evaluations.
     templates: "seen" (training) or "unseen" (held-out) templates.
+    retriever: re-ranking: whose candidates (``RETRIEVERS``); "" for the
+      config's ``stage2.rerank.retriever`` (and for other kinds).
   """
 
   kind: str
   task: str
   split: str
   templates: str
+  retriever: str = ""
 
   @property
   def name(self) -> str:
     """The canonical entry, the key of this evaluation's results."""
-    return f"{self.kind}:{self.task}:{self.split}:{self.templates}"
+    name = f"{self.kind}:{self.task}:{self.split}:{self.templates}"
+    return f"{name}:{self.retriever}" if self.retriever else name
 
   @property
   def seen(self) -> bool:
@@ -69,8 +77,8 @@ class Evaluation:
   @property
   def label(self) -> str:
     """Row name in reports: ``task/split/templates`` (text: no split)."""
-    parts = (self.task, self.split, self.templates)
-    return "/".join(p for p in parts if p != NO_SPLIT)
+    parts = (self.task, self.split, self.templates, self.retriever)
+    return "/".join(p for p in parts if p and p != NO_SPLIT)
 
   def entry(self, **values) -> dict:
     """This evaluation's result entry: its fields plus ``values``."""
@@ -78,8 +86,16 @@ class Evaluation:
 
   @classmethod
   def of_entry(cls, entry: dict) -> Evaluation:
-    """The evaluation a result entry (``entry``) belongs to."""
-    return cls(*(entry[f.name] for f in dataclasses.fields(cls)))
+    """The evaluation a result entry (``entry``) belongs to (entries
+    written before a field existed take its default)."""
+    return cls(
+      *(
+        entry[f.name]
+        if f.default is dataclasses.MISSING
+        else entry.get(f.name, f.default)
+        for f in dataclasses.fields(cls)
+      )
+    )
 
 
 def _error(text: str, problem: str) -> ValueError:
@@ -89,7 +105,8 @@ def _error(text: str, problem: str) -> ValueError:
 def parse_one(text: str) -> Evaluation:
   """``"kind:task:split:templates"`` -> Evaluation.
 
-  Text evaluations may omit the split (``"text:profile:unseen"``).
+  Text evaluations may omit the split (``"text:profile:unseen"``);
+  re-ranking ones may name a retriever fifth (``"...:unseen:sasrec"``).
 
   Raises:
     ValueError: naming the entry, what is wrong and the allowed values.
@@ -99,11 +116,17 @@ def parse_one(text: str) -> Evaluation:
   parts = [p.strip() for p in text.split(":")]
   if len(parts) == 3 and parts[0] == TEXT:
     parts.insert(2, NO_SPLIT)
+  retriever = ""
+  if len(parts) == 5 and parts[0] == RERANK:
+    retriever = parts.pop()
+    if retriever not in RETRIEVERS:
+      raise _error(text, f"retriever {retriever!r} not in {RETRIEVERS}")
   if len(parts) != 4:
     raise _error(
       text,
       f"expected {FORMAT!r} (text: 'text:task:templates' or "
-      f"'text:task:{NO_SPLIT}:templates')",
+      f"'text:task:{NO_SPLIT}:templates'; rerank: an optional fifth "
+      "field names the retriever)",
     )
   kind, task, split, templates = parts
   if kind not in KINDS:
@@ -123,7 +146,7 @@ def parse_one(text: str) -> Evaluation:
     raise _error(text, f"split {split!r} not in {SPLITS}")
   if templates not in TEMPLATE_SETS:
     raise _error(text, f"templates {templates!r} not in {TEMPLATE_SETS}")
-  return Evaluation(kind, task, split, templates)
+  return Evaluation(kind, task, split, templates, retriever)
 
 
 def parse(entries: str | Iterable[str]) -> tuple[Evaluation, ...]:
@@ -168,11 +191,16 @@ def result_entries(results: dict, kind: str) -> list[dict]:
 
 
 def find_entry(
-  results: dict, kind: str, task: str, split: str, templates: str
+  results: dict,
+  kind: str,
+  task: str,
+  split: str,
+  templates: str,
+  retriever: str = "",
 ) -> dict | None:
   """The result entry of one evaluation (matched on its fields), or None
   when it did not run."""
-  want = Evaluation(kind, task, split, templates)
+  want = Evaluation(kind, task, split, templates, retriever)
   for entry in result_entries(results, kind):
     if Evaluation.of_entry(entry) == want:
       return entry

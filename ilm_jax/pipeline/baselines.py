@@ -10,6 +10,7 @@ import tensorboardX
 from ilm_jax import files
 from ilm_jax.data import load_split
 from ilm_jax.eval import full_ranking, report
+from ilm_jax.experiment_config import BASELINES
 from ilm_jax.pipeline.cf import cf_table
 
 EVAL_DIR = "eval"
@@ -48,6 +49,31 @@ def run_baselines(
           batch_size=config.eval.batch_size,
         )
   write_results(results, workdir / EVAL_DIR, "baselines", config)
+  return results
+
+
+def baseline_table(
+  config: ml_collections.ConfigDict, workdir: str | pathlib.Path
+) -> dict:
+  """Stage "eval": popularity and ALS, then SASRec when
+  ``config.eval.baselines`` names it, in one table (``eval/baselines.*``).
+
+  Returns:
+    {model: {split: {mode: {metric: value}}}}, models in table order.
+  """
+  unknown = set(config.eval.baselines) - set(BASELINES)
+  if unknown:
+    raise ValueError(
+      f"eval.baselines: unknown {sorted(unknown)}; choose from {BASELINES}"
+    )
+  results = run_baselines(config, workdir)
+  if "sasrec" in config.eval.baselines:
+    # Imported here: SASRec's pipeline imports this module's writers.
+    from ilm_jax.pipeline.sasrec import run_sasrec
+
+    results.update(run_sasrec(config, workdir))
+  results = {m: r for m, r in results.items() if m in config.eval.baselines}
+  write_results(results, pathlib.Path(workdir) / EVAL_DIR, "baselines", config)
   return results
 
 

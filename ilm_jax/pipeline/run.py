@@ -15,7 +15,7 @@ from absl import logging
 
 from ilm_jax import config_checks, files, workdir_lock
 from ilm_jax.pipeline import stage1, stage2
-from ilm_jax.pipeline.baselines import run_baselines
+from ilm_jax.pipeline.baselines import baseline_table
 from ilm_jax.pipeline.cf import cf_table
 
 STAGES = ("cf", "eval", "stage1", "stage2", "all")
@@ -26,7 +26,7 @@ _RUNNERS = {
   "cf": lambda config, workdir: {
     "rows": int(cf_table(config, workdir).embeddings.shape[0])
   },
-  "eval": run_baselines,
+  "eval": lambda config, workdir: baseline_table(config, workdir),
   "stage1": stage1.run,
   "stage2": stage2.run,
 }

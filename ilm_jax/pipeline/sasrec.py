@@ -304,3 +304,28 @@ def run_sasrec(
   }
   write_results(results, workdir / EVAL_DIR, RESULTS_NAME, config)
   return results
+
+
+def split_scorers(
+  config: ml_collections.ConfigDict,
+  workdir: str | pathlib.Path,
+  split: LeaveOneOutSplit,
+):
+  """SASRec as a retriever for re-ranking: split name -> score function.
+
+  Trains SASRec in ``workdir/sasrec`` with ``config.sasrec``, or restores
+  it when the baselines stage already did (the loop resumes a finished run
+  without a step), so the candidates re-ranked are those of the SASRec row
+  of the baseline table.
+  """
+  scfg = config.sasrec
+  model, params, _ = train_sasrec(
+    config, scfg, split, pathlib.Path(workdir) / STAGE_DIR
+  )
+  max_len = int(scfg.max_len)
+
+  def factory(split_name: str):
+    histories = sasrec_data.evaluation_histories(split, split_name, max_len)
+    return scorer(model, params, histories)
+
+  return factory

@@ -63,6 +63,7 @@ from ilm_jax.models.ilm import (
   word_embedding_rms,
 )
 from ilm_jax.models.llm.decoder import Decoder
+from ilm_jax.pipeline import sasrec as sasrec_pipeline
 from ilm_jax.pipeline import stage1, stage2_report
 from ilm_jax.pipeline.cf import CF_DIR, als_config, cf_table
 from ilm_jax.rerank import stage as rerank
@@ -187,25 +188,54 @@ def training_examples(
   """(encoded training examples, set of items that descriptions use).
 
   ``rerank_prompts`` (``rerank.training_prompts``) join the generative
-  tasks' prompts. ``mixture``, a dict, receives the number of examples
-  kept per task (what is actually trained, after length filtering).
+  tasks' prompts. Where the ranking tasks (``P.RANKING_TASKS``) would be
+  fewer than ``c.min_ranking_fraction`` of the examples, their examples are
+  repeated (drawn at random, seeded) until they are not, so the text tasks
+  never crowd out what the model is judged on. ``mixture``, a dict,
+  receives the number of examples trained per task, repeats included.
   """
-  generative = tuple(t for t in c.tasks if t in P.TASKS)
+  generative = tuple(
+    t
+    for t in c.tasks
+    if t in P.TASKS + P.GROUNDING_TASKS
+    # Text-only prompts show no soft tokens to identify.
+    and not (t == P.IDENTIFY and c.variant == "text")
+  )
   prompts = list(rerank_prompts)
   if generative:
     prompts += training_prompts(
       split, index, generative, c.examples_per_task, c.max_history, seed
     )
-  examples, described = [], set()
+  examples, tasks, described = [], [], set()
   for p in prompts:
     enc = encode_fitting(prompt_encoder, p, c.length_buckets[-1], True)
     if enc is not None:
       examples.append(enc)
-      if mixture is not None:
-        mixture[p.task] = mixture.get(p.task, 0) + 1
+      tasks.append(p.task)
       if p.task == P.DESCRIPTION:
         described.add(p.entities()[0][1])
+  extra = _ranking_repeats(tasks, c.min_ranking_fraction, seed)
+  examples += [examples[i] for i in extra]
+  tasks += [tasks[i] for i in extra]
+  if mixture is not None:
+    for task in tasks:
+      mixture[task] = mixture.get(task, 0) + 1
   return examples, described
+
+
+def _ranking_repeats(tasks: list[str], fraction: float, seed: int):
+  """Indices of ranking examples to repeat so they make up ``fraction``.
+
+  With r ranking examples among n, ``ceil((fraction * n - r) / (1 -
+  fraction))`` repeats lift them to ``fraction`` of the enlarged set.
+  """
+  ranking = [i for i, t in enumerate(tasks) if t in P.RANKING_TASKS]
+  n, r = len(tasks), len(ranking)
+  if not ranking or r >= fraction * n:
+    return []
+  need = int(np.ceil((fraction * n - r) / (1.0 - fraction)))
+  rng = np.random.default_rng([seed, 2])
+  return [ranking[i] for i in rng.integers(r, size=need)]
 
 
 # Stage-2 fields that only choose what to evaluate after training.
@@ -250,8 +280,8 @@ def run(
   """
   workdir = pathlib.Path(workdir)
   c = config.stage2
-  rerank.check_config(c)
   evaluations = E.parse(c.evaluations)  # a bad entry fails before training
+  rerank.check_config(c, evaluations)
   out_dir = workdir / out_name
   out_dir.mkdir(parents=True, exist_ok=True)
   split = load_split(config.dataset)
@@ -338,8 +368,11 @@ def run(
   done = stage2_tasks.evaluate(
     c, split, ilm, evaluations, config.seed, described
   )
+  scorers = {}
+  if "sasrec" in rerank.retrievers_used(c, evaluations):
+    scorers["sasrec"] = sasrec_pipeline.split_scorers(config, workdir, split)
   done.update(
-    rerank.evaluate(c, split, ilm, table, ks, evaluations, config.seed)
+    rerank.evaluate(c, split, ilm, table, ks, evaluations, config.seed, scorers)
   )
   results = {
     "variant": c.variant,

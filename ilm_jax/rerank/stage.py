@@ -11,7 +11,7 @@ with standard errors.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import ml_collections
 import numpy as np
@@ -22,23 +22,37 @@ from ilm_jax.data.split import LeaveOneOutSplit
 from ilm_jax.data.stage2.sampling import evaluation_prompts
 from ilm_jax.eval import full_ranking, retrieval
 from ilm_jax.eval import metrics as M
-from ilm_jax.eval.evaluations import RERANK, Evaluation, of_kind
+from ilm_jax.eval.evaluations import RERANK, RETRIEVERS, Evaluation, of_kind
 from ilm_jax.eval.trained_ilm import TrainedIlm
 from ilm_jax.rerank import candidates as C
 from ilm_jax.rerank import evaluate as E
 from ilm_jax.rerank.prompts import rerank_prompts, shown_order
 
-RETRIEVERS = ("als", "retrieval_head")
+# A retriever trained outside stage 2 (SASRec): split name -> score
+# function (int32[B] users -> float32[B, I] scores).
+ScorerFactory = Callable[[str], Callable]
 
 
-def check_config(c: ml_collections.ConfigDict) -> None:
+def retrievers_used(c, evaluations: Sequence[Evaluation]) -> set[str]:
+  """The retrievers whose candidates the ``rerank`` evaluations take."""
+  return {
+    e.retriever or c.rerank.retriever for e in of_kind(evaluations, RERANK)
+  }
+
+
+def check_config(
+  c: ml_collections.ConfigDict, evaluations: Sequence[Evaluation] = ()
+) -> None:
   if c.rerank.retriever not in RETRIEVERS:
     raise ValueError(
       f"stage2.rerank.retriever {c.rerank.retriever!r} not in {RETRIEVERS}"
     )
-  if c.rerank.retriever == "retrieval_head" and c.retrieval_weight <= 0:
+  if (
+    "retrieval_head" in retrievers_used(c, evaluations)
+    or c.rerank.retriever == "retrieval_head"
+  ) and c.retrieval_weight <= 0:
     raise ValueError(
-      "stage2.rerank.retriever='retrieval_head' needs a trained head: set "
+      "re-ranking the retrieval head's candidates needs a trained head: set "
       "stage2.retrieval_weight > 0"
     )
   if c.rerank.num_candidates < 2:
@@ -121,11 +135,13 @@ def evaluate(
   ks: tuple[int, ...],
   evaluations: Sequence[Evaluation],
   seed: int = 0,
+  scorers: Mapping[str, ScorerFactory] | None = None,
 ) -> dict[str, dict]:
   """Runs the ``rerank`` evaluations of ``evaluations``.
 
-  Candidate lists, their shown order and popularity's ranks are built once
-  per split and shared by that split's evaluations.
+  Candidate lists and their shown order are built once per (split,
+  retriever), popularity's ranks once per split, and shared by the
+  evaluations that use them.
 
   Args:
     c: ``config.stage2``.
@@ -135,6 +151,8 @@ def evaluate(
     ks: cut-offs.
     evaluations: the declared evaluations; other kinds are skipped.
     seed: seeds shuffling, wishes, user sampling.
+    scorers: retrievers trained elsewhere by name (``"sasrec"``), each a
+      ``ScorerFactory``; ALS and the retrieval head are built here.
 
   Returns:
     {evaluation name: ``Evaluation.entry`` with "metrics": {"ilm",
@@ -152,25 +170,36 @@ def evaluate(
   als = full_ranking.dot_product_scorer(cf.users, cf.items)
   _, train_items = split.train_interactions()
   popularity = full_ranking.popularity_scorer(train_items, split.num_items)
-  out = {}
-  for split_name in dict.fromkeys(e.split for e in reranks):
-    score_fn = als
-    if r.retriever == "retrieval_head":
+  out, pop_ranks = {}, {}
+  for split_name, retriever in dict.fromkeys(
+    (e.split, e.retriever or r.retriever) for e in reranks
+  ):
+    if retriever == "als":
+      score_fn = als
+    elif retriever == "retrieval_head":
       score_fn = _head_scorer(c, split, split_name, users, ilm, seed)
+    elif scorers and retriever in scorers:
+      score_fn = scorers[retriever](split_name)
+    else:
+      raise ValueError(f"re-ranking: no {retriever!r} retriever was given")
     lists = C.evaluation_lists(
       split, split_name, users, score_fn, list_length(c, ks)
     )
     shown = shown_order(lists, n, r.order, seed)
-    seen = split.seen_items(split_name)  # indexed by user
-    pop_ranks = full_ranking.rank_targets(
-      popularity,
-      users,
-      lists.targets,
-      split.num_items,
-      seen,
-      batch_size=min(full_ranking.DEFAULT_BATCH, len(users)),
-    )
-    for evaluation in (e for e in reranks if e.split == split_name):
+    if split_name not in pop_ranks:
+      pop_ranks[split_name] = full_ranking.rank_targets(
+        popularity,
+        users,
+        lists.targets,
+        split.num_items,
+        split.seen_items(split_name),  # indexed by user
+        batch_size=min(full_ranking.DEFAULT_BATCH, len(users)),
+      )
+    for evaluation in (
+      e
+      for e in reranks
+      if (e.split, e.retriever or r.retriever) == (split_name, retriever)
+    ):
       prompts = rerank_prompts(
         lists,
         shown,
@@ -191,13 +220,13 @@ def evaluate(
         ks=ks,
         seed=seed,
       )
-      result["popularity"] = M.metrics_from_ranks(pop_ranks, ks)
+      result["popularity"] = M.metrics_from_ranks(pop_ranks[split_name], ks)
       result["lists"] = C.rank_summary(lists, n)
       result.update(
         order=r.order,
         labels=r.labels,
         num_candidates=n,
-        retrieved_by=r.retriever,
+        retrieved_by=retriever,
       )
       out[evaluation.name] = evaluation.entry(metrics=result)
   return {e.name: out[e.name] for e in reranks}

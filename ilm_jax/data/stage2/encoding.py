@@ -71,6 +71,8 @@ class EntityCoding:
 
   def tokens_of(self, kind: str) -> tuple[int, int]:
     """(first soft-token index, count) of an entity segment of ``kind``."""
+    if kind == P.ITEM_NAMED:  # the identifier alone
+      return 0, 0
     if kind in P.LIST_KINDS and self.pooled:
       return self.soft_tokens, self.list_tokens
     return 0, self.soft_tokens
@@ -212,6 +214,11 @@ class PromptEncoder:
       entity.extend([ent] * len(ids) if isinstance(ent, int) else ent)
       query.extend(qs)
 
+    bos = self.tokenizer.bos_id
+    if self.tokenizer.add_bos and bos is not None:
+      # BOS opens the sequence, before any soft token: models trained with
+      # it (Gemma, Llama) expect it at position 0, soft prompt or not.
+      add([bos], WORD, [0])
     if coding.soft_prompt:
       add(
         [self.pad_id] * coding.soft_prompt,
@@ -231,7 +238,7 @@ class PromptEncoder:
         # candidates apart: they get the identifier too.
         if coding.candidate_labels == "letters" and not coding.soft_tokens:
           pending += " " + self.entity_text(kind, int(value))
-      elif coding.ids_as_text:
+      elif kind == P.ITEM_NAMED or (coding.ids_as_text and kind != P.ITEM_SOFT):
         pending += self.entity_text(kind, int(value))
       first, count = coding.tokens_of(kind)
       if count:

@@ -29,7 +29,7 @@ def training_prompts(
   Args:
     split: the leave-one-out split.
     item_index: item identifiers (answers of item tasks).
-    tasks: task names (``prompts.TASKS``).
+    tasks: task names (``prompts.TASKS`` and ``prompts.GROUNDING_TASKS``).
     per_task: at most this many prompts per task (drawn at random).
     max_history: history cap of sequential / conversational prompts.
     seed: seeds sampling and template choice.
@@ -91,13 +91,28 @@ def training_prompts(
         text = catalog.item_text(int(i))
         if text:
           made.append(P.render(tpl(), item=int(i), answer=text))
+    elif task in P.GROUNDING_TASKS:
+      # Items users consumed in training: their CF rows carry signal.
+      consumed = np.unique(np.concatenate(split.train_sequences))
+      for i in consumed[pick(len(consumed))]:
+        i = int(i)
+        if task == P.IDENTIFY:
+          made.append(
+            P.render(
+              tpl(), item=i, answer=item_index.identifier(i), target_item=i
+            )
+          )
+        elif title := P.item_title(catalog, i):
+          made.append(P.render(tpl(), item=i, answer=title))
     elif task == P.PROFILE:
       for u in pick(split.num_users):
         text = P.profile_text(catalog, split.train_sequences[u])
         if text:
           made.append(P.render(tpl(), user=int(u), answer=text))
     else:
-      raise ValueError(f"unknown stage-2 task {task!r}; known: {P.TASKS}")
+      raise ValueError(
+        f"unknown stage-2 task {task!r}; known: {P.TASKS + P.GROUNDING_TASKS}"
+      )
     out.extend(made)
   return [out[i] for i in rng.permutation(len(out))]
 
