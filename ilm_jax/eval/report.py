@@ -102,6 +102,12 @@ def bar_plot(
     title: the plot title.
   """
   metrics = [m for m in metric_columns(rows) if not is_count_key(m)]
+  # A model with none of the metrics gets no bar, so no legend entry.
+  rows = {
+    model: values
+    for model, values in rows.items()
+    if any(isinstance(values.get(m), numbers.Real) for m in metrics)
+  }
   width = 0.8 / max(1, len(rows))
   fig, ax = plt.subplots(figsize=(1.5 + 1.2 * len(metrics), 3.5))
   for n, (model, values) in enumerate(rows.items()):
@@ -110,18 +116,23 @@ def bar_plot(
     yerr = None
     if any(s is not None for s in ses):
       yerr = [0.0 if s is None else s for s in ses]
-    ax.bar(
+    heights = [values.get(m, 0.0) for m in metrics]
+    bars = ax.bar(
       xs,
-      [values.get(m, 0.0) for m in metrics],
+      heights,
       width,
       yerr=yerr,
       capsize=3 if yerr is not None else 0,
       label=model,
     )
+    ax.bar_label(
+      bars, labels=[f"{h:.3g}" for h in heights], fontsize="xx-small"
+    )
   ax.set_xticks([i + 0.4 - width / 2 for i in range(len(metrics))])
   ax.set_xticklabels(metrics)
   ax.set_title(title)
-  ax.legend(fontsize="small")
+  if rows:
+    ax.legend(fontsize="small")
   fig.tight_layout()
   # Through a temporary file and a rename: a kill never leaves half a plot.
   fmt = pathlib.Path(path).suffix.lstrip(".") or "png"

@@ -14,7 +14,7 @@ import ml_collections
 from absl import logging
 
 from ilm_jax import config_checks, files, workdir_lock
-from ilm_jax.pipeline import stage1, stage2
+from ilm_jax.pipeline import figures, stage1, stage2
 from ilm_jax.pipeline.baselines import baseline_table
 from ilm_jax.pipeline.cf import cf_table
 
@@ -60,6 +60,8 @@ def _run_locked(config, workdir: pathlib.Path, stage: str) -> dict:
   # time leaves the same results.json as running them all.
   earlier.update(json.loads(json.dumps(results, default=str)))
   files.write_json(path, earlier)
+  # Curves of every stage and the redrawn stage-2 charts (figures.py).
+  figures.write(workdir, config.dataset.name)
   return results
 
 

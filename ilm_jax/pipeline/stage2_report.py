@@ -17,10 +17,11 @@ import math
 import pathlib
 
 from ilm_jax import files
+from ilm_jax.eval import charts
 from ilm_jax.eval import evaluations as E
 from ilm_jax.eval.evaluations import Evaluation
 from ilm_jax.eval.metrics import SE_SUFFIX
-from ilm_jax.eval.report import bar_plot, markdown_table
+from ilm_jax.eval.report import markdown_table
 
 RANKING = ("HR@5", "HR@10", "NDCG@5", "NDCG@10")
 TABLE_FILE = "results.md"
@@ -35,6 +36,9 @@ RERANK_ROWS = (
 )
 _PLOTTED_RANKING = tuple(
   m + s for m in ("HR@10", "NDCG@10") for s in ("", SE_SUFFIX)
+)
+_PLOTTED_TEXT = tuple(
+  m + s for m in ("SC", "title_accuracy") for s in ("", SE_SUFFIX)
 )
 
 
@@ -230,24 +234,75 @@ def tables(results: dict, name: str) -> str:
   return "\n".join(out)
 
 
-def write(results: dict, out_dir: str | pathlib.Path, name: str) -> str:
-  """Writes ``results.md`` and ``results.png`` in ``out_dir``; returns the
-  markdown."""
-  out_dir = pathlib.Path(out_dir)
-  text = tables(results, name)
-  files.write_text(out_dir / TABLE_FILE, text)
-  plotted = {
+def result_panels(
+  results: dict, baselines: dict | None = None
+) -> list[charts.Panel]:
+  """The panels of ``results.png``: item ranking by generation (with the
+  baselines as reference lines) and generated text, never on one axis."""
+  ranking = {
     key: {m: row[m] for m in _PLOTTED_RANKING if m in row}
     for key, row in ranking_rows(results).items()
   }
-  for key, row in text_rows(results).items():
-    plotted[key] = {m: row[m] for m in ("SC", "SC" + SE_SUFFIX) if m in row}
-  if plotted:
-    bar_plot(plotted, out_dir / PLOT_FILE, f"{name}: stage 2")
-  rerank = {
-    key: {m: row[m] for m in _PLOTTED_RANKING if m in row}
-    for key, row in rerank_rows(results).items()
+  text = {
+    key: {m: row[m] for m in _PLOTTED_TEXT if m in row}
+    for key, row in text_rows(results).items()
   }
-  if rerank:
-    bar_plot(rerank, out_dir / RERANK_PLOT_FILE, f"{name}: re-ranking (± 1 SE)")
+  return [
+    charts.Panel(
+      "item ranking by generation (filtered)",
+      ("HR@10", "NDCG@10"),
+      ranking,
+      baselines or {},
+    ),
+    charts.Panel("generated text", ("SC", "title_accuracy"), text),
+  ]
+
+
+def rerank_panels(results: dict) -> list[charts.Panel]:
+  """One panel per re-ranking evaluation: the ILM and the shuffled list as
+  bars, the retriever's own order and popularity as reference lines."""
+  panels = []
+  for entry in E.result_entries(results, E.RERANK):
+    result = entry["metrics"]
+    named = dict(RERANK_ROWS)
+    bars = {named[k]: result[k] for k in ("ilm", "shuffled") if k in result}
+    references = {
+      named[k]: result[k] for k in ("retriever", "popularity") if k in result
+    }
+    panels.append(
+      charts.Panel(Evaluation.of_entry(entry).label, RANKING, bars, references)
+    )
+  return panels
+
+
+def write(
+  results: dict,
+  out_dir: str | pathlib.Path,
+  name: str,
+  baselines: dict | None = None,
+) -> str:
+  """Writes ``results.md``, ``results.png`` and ``rerank.png`` in
+  ``out_dir``; returns the markdown.
+
+  Args:
+    results: what ``stage2.run`` returned.
+    out_dir: the stage-2 directory.
+    name: the dataset's name (titles).
+    baselines: {model: {"HR@10": v, "NDCG@10": v}} drawn as reference lines
+      on the generation panel (popularity and ALS, full ranking, filtered,
+      on the generation's split); None draws none.
+  """
+  out_dir = pathlib.Path(out_dir)
+  text = tables(results, name)
+  files.write_text(out_dir / TABLE_FILE, text)
+  charts.panels_chart(
+    result_panels(results, baselines),
+    out_dir / PLOT_FILE,
+    f"{name}: stage 2 (± 1 SE)",
+  )
+  charts.panels_chart(
+    rerank_panels(results),
+    out_dir / RERANK_PLOT_FILE,
+    f"{name}: re-ranking (± 1 SE)",
+  )
   return text

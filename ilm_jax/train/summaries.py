@@ -75,3 +75,16 @@ class MetricsLog:
   def close(self):
     if self._writer is not None:
       self._writer.close()
+
+
+def write_texts(workdir: str | pathlib.Path, step: int, texts: dict) -> None:
+  """Text summaries in ``workdir/tensorboard`` (TensorBoard's Text tab),
+  e.g. generated samples beside their references: tag -> markdown."""
+  if not texts or not distributed.is_primary():
+    return
+  writer = SummaryWriter(str(pathlib.Path(workdir) / TENSORBOARD_DIR))
+  try:
+    for tag, text in texts.items():
+      writer.add_text(tag, str(text), int(step))
+  finally:
+    writer.close()
