@@ -14,6 +14,7 @@ exact match of the generated title (``ilm_jax.eval.semantic``).
 from __future__ import annotations
 
 import collections
+import functools
 
 import jax
 import numpy as np
@@ -28,6 +29,15 @@ from ilm_jax.eval.metrics import metrics_from_lists
 from ilm_jax.models.ilm import ItemLanguageModel
 
 DEFAULT_BEAMS = 10
+
+
+@functools.lru_cache(maxsize=32)
+def jitted(fn):
+  """``jax.jit(fn)``, made once per function: a bound method of the same
+  model is the same key (methods compare their instance by identity), so
+  repeated calls (a recommender answering requests) reuse the compiled
+  program instead of tracing and compiling it anew."""
+  return jax.jit(fn)
 
 
 def prompt_batches(prompt_encoder, prompts, batch_size, buckets):
@@ -85,7 +95,7 @@ def per_prompt(
 ) -> np.ndarray:
   """``fn(encoder_params, llm_params, cf_table, batch)`` -> float[B, ...],
   jitted and run over prompt batches; float32[N, ...] rows in prompt order."""
-  fn = jax.jit(fn)
+  fn = jitted(fn)
   out = None
   for chunk, batch in prompt_batches(
     prompt_encoder, prompts, batch_size, buckets
@@ -108,7 +118,7 @@ def _embedded_batches(
   buckets,
 ):
   """Yields (prompt indices, float[B, L, D] embeddings, bool[B, L] mask)."""
-  embed = jax.jit(model.prompt_embeddings)
+  embed = jitted(model.prompt_embeddings)
   for chunk, batch in prompt_batches(
     prompt_encoder, prompts, batch_size, buckets
   ):
