@@ -27,7 +27,7 @@ from ilm_jax.data import prompts as P
 from ilm_jax.eval import evaluations as E
 from ilm_jax.sasrec_config import sasrec_config
 
-BUDGETS = ("cpu", "small", "full")
+BUDGETS = ("cpu", "small", "accel", "full")
 # Full-ranking baselines the "eval" stage can train and report.
 BASELINES = ("popularity", "als", "sasrec")
 # Logical-axis rules shared by all models: logical name -> mesh axes (a
@@ -373,7 +373,39 @@ def small_budget(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return c
 
 
-_BUDGETS = {"cpu": cpu_budget, "small": small_budget, "full": lambda c: c}
+def accel_budget(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """One accelerator host, minutes per experiment, in place (``:accel``).
+
+  The recipe of ``launch/accelerator_run.py``: four stage-2 variants on two
+  datasets meant to fit about 8 minutes on one H200 (an estimate, not yet
+  timed on one: the run prints its wall times). The full model shapes and
+  data (every user), the frozen LLM in bfloat16 (``llm_dtype`` "auto"),
+  collaborative identifiers, 1,000 stage-2 steps of 32 prompts; evaluated
+  on the test split with held-out templates, generation over the whole
+  catalogue for every user, re-ranking of ALS's and SASRec's candidates.
+  """
+  c.dataset.indexing = "collaborative"
+  c.stage1.train.num_steps = 300
+  s2 = c.stage2
+  s2.train.num_steps = 1000
+  s2.train.warmup_steps = 100
+  s2.train.checkpoint_every = 500
+  s2.evaluations = (
+    "generate:sequential:test:unseen",
+    "text:description:-:unseen",
+    "text:profile:-:unseen",
+    "rerank:rerank:test:unseen",
+    "rerank:rerank:test:unseen:sasrec",
+  )
+  return c
+
+
+_BUDGETS = {
+  "cpu": cpu_budget,
+  "small": small_budget,
+  "accel": accel_budget,
+  "full": lambda c: c,
+}
 
 
 def parse_arg(arg: str) -> dict[str, str]:

@@ -45,15 +45,20 @@ def test_budgets_differ_only_in_budget_fields_across_datasets():
 
 
 def test_budgets_are_ordered_by_size():
-  cpu, small, full = (
+  cpu, small, accel, full = (
     _load(REPO_ROOT / "configs" / "default.py", b) for b in EC.BUDGETS
   )
   assert cpu.stage2.train.num_steps == EC.CPU_STAGE2_STEPS
   assert (
     full.stage2.train.num_steps
+    > accel.stage2.train.num_steps
     > cpu.stage2.train.num_steps
     > small.stage2.train.num_steps
   )
+  # The accelerator run: full shapes and data, collaborative identifiers.
+  assert accel.qformer.to_dict() == full.qformer.to_dict()
+  assert accel.dataset.max_users == -1
+  assert accel.dataset.indexing == "collaborative"
   assert (
     full.stage1.train.num_steps
     > cpu.stage1.train.num_steps

@@ -67,6 +67,42 @@ def test_compare_trains_each_ablation_its_own_stage1(tmp_path, monkeypatch):
   ]
 
 
+def test_query_sweep_variants_train_their_own_stage1_of_k_queries(
+  tmp_path, monkeypatch
+):
+  base = _config(init="stage1")
+  k4 = C.variant_config(base, "ilm-k4")
+  assert (k4.qformer.num_queries, k4.stage2.stage1_dir) == (4, "stage1_k4")
+  a, b = k4.to_dict(), base.to_dict()
+  a["qformer"].pop("num_queries"), b["qformer"].pop("num_queries")
+  a["stage2"].pop("stage1_dir"), b["stage2"].pop("stage1_dir")
+  assert a == b
+  assert sorted(C.QUERY_SWEEP.values()) == [1, 2, 4, 8, 16]
+  calls = []
+  monkeypatch.setattr(C.pipeline, "run", lambda *a: {"eval": {}})
+  monkeypatch.setattr(
+    C.stage1,
+    "run",
+    lambda config, workdir, out_name: calls.append(
+      (out_name, config.qformer.num_queries)
+    ),
+  )
+  monkeypatch.setattr(
+    C.stage2,
+    "run",
+    lambda config, workdir, out_name: (
+      calls.append((out_name, config.qformer.num_queries)) or {"eval": {}}
+    ),
+  )
+  C.compare(_config(), tmp_path, ("ilm-k1", "ilm-k16"), "valid", "unseen")
+  assert calls == [
+    ("stage1_k1", 1),
+    ("stage1_k16", 16),
+    ("stage2_ilm-k1", 1),
+    ("stage2_ilm-k16", 16),
+  ]
+
+
 def _entries(*declared):
   """{name: entry} of (declared entry, metrics[, more fields]) triples."""
   out = {}

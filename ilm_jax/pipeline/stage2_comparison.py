@@ -55,6 +55,17 @@ for _name, _losses in STAGE1_ABLATIONS.items():
     "init": "stage1",
     "stage1_dir": f"stage1_{_losses}",
   }
+# The query-number sweep (the paper's K figure): ILM with K soft tokens per
+# entity, each from its own stage 1 of that shape in workdir/stage1_k<K>.
+QUERY_SWEEP: dict[str, int] = {f"ilm-k{k}": k for k in (1, 2, 4, 8, 16)}
+for _name, _k in QUERY_SWEEP.items():
+  VARIANTS[_name] = {
+    "variant": "ilm",
+    "init": "stage1",
+    "stage1_dir": f"stage1_k{_k}",
+  }
+# Variants whose stage 1 differs from the shared one.
+OWN_STAGE1 = (*STAGE1_ABLATIONS, *QUERY_SWEEP)
 DEFAULT_VARIANTS = ("ilm", "ilm-rand", "mlp", "text")
 RANKING_KEYS = ("HR@5", "HR@10", "NDCG@5", "NDCG@10")
 RESULTS_FILE = "compare.json"
@@ -75,6 +86,8 @@ def variant_config(
     out.stage2[key] = value
   if name in STAGE1_ABLATIONS:
     out.stage1.losses = STAGE1_ABLATIONS[name]
+  if name in QUERY_SWEEP:
+    out.qformer.num_queries = QUERY_SWEEP[name]
   return out
 
 
@@ -168,20 +181,21 @@ def rerank_rows(
 
 def _train_stage1_runs(config, workdir, variants) -> dict[str, float]:
   """Stage-1 runs the variants start from: the shared one (full loss mix)
-  and one per loss ablation. Returns wall seconds per run."""
+  and one per variant with its own (loss ablations, query sweep). Returns
+  wall seconds per run."""
   seconds = {}
   if any(
-    VARIANTS[n].get("init") == "stage1" and n not in STAGE1_ABLATIONS
+    VARIANTS[n].get("init") == "stage1" and n not in OWN_STAGE1
     for n in variants
   ):
     start = time.time()
     pipeline.run(config, workdir, "stage1")
     seconds["stage1"] = time.time() - start
-  for name in (n for n in variants if n in STAGE1_ABLATIONS):
+  for name in (n for n in variants if n in OWN_STAGE1):
     start = time.time()
-    ablation = variant_config(config, name)
-    stage1.run(ablation, workdir, ablation.stage2.stage1_dir)
-    seconds[f"stage1 ({ablation.stage1.losses})"] = time.time() - start
+    own = variant_config(config, name)
+    stage1.run(own, workdir, own.stage2.stage1_dir)
+    seconds[f"stage1 ({own.stage2.stage1_dir})"] = time.time() - start
   return seconds
 
 
