@@ -87,8 +87,8 @@ def test_soft_tokens_land_at_slot_positions(llm, variant, shared):
   for r, e in enumerate(examples):
     for t in range(batch["tokens"].shape[1]):
       row = e.slot_entity[t] if t < len(e.tokens) else WORD
-      if row == SOFT_PROMPT:  # the shared prompt leads every prompt
-        assert t < shared
+      if row == SOFT_PROMPT:  # the shared prompt follows BOS
+        assert 1 <= t <= shared
         np.testing.assert_array_equal(
           x[r, t], np.asarray(enc_params["soft_prompt"])[e.slot_query[t]]
         )
@@ -110,14 +110,16 @@ def test_text_variant_soft_prompt_positions(llm):
   examples, batch = _batch(EntityCoding(0, soft_prompt=4))
   x = np.asarray(model.prompt_embeddings(enc_params, llm[1], _cf(), batch))
   prompt = np.asarray(enc_params["soft_prompt"])
+  # BOS (this tokenizer adds it), the soft prompt, then the words.
   for r in range(3):
-    np.testing.assert_array_equal(x[r, :4], prompt)
+    np.testing.assert_array_equal(x[r, 1:5], prompt)
   words = np.asarray(
     model.decoder.apply(
       {"params": llm[1]}, batch["tokens"], method=Decoder.embed
     )
   )
-  np.testing.assert_array_equal(x[:, 4:], words[:, 4:])
+  np.testing.assert_array_equal(x[:, 0], words[:, 0])
+  np.testing.assert_array_equal(x[:, 5:], words[:, 5:])
 
 
 def test_loss_counts_answer_tokens_only(llm):

@@ -150,8 +150,10 @@ def test_text_only_coding_has_soft_prompt_and_no_entities():
   enc, tok, index = _encoder(split, soft=0, prompt=3)
   p = P.render(P.templates(P.STRAIGHTFORWARD, True)[0], user=2, answer="x")
   e = enc.encode(p, with_answer=True)
-  assert list(e.slot_entity[:3]) == [SOFT_PROMPT] * 3
-  assert list(e.slot_query[:3]) == [0, 1, 2]
+  # BOS opens the sequence (this tokenizer adds it), then the soft prompt.
+  assert e.tokens[0] == tok.bos_id and tok.add_bos
+  assert list(e.slot_entity[1:4]) == [SOFT_PROMPT] * 3
+  assert list(e.slot_query[1:4]) == [0, 1, 2]
   assert not np.any(e.slot_entity >= 0)
 
 

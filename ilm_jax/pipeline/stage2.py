@@ -289,7 +289,11 @@ def run(
   index = make_index(
     split, config.dataset.indexing, config.seed, np.asarray(table.items)
   )
-  llm_config, llm_params, tokenizer = load_stage2_llm(c.llm, config.seed)
+  mesh = make_mesh(tuple(config.mesh.shape))
+  # A converted checkpoint is restored straight into its shards on the mesh.
+  llm_config, llm_params, tokenizer = load_stage2_llm(
+    c.llm, config.seed, c.get("llm_dtype", "float32"), mesh, config.mesh.rules
+  )
   token_rms = word_embedding_rms(Decoder(llm_config), llm_params)
   model, boxed, init = build_model(
     config,
@@ -308,7 +312,6 @@ def run(
     c.max_answer_tokens,
   )
   trie = build_trie(prompt_encoder, llm_config.vocab_size)
-  mesh = make_mesh(tuple(config.mesh.shape))
   start = time.time()
   ks = tuple(config.eval.ks)
   rerank_train, rerank_stats = rerank.training_prompts(
