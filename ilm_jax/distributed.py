@@ -145,3 +145,15 @@ def is_primary() -> bool:
   if jax is None or not jax.distributed.is_initialized():
     return True
   return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+  """Waits until every process of a multi-host job gets here (e.g. until
+  process 0 has written a file the others read next); a no-op otherwise."""
+  jax = sys.modules.get("jax")
+  if jax is None or not jax.distributed.is_initialized():
+    return
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(name)

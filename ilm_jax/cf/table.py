@@ -13,7 +13,7 @@ import pathlib
 
 import numpy as np
 
-from ilm_jax import files
+from ilm_jax import distributed, files
 
 ITEM_TYPE = 0
 USER_TYPE = 1
@@ -84,15 +84,19 @@ class CFTable:
     """
     directory = pathlib.Path(directory)
     table_path = directory / TABLE_FILE
-    files.save_npy(table_path, np.asarray(self.embeddings, dtype=np.float32))
-    meta = {
-      "num_users": self.num_users,
-      "num_items": self.num_items,
-      "dim": self.dim,
-      "table_sha256": _sha256(table_path),
-      "config": config or {},
-    }
-    files.write_json(directory / META_FILE, meta)
+    # In a multi-host job every process holds the table; process 0 writes
+    # it and the others wait, since later stages read (and hash) the file.
+    if distributed.is_primary():
+      files.save_npy(table_path, np.asarray(self.embeddings, np.float32))
+      meta = {
+        "num_users": self.num_users,
+        "num_items": self.num_items,
+        "dim": self.dim,
+        "table_sha256": _sha256(table_path),
+        "config": config or {},
+      }
+      files.write_json(directory / META_FILE, meta)
+    distributed.barrier("cf table written")
 
 
 def _sha256(path: pathlib.Path) -> str:
