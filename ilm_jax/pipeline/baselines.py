@@ -7,7 +7,7 @@ import pathlib
 import ml_collections
 import tensorboardX
 
-from ilm_jax import files
+from ilm_jax import distributed, files
 from ilm_jax.data import load_split
 from ilm_jax.eval import full_ranking, report
 from ilm_jax.experiment_config import BASELINES
@@ -86,7 +86,10 @@ def write_results(results: dict, out: pathlib.Path, name: str, config) -> str:
   out.mkdir(parents=True, exist_ok=True)
   files.write_json(out / f"{name}.json", results)
   text = [f"# {name}: {config.dataset.name}\n"]
-  writer = tensorboardX.SummaryWriter(str(out / "tensorboard"))
+  # Process 0 of a multi-host job writes the events; the others discard.
+  writer = tensorboardX.SummaryWriter(
+    str(out / "tensorboard"), write_to_disk=distributed.is_primary()
+  )
   splits = list(dict.fromkeys(s for r in results.values() for s in r))
   for split_name in splits:
     for mode in MODES:
