@@ -55,3 +55,22 @@ def test_counts_print_as_integers():
   assert format_value("HR@10", 0.5, 0.1) == "0.5000 ± 0.1000"
   table = markdown_table({"ilm": {"HR@10": 0.1, "users": 610.0}})
   assert "| 610 |" in table and "610.0000" not in table
+
+
+def test_generated_samples_go_to_tensorboard_as_text(tmp_path):
+  results = {
+    "steps": 3,
+    "evaluations": {
+      "text:description:-:unseen": {
+        "kind": "text",
+        "task": "description",
+        "split": "-",
+        "templates": "unseen",
+        "metrics": {"SC": 0.1},
+        "examples": [{"generated": "A film", "reference": "Alien (1979)"}],
+      }
+    },
+  }
+  assert figures.log_texts(tmp_path, results) == 1
+  events = list((tmp_path / "tensorboard").iterdir())
+  assert events and b"Alien (1979)" in events[0].read_bytes()

@@ -266,6 +266,10 @@ def rerank_panels(results: dict) -> list[charts.Panel]:
     result = entry["metrics"]
     named = dict(RERANK_ROWS)
     bars = {named[k]: result[k] for k in ("ilm", "shuffled") if k in result}
+    by = result.get("retrieved_by", "")
+    named["retriever"] = (
+      "ALS order" if by == "als" else f"{by or 'retriever'} order"
+    )
     references = {
       named[k]: result[k] for k in ("retriever", "popularity") if k in result
     }
