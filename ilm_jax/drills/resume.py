@@ -37,6 +37,8 @@ RESULTS = "results.json"
 REFERENCE_FILE = "drill_reference.json"
 # Progress of a pipeline workdir, in order; see ``stage_reached``.
 STAGES = ("cf", "eval", "stage1", "stage2 train", "stage2 eval", "done")
+# A kill moment that a resumed run finished before.
+FINISHED_FIRST = "finished first"
 # results.json keys that measure time, not results.
 TIMING_SUFFIXES = ("seconds", "_time", "wall_s")
 
@@ -141,9 +143,11 @@ class Launcher:
     """Digest of the code and config argument a reference run depends on."""
     digest = hashlib.sha256(self.config_arg.encode())
     repo = pathlib.Path(self.repo)
-    paths = sorted(repo.glob("ilm_jax/**/*.py")) + sorted(
-      repo.glob("configs/*.py")
-    )
+    paths = sorted(
+      p
+      for p in repo.glob("ilm_jax/**/*.py")
+      if "drills" not in p.relative_to(repo).parts  # they run, not train
+    ) + sorted(repo.glob("configs/*.py"))
     for path in paths + [repo / "launch" / "train.py"]:
       digest.update(str(path.relative_to(repo)).encode())
       digest.update(path.read_bytes())
@@ -304,8 +308,10 @@ def kill_drill(
       else:
         if proc.returncode != 0:
           failures.append({"target": stage, "exit": proc.returncode})
-        else:  # finished before the moment came: nothing left to kill
-          kills.append({"target": stage, "offset_s": offset, "stage": "done"})
+        else:  # finished before the moment came: nothing was killed
+          kills.append(
+            {"target": stage, "offset_s": offset, "stage": FINISHED_FIRST}
+          )
     if progress:
       progress(1)
   code = _run_to_end(launcher, killed, log_path)
@@ -321,14 +327,25 @@ def kill_drill(
     )
   outcome = "results_differ" if diff else "identical"
   by_stage = collections.Counter(k["stage"] for k in kills)
-  rows = [
-    DrillRow(
-      "kill",
-      f"kill -9 during {stage if stage != 'done' else 'exit'}",
-      collections.Counter({outcome: n}),
+  rows = []
+  for stage in STAGES:
+    if by_stage[stage]:
+      case = "after results.json was written" if stage == "done" else stage
+      rows.append(
+        DrillRow(
+          "kill",
+          f"kill -9 during {case}",
+          collections.Counter({outcome: by_stage[stage]}),
+        )
+      )
+  if by_stage[FINISHED_FIRST]:
+    rows.append(
+      DrillRow(
+        "kill",
+        "run finished before its kill moment",
+        collections.Counter({"not_killed": by_stage[FINISHED_FIRST]}),
+      )
     )
-    for stage, n in sorted(by_stage.items(), key=lambda x: STAGES.index(x[0]))
-  ]
   if failures:
     rows.append(
       DrillRow(
