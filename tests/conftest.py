@@ -62,3 +62,84 @@ def toy_split():
   valid = rng.integers(0, num_items, num_users).astype(np.int32)
   test = rng.integers(0, num_items, num_users).astype(np.int32)
   return LeaveOneOutSplit("toy", catalog, train, valid, test, max_history=5)
+
+
+def served_config(bert_dir):
+  """The ``:small`` pipeline of the recommender, chat and notebook tests,
+  reduced to about two CPU minutes on top of ``configs/default.py:small``.
+
+  ``:small`` itself (MiniLM Q-Former, SmolLM2-135M, 300 users) took 410 s
+  of CPU (user + system, ``/usr/bin/time``) for ``launch/train.py
+  --config=configs/default.py:small`` on the suite's 2-core machine, far past
+  the 2.5 minutes the suite can give it, so this keeps its recipe
+  (re-ranking with lettered candidates, pooled list tokens, the shared soft
+  prompt) and shrinks the data, the models and the steps: 24 users, a
+  random 2-layer BERT of width 16 with MiniLM's tokenizer
+  (``tests/tiny.py``), the tiny random LLM, 2 + 4 steps, one cheap
+  evaluation.
+  """
+  from ilm_jax.experiment_config import get_config
+
+  c = get_config("ml-latest-small", "small")
+  c.dataset.max_users = 24
+  c.cf.dim, c.cf.sweeps = 8, 2
+  c.qformer.bert_path = str(bert_dir)
+  c.qformer.num_queries = 2
+  c.qformer.num_cf_tokens = 2
+  c.qformer.embed_dim = 8
+  c.qformer.max_text_length = 12
+  c.stage1.batch_size = 8
+  c.stage1.train.num_steps = 2
+  c.stage1.train.warmup_steps = 1
+  c.stage1.train.checkpoint_every = 2
+  c.stage1.train.log_every = 1
+  c.stage1.train.progress_bar = False
+  c.stage1.eval.batch_size = 64
+  c.stage1.eval.candidates = 10
+  s = c.stage2
+  s.llm = "tiny"
+  s.examples_per_task = 8
+  s.length_buckets = (256,)  # character tokens: prompts are long
+  s.max_answer_tokens = 12
+  s.train.num_steps = 4
+  s.train.log_every = 2
+  s.train.checkpoint_every = 4
+  s.train.progress_bar = False
+  s.rerank.examples_per_task = 16
+  s.rerank.max_users = 4
+  s.rerank.batch_size = 4
+  s.eval.batch_size = 4
+  s.evaluations = ("rerank:rerank:valid:seen",)
+  return c
+
+
+@pytest.fixture(scope="session")
+def served_workdir(tmp_path_factory):
+  """A workdir the reduced ``:small`` pipeline (``served_config``) trained
+  once for the whole run: cf, stage1 and stage2 (the baselines stage is not
+  what these tests are about). About 130 s of CPU, most of it compiling
+  the two training steps.
+
+  Under ``pytest -n`` every worker has its own session, so the workers
+  share one directory of the run and a lock: the first to get there
+  trains, the others wait and reuse it.
+  """
+  import fcntl
+
+  from ilm_jax.pipeline import run as pipeline
+  from tests.tiny import tiny_bert_dir
+
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    root = root.parent  # the run's directory, above each worker's own
+  root = root / "served"
+  root.mkdir(exist_ok=True)
+  workdir = root / "work"
+  with open(root / "lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+    if not (root / "trained").exists():
+      config = served_config(tiny_bert_dir(root / "bert"))
+      for stage in ("cf", "stage1", "stage2"):
+        pipeline.run(config, workdir, stage)
+      (root / "trained").write_text("cf, stage1, stage2\n")
+  return workdir

@@ -140,7 +140,9 @@ def restore(workdir, stage_dir: str = stage2.STAGE_DIR) -> Restored:
       f"{split.num_users} / {split.num_items}"
     )
   c = config.stage2
-  llm_config, llm_params, tokenizer = load_stage2_llm(c.llm, config.seed)
+  llm_config, llm_params, tokenizer = load_stage2_llm(
+    c.llm, config.seed, c.get("llm_dtype", "float32")
+  )
   model, boxed, _ = stage2.build_model(
     config,
     workdir,
