@@ -131,7 +131,9 @@ def test_two_processes_train_like_one(tmp_path):
   outputs = [_finish(p, n) for p, n in zip(jobs, ("proc0", "proc1", "one"))]
   assert "results:" in outputs[0] and "results:" not in outputs[1]
 
-  # Same global batches on the same global mesh: the same losses.
+  # Same global batches on the same global mesh: the same losses. (The
+  # reductions across processes may round differently, which can flip an
+  # argmax between near-tied scores: accuracies are compared in examples.)
   histories = [
     files.read_json(w / "stage1" / "metrics.json") for w in (single, multi)
   ]
@@ -140,7 +142,12 @@ def test_two_processes_train_like_one(tmp_path):
     assert [r["step"] for r in one] == [r["step"] for r in two]
     for a, b in zip(one, two):
       for key in a:
-        np.testing.assert_allclose(b[key], a[key], rtol=2e-5, err_msg=key)
+        tolerance = {"atol": 1 / 8} if key.endswith("_acc") else {}
+        np.testing.assert_allclose(
+          b[key], a[key], rtol=1e-4, err_msg=key, **tolerance
+        )
+  losses = [[r["loss"] for r in h["train"]] for h in histories]
+  np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)
   assert [r["step"] for r in histories[1]["train"]] == [1, 2, 3, 4]
 
   # Process 0 wrote the job's files; process 1 wrote nothing in the
@@ -154,14 +161,18 @@ def test_two_processes_train_like_one(tmp_path):
   assert stray == []
   assert (multi / "results.json").exists()
 
-  # The collective checkpoint restores in this (single) process.
+  # The collective checkpoint restores in this (single) process, to the
+  # one-process run's parameters within one AdamW step (the learning rate
+  # bounds a step: Adam turns rounding in near-zero gradients into up to a
+  # full step; a checkpoint of another step would be several steps off).
+  step = float(_config(overrides).stage1.train.learning_rate)
   params = [
     ckpt.load_params(w / "stage1" / "checkpoints")[0] for w in (single, multi)
   ]
   flat = [dict(_leaves(p)) for p in params]
   assert flat[0].keys() == flat[1].keys()
   for key, value in flat[0].items():
-    np.testing.assert_allclose(flat[1][key], value, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(flat[1][key], value, rtol=0, atol=step)
 
 
 def _leaves(tree, prefix=""):
