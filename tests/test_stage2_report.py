@@ -234,7 +234,7 @@ def test_rerank_table_puts_the_ilm_beside_its_nulls_with_verdicts(tmp_path):
   lists = R.list_rows(results)
   assert list(lists) == [
     "training lists (inner ALS)",
-    "evaluation lists (test)",
+    "evaluation lists (test, als)",
   ]
   text = R.write(results, tmp_path, "toy")
   assert "0.0800 ± 0.0100" in text and "top 20 of als" in text
