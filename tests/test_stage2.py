@@ -183,7 +183,6 @@ def test_run_end_to_end_on_tiny_llm(tmp_path, variant):
   if variant == "ilm":
     # Re-ranking SASRec's candidates too (SASRec trained on the way).
     config.stage2.evaluations += ("rerank:rerank:valid:unseen:sasrec",)
-    config.sasrec.dim, config.sasrec.train.num_steps = 8, 4
   _write_cf_table(config, tmp_path)
   results = stage2.run(config, tmp_path)
   assert results["variant"] == variant and results["steps"] == 3

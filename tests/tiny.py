@@ -74,6 +74,11 @@ def stage2_config(**stage2_fields):
   c.qformer.max_text_length = 12
   c.dataset.max_users = 24
   c.cf.dim, c.cf.sweeps = 8, 2
+  # SASRec only where a test asks for it (tests/test_sasrec.py, the
+  # SASRec-candidates re-ranking of test_stage2), then tiny.
+  c.eval.baselines = ("popularity", "als")
+  c.sasrec.dim, c.sasrec.train.num_steps = 8, 4
+  c.sasrec.train.progress_bar = False
   s = c.stage2
   s.llm = "tiny"
   s.init = "random"  # no stage-1 run in these workdirs
