@@ -28,6 +28,16 @@ from ilm_jax.eval import evaluations as E
 from ilm_jax.sasrec_config import sasrec_config
 
 BUDGETS = ("cpu", "small", "accel", "full")
+# What the CPU and accelerator recipes evaluate: the test split with
+# held-out templates; sequential generation, both text tasks, re-ranking of
+# ALS's top N and of SASRec's (a stronger retriever, a higher ceiling).
+TEST_EVALUATIONS = (
+  "generate:sequential:test:unseen",
+  "text:description:-:unseen",
+  "text:profile:-:unseen",
+  "rerank:rerank:test:unseen",
+  "rerank:rerank:test:unseen:sasrec",
+)
 # Full-ranking baselines the "eval" stage can train and report.
 BASELINES = ("popularity", "als", "sasrec")
 # Logical-axis rules shared by all models: logical name -> mesh axes (a
@@ -322,17 +332,7 @@ def cpu_budget(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   s2.rerank.examples_per_task = 1000
   s2.eval.max_users = 24
   s2.eval.batch_size = 8
-  # Test split, held-out templates: sequential generation, both text
-  # tasks and re-ranking.
-  s2.evaluations = (
-    "generate:sequential:test:unseen",
-    "text:description:-:unseen",
-    "text:profile:-:unseen",
-    "rerank:rerank:test:unseen",
-    # The same, re-ranking SASRec's top N: a stronger retriever, a higher
-    # ceiling (README: each retriever's recall@N).
-    "rerank:rerank:test:unseen:sasrec",
-  )
+  s2.evaluations = TEST_EVALUATIONS
   s2.eval.max_text_prompts = 8
   return c
 
@@ -390,13 +390,7 @@ def accel_budget(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   s2.train.num_steps = 1000
   s2.train.warmup_steps = 100
   s2.train.checkpoint_every = 500
-  s2.evaluations = (
-    "generate:sequential:test:unseen",
-    "text:description:-:unseen",
-    "text:profile:-:unseen",
-    "rerank:rerank:test:unseen",
-    "rerank:rerank:test:unseen:sasrec",
-  )
+  s2.evaluations = TEST_EVALUATIONS
   return c
 
 
