@@ -17,6 +17,23 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 
+def pytest_configure(config):
+  """XLA's persistent compilation cache for in-process tests: many tests
+  compile the same tiny models again (every pipeline run builds its jitted
+  functions anew), and a cache hit skips XLA's compile. Subprocesses that
+  tests start are left as they are."""
+  del config
+  import tempfile
+
+  import jax
+
+  cache = (
+    pathlib.Path(tempfile.gettempdir()) / f"ilm_jax_test_xla_{os.getuid()}"
+  )
+  jax.config.update("jax_compilation_cache_dir", str(cache))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
 def _require(path: pathlib.Path) -> pathlib.Path:
   """Returns path, or skips (fails under CI) when ../shared is missing."""
   if path.exists():

@@ -52,6 +52,7 @@ def _interrupt_at(monkeypatch, cls, method, calls):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # four pipeline runs; launch/drills.py's kill drill too
 def test_interrupted_and_resumed_pipeline_reports_the_same(
   tmp_path, monkeypatch
 ):

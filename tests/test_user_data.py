@@ -381,7 +381,12 @@ def _numbers(tree):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["interactions", "openp5"])
+@pytest.mark.parametrize(
+  # The OpenP5 run repeats the pipeline on another parser (fuzzed in
+  # tests/test_drills.py): heavy.
+  "name",
+  ["interactions", pytest.param("openp5", marks=pytest.mark.heavy)],
+)
 def test_small_pipeline_runs_on_user_files(tmp_path, name):
   from ilm_jax.pipeline import run as pipeline
 
