@@ -553,12 +553,21 @@ def _usable(value: str, table: Table, column: int) -> bool:
   return not (table.sep == " " and value == "")
 
 
-def _mutate_field(case: Case, rng: random.Random, good: bool):
-  name, table = rng.choice(list(case.tables.items()))
+def _pick_row(case: Case, rng: random.Random):
+  """(table, index) of a random non-empty row of a random table of
+  ``case``, or None when that table has none."""
+  _, table = rng.choice(list(case.tables.items()))
   rows = [i for i, r in enumerate(table.rows) if r]
   if not rows:
+    return None
+  return table, rng.choice(rows)
+
+
+def _mutate_field(case: Case, rng: random.Random, good: bool):
+  picked = _pick_row(case, rng)
+  if picked is None:
     return False
-  i = rng.choice(rows)
+  table, i = picked
   row = table.rows[i]
   column = rng.randrange(len(row))
   kind = table.kinds[min(column, len(table.kinds) - 1)]
@@ -589,11 +598,10 @@ def _mutate_field(case: Case, rng: random.Random, good: bool):
 
 def _mutate_shape(case: Case, rng: random.Random):
   """Missing or extra fields, or another separator, on one row."""
-  name, table = rng.choice(list(case.tables.items()))
-  rows = [i for i, r in enumerate(table.rows) if r]
-  if not rows:
+  picked = _pick_row(case, rng)
+  if picked is None:
     return False
-  i = rng.choice(rows)
+  table, i = picked
   row = table.rows[i]
   how = rng.choice(("missing", "extra", "separator"))
   if how == "missing":
@@ -618,11 +626,10 @@ def _mutate_shape(case: Case, rng: random.Random):
 
 def _mutate_duplicate(case: Case, rng: random.Random):
   """A catalogue id or OpenP5 user listed twice, or a repeated rating."""
-  name, table = rng.choice(list(case.tables.items()))
-  rows = [i for i, r in enumerate(table.rows) if r]
-  if not rows:
+  picked = _pick_row(case, rng)
+  if picked is None:
     return False
-  i = rng.choice(rows)
+  table, i = picked
   copy = list(table.rows[i])
   at = rng.randint(i + 1, len(table.rows))
   table.rows.insert(at, copy)
