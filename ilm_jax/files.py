@@ -22,10 +22,12 @@ from etils import epath
 from ilm_jax import distributed
 
 
-def _fsync_directory(directory: pathlib.Path) -> None:
-  """Makes a rename in ``directory`` durable (where the OS allows it)."""
+def fsync_path(path: str | pathlib.Path) -> None:
+  """Flushes a written file, or a rename in a directory, to disk (where
+  the OS allows it), for writers that take a path rather than a file
+  object (e.g. array_record's)."""
   try:
-    fd = os.open(directory, os.O_RDONLY)
+    fd = os.open(path, os.O_RDONLY)
   except OSError:  # e.g. a platform without directory handles
     return
   try:
@@ -75,7 +77,7 @@ def open_atomic(path: str | pathlib.Path, mode: str = "w") -> Iterator[IO]:
   except BaseException:
     tmp.unlink(missing_ok=True)
     raise
-  _fsync_directory(path.parent)
+  fsync_path(path.parent)
 
 
 def write_bytes(path: str | pathlib.Path, data: bytes) -> None:

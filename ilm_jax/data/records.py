@@ -23,6 +23,8 @@ import numpy as np
 from array_record.python import array_record_module
 from flax import serialization
 
+from ilm_jax import files
+
 RECORD_SUFFIX = ".array_record"
 INDEX_SUFFIX = ".index.npz"
 # One record per chunk: reads are random access, one example at a time.
@@ -71,10 +73,13 @@ def write_records(
   for blob in blobs:
     writer.write(blob)
   writer.close()
-  tmp_index = index_path.with_name(index_path.name + ".tmp.npz")
-  np.savez(tmp_index, _count=len(blobs), _sha=sha, **(index or {}))
+  files.fsync_path(tmp_data)
   os.replace(tmp_data, data_path)
-  os.replace(tmp_index, index_path)
+  # The sidecar goes last (fsynced, renamed, directory fsynced): its count
+  # and hash vouch for the records, so a crash before it lands leaves a
+  # stale or missing sidecar and the next run writes both again.
+  with files.open_atomic(index_path, "wb") as f:
+    np.savez(f, _count=len(blobs), _sha=sha, **(index or {}))
   return True
 
 
