@@ -19,14 +19,13 @@ Examples:
 
 import ast
 import os
-import pathlib
 import platform
 import time
 
 import jax
 from absl import app, flags
 
-from ilm_jax import console, files, workdir_lock
+from ilm_jax import console, distributed, files, workdir_lock
 from ilm_jax.experiment_config import get_config
 from ilm_jax.pipeline import stage2_comparison
 
@@ -62,6 +61,7 @@ _WORKDIR = flags.DEFINE_string(
   "Where each dataset's comparison (<workdir>/<dataset>) and the report go.",
 )
 _CACHE = console.define_compilation_cache()
+distributed.define_flags()
 
 
 def apply_override(config, text: str) -> None:
@@ -140,7 +140,7 @@ def main(argv):
       "rows": out["rows"],
       "rerank_rows": out["rerank_rows"],
     }
-    table = pathlib.Path(workdir, stage2_comparison.TABLE_FILE).read_text()
+    table = out["table"]  # compare.md, which only process 0 wrote
     parts = ", ".join(f"{k} {v:.0f} s" for k, v in out["seconds"].items())
     sections.append(
       f"## {config.dataset.name}\n\nwall time {seconds:.0f} s ({parts})\n\n"
@@ -162,7 +162,8 @@ def main(argv):
   files.write_json(
     os.path.join(_WORKDIR.value, "accelerator_run.json"), report, default=str
   )
-  print(markdown)
+  if distributed.is_primary():  # one copy of the report, not one per host
+    print(markdown)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,10 @@ Examples:
       --workdir=workdir/compare_ml100k
   python launch/compare_stage2.py --config=configs/ml1m.py \
       --variants=ilm,ilm-it,ilm-it-ii,ilm-it-ui --workdir=workdir/ablate_ml1m
+  # on every worker of a TPU pod slice at once: one jax.distributed job
+  # (the multi-host flags of launch/train.py); worker 0 prints and writes
+  python launch/compare_stage2.py --config=configs/ml1m.py --distributed \
+      --workdir=/mnt/bucket/compare_ml1m
 """
 
 import os
@@ -25,7 +29,7 @@ import os
 from absl import app, flags
 from ml_collections import config_flags
 
-from ilm_jax import console, workdir_lock
+from ilm_jax import console, distributed, workdir_lock
 from ilm_jax.eval.report import markdown_table
 from ilm_jax.pipeline import stage2_comparison
 
@@ -56,12 +60,11 @@ _REPORT_ONLY = flags.DEFINE_bool(
   False,
   "Train nothing: rebuild the table from the variants' results.json files.",
 )
+distributed.define_flags()
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  console.quiet_by_default()
+  console.start(argv)
   with workdir_lock.hold(_WORKDIR.value):  # one run per workdir
     out = stage2_comparison.compare(
       _CONFIG.value,
@@ -71,6 +74,8 @@ def main(argv):
       _TEMPLATES.value,
       report_only=_REPORT_ONLY.value,
     )
+  if not distributed.is_primary():
+    return  # One copy of the tables, not one per host.
   print(f"budget: {out['budget']}")
   print(
     "wall seconds: "

@@ -33,8 +33,7 @@ _DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
 
 
 def main(argv):
-  console.quiet_by_default()
-  del argv
+  console.start(argv)
   config = convert_llm(_SOURCE.value, _OUTPUT.value, _DTYPES[_DTYPE.value])
   print(
     f"converted {_SOURCE.value} ({config.name}: {config.num_layers} layers, "

@@ -35,7 +35,7 @@ import ml_dtypes
 import numpy as np
 from absl import app, flags
 
-from ilm_jax import experiment_config
+from ilm_jax import console, experiment_config
 from ilm_jax.models.llm.config import PRESETS
 from ilm_jax.sharding import memory
 
@@ -61,8 +61,7 @@ _DTYPE = flags.DEFINE_enum(
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  console.start(argv)
   dataset, _, budget = _CONFIG.value.partition(":")
   config = experiment_config.get_config(dataset, budget)
   try:

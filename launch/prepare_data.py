@@ -51,9 +51,7 @@ _MAX_HISTORY = flags.DEFINE_integer(
 
 
 def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  console.quiet_by_default()
+  console.start(argv)
   tfds.disable_progress_bar()  # progress bars garble non-interactive logs
   builder = tfds_builder.make_builder(
     _DATASET.value,

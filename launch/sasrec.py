@@ -20,7 +20,7 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
-from ilm_jax import console, workdir_lock
+from ilm_jax import console, distributed, workdir_lock
 from ilm_jax.eval.report import markdown_table
 from ilm_jax.pipeline.baselines import MODES, summary_rows
 from ilm_jax.pipeline.sasrec import run_sasrec
@@ -37,6 +37,7 @@ _WORKDIR = flags.DEFINE_string(
   "workdir", "workdir/sasrec", "Where SASRec writes (and resumes from)."
 )
 _CACHE = console.define_compilation_cache()
+distributed.define_flags()
 
 
 def main(argv):
@@ -46,6 +47,8 @@ def main(argv):
   with workdir_lock.hold(_WORKDIR.value):  # one run per workdir
     results = run_sasrec(config, _WORKDIR.value)
   seconds = time.perf_counter() - start
+  if not distributed.is_primary():
+    return  # One copy of the tables, not one per host.
   name = config.dataset.name
   for split in config.eval.splits:
     for mode in MODES:

@@ -45,7 +45,14 @@ def _run(*args):
 def test_help_and_bad_override():
   out = _run("--help")
   assert out.returncode in (0, 1), out.stderr  # absl's --help exits 1
-  for flag in ("--datasets", "--variants", "--sweep", "--override"):
+  for flag in (
+    "--datasets",
+    "--variants",
+    "--sweep",
+    "--override",
+    "--coordinator_address",
+    "--[no]distributed",
+  ):
     assert flag in out.stdout
   bad = _run("--override=stage2.no_such_field=1")
   assert bad.returncode != 0 and "no field 'stage2.no_such_field'" in (

@@ -8,6 +8,7 @@ process 0 may write the job's files, and the two-process checkpoint must
 restore in a single process to the one-process run's parameters.
 """
 
+import ast
 import os
 import pathlib
 import shutil
@@ -26,6 +27,38 @@ from tests.tiny import tiny_bert_dir
 REPO = pathlib.Path(__file__).resolve().parent.parent
 WORKER = REPO / "tests" / "multihost_worker.py"
 NUM_STEPS = 4
+# Entry points that run stages: they take the multi-host flags
+# (distributed.define_flags) and print their tables on process 0 only.
+MULTI_HOST_LAUNCHERS = ("train", "sasrec", "compare_stage2", "accelerator_run")
+# Entry points of one host's work (conversion, data export, chat, reports):
+# they start like the others, without the flags.
+ONE_HOST_LAUNCHERS = (
+  "chat",
+  "convert_checkpoint",
+  "drills",
+  "memory_table",
+  "prepare_data",
+  "prompt_lengths",
+)
+
+
+@pytest.mark.parametrize("name", MULTI_HOST_LAUNCHERS + ONE_HOST_LAUNCHERS)
+def test_entry_points_start_alike(name):
+  """``main`` opens with ``console.start`` (stray arguments refused, quiet
+  logs, the job joined when its flags ask); the stage launchers define the
+  flags and print only on process 0."""
+  tree = ast.parse((REPO / "launch" / f"{name}.py").read_text())
+  main = next(
+    n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "main"
+  )
+  assert ast.unparse(main.body[0]).startswith("console.start(argv"), name
+  module_calls = {
+    ast.unparse(n.value) for n in tree.body if isinstance(n, ast.Expr)
+  }
+  multi_host = name in MULTI_HOST_LAUNCHERS
+  assert ("distributed.define_flags()" in module_calls) == multi_host
+  if multi_host:
+    assert "distributed.is_primary()" in ast.unparse(main), name
 
 
 def _overrides(bert_dir) -> dict:

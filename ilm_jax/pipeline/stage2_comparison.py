@@ -221,8 +221,9 @@ def compare(
       as separate jobs).
 
   Returns:
-    {"rows": {model: metrics}, "results": {variant: stage-2 results},
-    "seconds": {stage or variant: wall seconds}, "budget": {...}}.
+    {"rows": {model: metrics}, "rerank_rows": {model: metrics},
+    "results": {variant: stage-2 results}, "seconds": {stage or variant:
+    wall seconds}, "budget": {...}, "table": the markdown of compare.md}.
   """
   workdir = pathlib.Path(workdir)
   for name in variants:
@@ -331,9 +332,13 @@ def compare(
     )
   out["rerank_rows"] = reranked
   files.write_json(workdir / RESULTS_FILE, out, default=str)
-  files.write_text(workdir / TABLE_FILE, "\n\n".join(tables))
+  table = "\n\n".join(tables)
+  files.write_text(workdir / TABLE_FILE, table)
   plotted = {
     m: {k: v for k, v in r.items() if k != "train s"} for m, r in rows.items()
   }
   bar_plot(plotted, workdir / PLOT_FILE, title)
+  # Returned as well as written: in a multi-host job only process 0 writes
+  # the file, and other hosts may not share its disk.
+  out["table"] = table
   return out
