@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 from tokenizers import processors
 
-from ilm_jax.cf.table import CFTable
 from ilm_jax.convert import frozen_llm
 from ilm_jax.convert.convert_llm import convert_llm
-from ilm_jax.data import load_split
 from ilm_jax.data import prompts as P
-from ilm_jax.pipeline import cf as cf_stage
 from ilm_jax.pipeline import stage2
-from ilm_jax.train import loop
-from tests.tiny import stage2_config
+from tests.tiny import (
+  spy_on_training_inputs,
+  stage2_config,
+  write_random_cf_table,
+)
 
 
 def _llama_dir(directory):
@@ -65,32 +65,9 @@ def test_converted_llama_trains_stage2_in_bfloat16(tmp_path, monkeypatch):
   )
   config.stage2.train.num_steps = 2
   config.stage2.train.checkpoint_every = 2
-  split = load_split(config.dataset)
-  table = np.random.default_rng(0).normal(
-    size=(split.num_users + split.num_items, config.cf.dim)
-  )
-  CFTable(table.astype(np.float32), split.num_users, split.num_items).save(
-    tmp_path / cf_stage.CF_DIR, config=cf_stage._provenance(config)
-  )
-
+  write_random_cf_table(config, tmp_path)
   # What the training loop is handed: the frozen LLM and every batch.
-  seen = {"first_tokens": [], "frozen": None}
-  place_batch, place_frozen = (
-    loop.Trainer.place_batch,
-    loop.Trainer.place_frozen,
-  )
-
-  def spy_batch(self, batch):
-    rows = batch["tokens"][batch["tokens"].any(axis=1)]
-    seen["first_tokens"].extend(rows[:, 0].tolist())
-    return place_batch(self, batch)
-
-  def spy_frozen(self, frozen):
-    seen["frozen"] = frozen
-    return place_frozen(self, frozen)
-
-  monkeypatch.setattr(loop.Trainer, "place_batch", spy_batch)
-  monkeypatch.setattr(loop.Trainer, "place_frozen", spy_frozen)
+  seen = spy_on_training_inputs(monkeypatch)
   results = stage2.run(config, tmp_path)
 
   assert results["train"]["loss"] > 0 and np.isfinite(results["train"]["loss"])

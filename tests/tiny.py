@@ -10,6 +10,7 @@ import pathlib
 import shutil
 import tempfile
 
+import numpy as np
 import pytest
 
 from ilm_jax.convert import bert as convert_bert
@@ -132,3 +133,43 @@ def tiny_bert_dir(directory, max_position_embeddings: int = 16):
   transformers.BertModel(config).save_pretrained(directory)
   shutil.copy(minilm / "tokenizer.json", directory / "tokenizer.json")
   return directory
+
+
+def write_random_cf_table(config, workdir) -> None:
+  """A seeded random CF table of the config's split in ``workdir/cf``, so a
+  stage-2 test starts without training ALS."""
+  from ilm_jax.cf.table import CFTable
+  from ilm_jax.data import load_split
+  from ilm_jax.pipeline import cf as cf_stage
+
+  split = load_split(config.dataset)
+  rows = split.num_users + split.num_items
+  table = np.random.default_rng(0).normal(size=(rows, config.cf.dim))
+  CFTable(table.astype(np.float32), split.num_users, split.num_items).save(
+    pathlib.Path(workdir) / cf_stage.CF_DIR,
+    config=cf_stage._provenance(config),
+  )
+
+
+def spy_on_training_inputs(monkeypatch) -> dict:
+  """Records what the training loop is handed: ``first_tokens`` (the first
+  token of every non-empty batch row) and ``frozen`` (the frozen inputs,
+  the LLM among them)."""
+  from ilm_jax.train import loop
+
+  seen = {"first_tokens": [], "frozen": None}
+  place_batch = loop.Trainer.place_batch
+  place_frozen = loop.Trainer.place_frozen
+
+  def spy_batch(self, batch):
+    rows = batch["tokens"][batch["tokens"].any(axis=1)]
+    seen["first_tokens"].extend(rows[:, 0].tolist())
+    return place_batch(self, batch)
+
+  def spy_frozen(self, frozen):
+    seen["frozen"] = frozen
+    return place_frozen(self, frozen)
+
+  monkeypatch.setattr(loop.Trainer, "place_batch", spy_batch)
+  monkeypatch.setattr(loop.Trainer, "place_frozen", spy_frozen)
+  return seen
