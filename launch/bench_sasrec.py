@@ -30,7 +30,9 @@ JAX runs on one CPU device with XLA's intra-op thread pool, one thread per
 core this process may run on (printed); PyTorch is timed with
 ``torch.set_num_threads(n)`` for each n of ``--torch_threads``. The last
 line is the ratio of our time to PyTorch's at its fastest thread count
-(< 1: ours is faster). Batch making is outside the timings of both. Writes
+(< 1: ours is faster). Batch making is outside the timings of both. Each
+side's model-FLOP utilisation is printed too: its FLOPs (``ilm_jax.mfu``)
+per second over the float32 matmul peak measured in the same run. Writes
 ``bench_sasrec.json`` to --workdir.
 
   python launch/bench_sasrec.py --config=configs/default.py \
@@ -57,7 +59,7 @@ from absl import app, flags
 from ml_collections import config_flags
 from torch import nn
 
-from ilm_jax import console, files
+from ilm_jax import console, files, mfu
 from ilm_jax.data import load_split
 from ilm_jax.data import sasrec as sasrec_data
 from ilm_jax.models import sasrec as sasrec_model
@@ -289,8 +291,10 @@ def main(argv):
   steps_per_epoch = split.num_users / int(scfg.batch_size)
   steps = _STEPS.value or math.ceil(steps_per_epoch)
   fields = ("inputs", "positives")
+  fields_per_row = 1  # item vectors each position is scored against (BCE)
   if loss_name == "bce":
     fields += ("negatives",)
+    fields_per_row += int(scfg.num_negatives)
   # Every timed step of both models reads one of these (the same arrays).
   batches = [
     {k: v for k, v in next(data).items() if k in fields} for _ in range(steps)
@@ -402,6 +406,16 @@ def main(argv):
     fn()
     return time.perf_counter() - start
 
+  peak = mfu.measure_matmul_peak(jnp.float32)  # both models are float32
+  outputs = split.num_items if loss_name == "softmax" else fields_per_row
+  flops = {
+    "step": mfu.sasrec_step_flops(
+      cfg.dim, cfg.num_blocks, int(scfg.batch_size), cfg.max_len, outputs
+    ),
+    "eval": mfu.sasrec_scoring_flops(
+      cfg.dim, cfg.num_blocks, len(users), cfg.max_len, split.num_items
+    ),
+  }
   # Warm-up: compiles ours, lets PyTorch settle its kernels per thread count.
   first_round_s = timed(ours_round)
   ours_eval()
@@ -422,10 +436,17 @@ def main(argv):
 
   def figures(name):
     ms = _median_ms(times[f"{name}_step"], steps)
+    eval_ms = _median_ms(times[f"{name}_eval"])
+    step_use = mfu.utilisation(flops["step"], ms / 1e3, peak)
+    eval_use = mfu.utilisation(flops["eval"], eval_ms / 1e3, peak)
     return {
       "ms_per_step": ms,
       "s_per_epoch": ms * steps_per_epoch / 1e3,
-      "eval_ms": _median_ms(times[f"{name}_eval"]),
+      "eval_ms": eval_ms,
+      "step_gflops": step_use["gflops"],
+      "step_mfu": step_use["mfu"],
+      "eval_gflops": eval_use["gflops"],
+      "eval_mfu": eval_use["mfu"],
     }
 
   ours = figures("ours")
@@ -448,14 +469,22 @@ def main(argv):
     f"this process may use; {jax.devices()[0]}); PyTorch = "
     f"torch.set_num_threads(n), n in {thread_counts}"
   )
-  print(f"{'':16s} {'ms/step':>9s} {'s/epoch':>9s} {'eval ms':>9s}")
+  print(
+    f"matmul peak {peak.gflops:.1f} GFLOP/s (float32 {peak.size}^3, measured "
+    f"in this run); FLOPs per step {flops['step']:.3g}, per evaluation "
+    f"{flops['eval']:.3g}; MFU = achieved GFLOP/s / peak"
+  )
+  print(
+    f"{'':16s} {'ms/step':>9s} {'s/epoch':>9s} {'eval ms':>9s} "
+    f"{'step MFU':>9s} {'eval MFU':>9s}"
+  )
   rows = [("ours (JAX)", ours)] + [
     (f"PyTorch n={n}", theirs_figures[n]) for n in thread_counts
   ]
   for label, r in rows:
     print(
       f"{label:16s} {r['ms_per_step']:9.2f} {r['s_per_epoch']:9.3f} "
-      f"{r['eval_ms']:9.2f}"
+      f"{r['eval_ms']:9.2f} {r['step_mfu']:9.2%} {r['eval_mfu']:9.2%}"
     )
   print(
     f"final train loss: ours {losses['ours'][-1]:.4f}, PyTorch "
@@ -483,6 +512,8 @@ def main(argv):
       "loss_dropout_off": {"ours": ours_loss0, "torch": torch_loss0},
     },
     "threads": {"xla_cpu": xla_threads, "torch": thread_counts},
+    "matmul_peak": dataclasses.asdict(peak),
+    "flops": flops,
     "cpu": {"count": os.cpu_count(), "processor": platform.processor()},
     "versions": {"jax": jax.__version__, "torch": torch.__version__},
     "ours": {**ours, "first_round_s": first_round_s},

@@ -1,25 +1,64 @@
-r"""Stage-2 timing on this machine: train step, beam search, greedy text.
+r"""Stage-2 timing on this machine: train step, beam search, greedy text,
+with the training step against PyTorch in the same run.
 
 Builds stage 2 exactly as ``launch/train.py`` would for --config (real LLM,
 prompt mixture, length buckets; a random CF table and Q-Former, since only
 time is measured) and times, per length bucket,
 
-* one training step (compile, then the median of --steps more),
+* one training step (compile, then the median of --steps more), ours and
+  the PyTorch reference's, interleaved step by step on the same batches;
 * one constrained beam search over ``stage2.eval.batch_size`` sequential
   prompts (compile, then steady),
 * one greedy decode of as many item-description prompts,
-* one re-ranking scoring call (``stage2.rerank.batch_size`` prompts),
+* one re-ranking scoring call (``stage2.rerank.batch_size`` prompts; its
+  comparison with the naive transformers way is ``launch/bench_rerank.py``),
 
 then projects the wall time of the config's stage 2: its training steps
 (spread over buckets as its examples are) and its evaluation (users and
-the evaluations ``stage2.evaluations`` declares). Writes
-``bench_stage2.json`` to --workdir.
+the evaluations ``stage2.evaluations`` declares).
+
+The reference (``launch/torch_reference.py``) is the same training step as
+a PyTorch user would write it: transformers' ``LlamaForCausalLM`` holding
+our LLM's very weights, frozen (``requires_grad`` False, so no weight
+gradients); transformers' BLIP-2 ``Blip2QFormerModel`` (post-LN BERT layers,
+cross-attention to the CF tokens every ``cross_attention_freq``-th layer,
+the queries' own feed-forward block) of our Q-Former's layer count, width,
+heads and queries, with our CF projection, type embedding and norm; the
+linear adapter; soft tokens (and list-token means, shared soft prompt)
+spliced into the prompt's word embeddings; logits only at the answer and
+candidate positions; the same answer cross-entropy plus re-ranking softmax;
+``clip_grad_norm_`` and ``torch.optim.AdamW`` on the encoder only, with our
+decay groups and learning-rate schedule. It starts from our initial encoder
+weights, so before timing, the loss of each bucket's first step must equal
+ours (asserted; both sides restart from those weights per bucket). What
+differs: the libraries' kernels (transformers' SDPA attention; a 4D mask
+for rows that pack re-ranking candidates, which transformers needs to keep
+them apart), PyTorch's clipping divides by norm + 1e-6, and the reference
+runs on the CPU whatever JAX runs on. Batches are made once, outside both
+timings. Equal shapes make equal FLOPs.
+
+Threads: JAX runs on XLA's CPU pool, one thread per core this process may
+use (printed); PyTorch with ``torch.set_num_threads(n)`` for each n of
+--torch_threads (default: the same count), compared at its fastest.
+
+FLOPs and MFU (``ilm_jax.mfu``): per bucket, the step's model FLOPs (the
+frozen LLM's forward and input gradients, 2x its weight matmuls and 3x its
+attention matmuls; the Q-Former and adapter 3x their forward) over its
+time, over the matmul peak measured in this run in the LLM's dtype.
+
+The last lines compare the two per bucket and over the config's mixture of
+buckets: the ratio is PyTorch's step time / ours (> 1: ours is faster).
+Writes ``bench_stage2.json`` to --workdir.
 
   python launch/bench_stage2.py --config=configs/default.py \
       --workdir=workdir/bench_stage2
+  python launch/bench_stage2.py --config=configs/default.py:small \
+      --config.stage2.llm=tiny --steps=1 --workdir=workdir/bench_stage2_smoke
 """
 
+import dataclasses
 import json
+import math
 import os
 import statistics
 import tempfile
@@ -27,11 +66,14 @@ import time
 
 import jax
 import numpy as np
+import torch
+import torch_reference as R
+import transformers
 from absl import app, flags
 from flax import linen as nn
 from ml_collections import config_flags
 
-from ilm_jax import console, files
+from ilm_jax import console, files, mfu
 from ilm_jax.convert.frozen_llm import load_stage2_llm
 from ilm_jax.data import load_split
 from ilm_jax.data import prompts as P
@@ -61,13 +103,30 @@ _WORKDIR = flags.DEFINE_string(
   "workdir", "workdir/bench_stage2", "Output directory."
 )
 _STEPS = flags.DEFINE_integer("steps", 3, "Timed steps per bucket (median).")
+_TORCH_THREADS = flags.DEFINE_list(
+  "torch_threads",
+  [str(len(os.sched_getaffinity(0)))],
+  "PyTorch intra-op thread counts to time (default: XLA's CPU threads).",
+)
+_REFERENCE = flags.DEFINE_bool(
+  "reference",
+  True,
+  "Time the PyTorch reference of the training step beside ours.",
+)
+
+# Loss parity of the first step (same weights, float32; reductions differ).
+_LOSS_RTOL = 1e-4
 
 
 def _timed(fn):
+  return _timed_value(fn)[0]
+
+
+def _timed_value(fn):
+  """(seconds, value) of ``fn()``, waiting for JAX's asynchronous result."""
   start = time.perf_counter()
-  out = fn()
-  jax.block_until_ready(out)
-  return time.perf_counter() - start
+  out = jax.block_until_ready(fn())
+  return time.perf_counter() - start, out
 
 
 def _group_name(length: int, rerank: bool) -> str:
@@ -90,12 +149,220 @@ def _group_batches(data, count):
   return want
 
 
+def _check_reference(c) -> None:
+  """The PyTorch reference implements the "ilm" variant's plain step."""
+  problems = []
+  if c.variant != "ilm":
+    problems.append(f"config.stage2.variant={c.variant!r} (needs 'ilm')")
+  if float(c.retrieval_weight) > 0:
+    problems.append(
+      f"config.stage2.retrieval_weight={c.retrieval_weight} (no head)"
+    )
+  if str(c.train.freeze_regex):
+    problems.append(
+      f"config.stage2.train.freeze_regex={c.train.freeze_regex!r} (the "
+      "reference trains the whole encoder)"
+    )
+  if problems:
+    raise ValueError(
+      "the PyTorch reference does not implement "
+      f"{'; '.join(problems)}: change them or pass --noreference"
+    )
+
+
+def _step_flops(llm_config, qcfg, batch) -> float:
+  """Model FLOPs of one training step on ``batch`` (``ilm_jax.mfu``)."""
+  b, length = batch["tokens"].shape
+  _, n, m = batch["cand_logits_at"].shape
+  return mfu.stage2_step_flops(
+    llm_config,
+    qcfg,
+    batch=b,
+    length=length,
+    entities=batch["entities"].shape[0],
+    logit_positions=batch["target_positions"].shape[1] + n * m,
+  )
+
+
+def _time_training(trainer, frozen, host_params, groups, reference, threads):
+  """Times training steps, ours and the reference's, interleaved.
+
+  Per group (bucket length, kind), both restart from our initial encoder
+  params ``host_params``; their first steps' losses (at those weights)
+  must agree. The first step of each (ours compiles) is reported apart.
+
+  Args:
+    trainer: our ``loop.Trainer``.
+    frozen: placed {"llm", "cf"}.
+    host_params: initial encoder params (numpy).
+    groups: group name -> collated batches (``_group_batches``).
+    reference: ``torch_reference.Stage2Step`` or None.
+    threads: PyTorch thread counts to time.
+
+  Returns:
+    {"ours": {group: {"first", "step"} seconds}, "torch": {n: the same},
+    "parity": {group: {"ours", "torch"} first-step losses}, "params": our
+    encoder params after the last group}.
+  """
+  count = max(len(b) for b in groups.values())
+  # Ours steps from 0 in each group: the reference follows the schedule.
+  rates = np.asarray(jax.vmap(trainer.schedule)(np.arange(count))).tolist()
+  ours, theirs = {}, {n: {} for n in threads}
+  parity = {}
+  for name, batches in groups.items():
+    state = trainer.init_state(host_params)
+    if reference is not None:
+      reference.reset(host_params)
+    times = {"ours": [], **{n: [] for n in threads}}
+    for i, batch in enumerate(batches):
+      placed = trainer.place_batch(batch)
+
+      def step(placed=placed):
+        nonlocal state
+        state, metrics = trainer.step(state, frozen, placed)
+        return metrics["loss"]
+
+      seconds, loss = _timed_value(step)
+      times["ours"].append(seconds)
+      torch_batch = R.to_torch(batch) if threads else None
+      for n in threads:
+        torch.set_num_threads(n)
+        seconds, torch_loss = _timed_value(
+          lambda b=torch_batch, lr=rates[i]: reference.step(b, lr)
+        )
+        times[n].append(seconds)
+        if name not in parity:
+          parity[name] = {"ours": float(loss), "torch": torch_loss}
+          print(f"train {name}: first-step loss {parity[name]}")
+          assert math.isclose(float(loss), torch_loss, rel_tol=_LOSS_RTOL), (
+            parity[name]
+          )
+
+    def figures(t):
+      return {"first": t[0], "step": statistics.median(t[1:])}
+
+    ours[name] = figures(times["ours"])
+    for n in threads:
+      theirs[n][name] = figures(times[n])
+    print(
+      f"train {name}: ours {ours[name]}"
+      + "".join(f", PyTorch n={n} {theirs[n][name]}" for n in threads)
+    )
+  return {
+    "ours": ours,
+    "torch": theirs,
+    "parity": parity,
+    "params": jax.device_get(state.params),
+  }
+
+
+def _compare(ours, theirs, flops, share, padding, peak) -> dict:
+  """Steady step seconds, GFLOP/s, MFU and ratios, per group and over the
+  config's mixture of groups (weighted by ``share``).
+
+  Returns:
+    {"buckets": {group or "mixture": {"share", "padding", "flops", "ours":
+    {"step", "gflops", "mfu"}, "torch": {n: the same plus "ratio" (its
+    time / ours)}}}, "torch_threads": the fastest n on the mixture (None
+    without a reference), "ratio": its mixture ratio (None likewise)}.
+  """
+
+  def side(seconds, count):
+    return {"step": seconds, **mfu.utilisation(count, seconds, peak)}
+
+  def mixed(values):
+    return sum(share[g] * values[g] for g in ours)
+
+  def row(label_share, pad, count, seconds, torch_seconds):
+    return {
+      "share": label_share,
+      "padding": pad,
+      "flops": count,
+      "ours": side(seconds, count),
+      "torch": {n: side(t, count) for n, t in torch_seconds.items()},
+    }
+
+  rows = {
+    g: row(
+      share[g],
+      padding[g],
+      flops[g],
+      ours[g]["step"],
+      {n: theirs[n][g]["step"] for n in theirs},
+    )
+    for g in ours
+  }
+  rows["mixture"] = row(
+    1.0,
+    mixed(padding),
+    mixed(flops),
+    mixed({g: ours[g]["step"] for g in ours}),
+    {n: mixed({g: theirs[n][g]["step"] for g in ours}) for n in theirs},
+  )
+  for r in rows.values():
+    for figures in r["torch"].values():
+      figures["ratio"] = figures["step"] / r["ours"]["step"]
+  mixture = rows["mixture"]["torch"]
+  best = min(mixture, key=lambda n: mixture[n]["step"]) if mixture else None
+  return {
+    "buckets": rows,
+    "torch_threads": best,
+    "ratio": None if best is None else mixture[best]["ratio"],
+  }
+
+
+def _print_comparison(comparison, peak, threads) -> None:
+  """The closing table; the ratio over the mixture is the last line."""
+  print(
+    f"threads: ours = XLA CPU, {len(os.sched_getaffinity(0))} intra-op "
+    f"threads (one per core this process may use; {jax.devices()[0]}); "
+    f"PyTorch = torch.set_num_threads(n), n in {threads}"
+  )
+  print(
+    f"matmul peak {peak.gflops:.1f} GFLOP/s ({peak.dtype} {peak.size}^3, "
+    "measured in this run); MFU = the step's model GFLOP/s / peak"
+  )
+  header = f"{'train step':14s} {'share':>6s} {'pad':>6s} {'GFLOP':>8s}"
+  header += f" {'ours s':>8s} {'MFU':>6s}"
+  for n in threads:
+    header += f" {f'torch{n} s':>9s} {'MFU':>6s} {'ratio':>6s}"
+  print(header)
+  for name, row in comparison["buckets"].items():
+    line = (
+      f"{name:14s} {row['share']:6.1%} {row['padding']:6.1%} "
+      f"{row['flops'] / 1e9:8.1f} {row['ours']['step']:8.3f} "
+      f"{row['ours']['mfu']:6.1%}"
+    )
+    for n in threads:
+      t = row["torch"][n]
+      line += f" {t['step']:9.3f} {t['mfu']:6.1%} {t['ratio']:5.2f}x"
+    print(line)
+  best = comparison["torch_threads"]
+  if best is None:
+    return
+  per_bucket = ", ".join(
+    f"{name} {row['torch'][best]['ratio']:.2f}x"
+    for name, row in comparison["buckets"].items()
+    if name != "mixture"
+  )
+  print(
+    "ratio PyTorch/ours (training step time, > 1: ours faster): "
+    f"{comparison['ratio']:.2f}x over the config's bucket mixture (PyTorch "
+    f"n={best}); per bucket {per_bucket}"
+  )
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if _STEPS.value < 1:
+    raise app.UsageError("--steps must be at least 1 (after the first)")
   console.quiet_by_default()
   config = _CONFIG.value
   c = config.stage2
+  # Only time is measured: a random Q-Former of stage 1's shape (ILM-rand)
+  # needs no stage-1 run in a workdir.
+  c.init = "random"
   evaluations = E.parse(c.evaluations)  # the projection counts them
   buckets = tuple(c.length_buckets)
   split = load_split(config.dataset)
@@ -139,23 +406,41 @@ def main(argv):
   trainer = loop.Trainer(
     model.loss, c.train, nn.unbox(boxed), nn.get_partition_spec(boxed)
   )
-  state = trainer.init_state(nn.unbox(boxed))
+  host_params = jax.tree.map(np.asarray, nn.unbox(boxed))
   frozen = trainer.place_frozen({"llm": llm_params, "cf": cf})
-  train = {}
-  for length, batches in _group_batches(data, _STEPS.value).items():
-    times = []
-    for batch in batches:
-      placed = trainer.place_batch(batch)
-
-      def step(placed=placed):
-        nonlocal state
-        state, metrics = trainer.step(state, frozen, placed)
-        return metrics
-
-      times.append(_timed(step))
-    train[length] = {"first": times[0], "step": statistics.median(times[1:])}
-    print(f"train L={length}: first {times[0]:.1f}s, step {train[length]}")
-  params = jax.device_get(state.params)
+  peak = mfu.measure_matmul_peak(jax.tree.leaves(llm_params)[0].dtype)
+  reference, thread_counts = None, []
+  if _REFERENCE.value:
+    _check_reference(c)
+    thread_counts = list(dict.fromkeys(int(n) for n in _TORCH_THREADS.value))
+    theirs = R.SoftTokens(
+      model.encoder.qformer_config,
+      llm_config.embed_dim,
+      model.encoder.soft_prompt,
+    )
+    reference = R.Stage2Step(
+      R.llama_from_params(llm_config, llm_params),
+      theirs,
+      R.load_encoder_params(theirs, host_params),
+      split.num_users,
+      cf,
+      model.list_tokens,
+      model.answer_weighting,
+      c.train,
+    )
+  groups = _group_batches(data, _STEPS.value)
+  timed = _time_training(
+    trainer, frozen, host_params, groups, reference, thread_counts
+  )
+  train, params = timed["ours"], timed["params"]
+  flops = {
+    name: _step_flops(llm_config, model.encoder.qformer_config, batches[0])
+    for name, batches in groups.items()
+  }
+  padding = {
+    name: 1.0 - float(np.mean([b["input_mask"].mean() for b in batches]))
+    for name, batches in groups.items()
+  }
   users = np.arange(c.eval.batch_size)
   seq = evaluation_prompts(
     split, "test", False, users, P.SEQUENTIAL, c.max_history
@@ -249,6 +534,7 @@ def main(argv):
     rerank_batches = -(-rerank_users // int(c.rerank.batch_size))
     rerank_batches *= len(reranks)
     eval_s += scored[0] + rerank_batches * scored[1]
+  comparison = _compare(train, timed["torch"], flops, share, padding, peak)
   out = {
     "config": {
       "steps": steps,
@@ -263,6 +549,19 @@ def main(argv):
       "llm": c.llm,
     },
     "train_seconds_per_bucket": train,
+    "torch_train_seconds_per_bucket": timed["torch"],
+    "train_step_comparison": comparison,
+    "first_step_loss": timed["parity"],
+    "matmul_peak": dataclasses.asdict(peak),
+    "threads": {
+      "xla_cpu": len(os.sched_getaffinity(0)),
+      "torch": thread_counts,
+    },
+    "versions": {
+      "jax": jax.__version__,
+      "torch": torch.__version__,
+      "transformers": transformers.__version__,
+    },
     "beam_search_batch_seconds": {"first": beam[0], "steady": beam[1]},
     "greedy_text_batch_seconds": {"first": text[0], "steady": text[1]},
     "rerank_batch_seconds": (
@@ -282,6 +581,7 @@ def main(argv):
     f"projected stage 2: train {train_s / 60:.1f} min + eval "
     f"{eval_s / 60:.1f} min = {(train_s + eval_s) / 60:.1f} min"
   )
+  _print_comparison(comparison, peak, thread_counts)
 
 
 if __name__ == "__main__":
