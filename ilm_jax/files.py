@@ -6,11 +6,17 @@ temporary file beside it, flushed to disk, and renamed over the old one, which
 POSIX makes atomic; the directory is then flushed too, so the rename itself
 survives a power cut. Readers name the file and say what to do when one is
 damaged.
+
+Paths may name object storage (``gs://bucket/run``): ``path`` keeps them
+remote (``etils.epath``, as orbax does), where ``pathlib`` would turn them
+into a local folder ``gs:/bucket/run``; every workdir path of the stages is
+built through it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import pathlib
@@ -20,6 +26,40 @@ from typing import IO, Any
 from etils import epath
 
 from ilm_jax import distributed
+
+
+def path(p, absolute: bool = False) -> pathlib.Path | epath.Path:
+  """``p`` as a path of its own kind, whose sub-paths keep that kind.
+
+  Args:
+    p: a local path, or object storage (``gs://bucket/run``: any
+      ``scheme://``), as a string or a path object.
+    absolute: make a local path absolute (orbax wants absolute paths;
+      object storage paths are absolute already).
+
+  Returns:
+    An ``etils.epath.Path`` for object storage (``str`` gives back
+    ``gs://bucket/run``, ``/`` keeps the scheme; ``pathlib.Path`` would
+    drop a slash and write to a local folder), else a ``pathlib.Path``.
+  """
+  if is_remote(p):
+    return epath.Path(p)
+  local = pathlib.Path(p)
+  return local.absolute() if absolute else local
+
+
+def is_remote(p) -> bool:
+  """Whether ``p`` names object storage (``gs://...``), not a local file."""
+  return "://" in str(p)
+
+
+def sha256(p) -> str:
+  """Hex SHA-256 of a file's bytes, local or in object storage."""
+  digest = hashlib.sha256()
+  with path(p).open("rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()
 
 
 def fsync_path(path: str | pathlib.Path) -> None:
@@ -60,7 +100,7 @@ def open_atomic(path: str | pathlib.Path, mode: str = "w") -> Iterator[IO]:
     with open(os.devnull, mode) as f:
       yield f
     return
-  if _remote(path):
+  if is_remote(path):
     # gs://...: an object is written whole or not at all by itself.
     with epath.Path(path).open(mode) as f:
       yield f
@@ -110,35 +150,30 @@ def save_npy(path: str | pathlib.Path, array) -> None:
     np.save(f, np.asarray(array))
 
 
-def read_json(path: str | pathlib.Path, way_out: str = "") -> Any:
-  """The JSON value in ``path``.
+def read_json(file: str | pathlib.Path, way_out: str = "") -> Any:
+  """The JSON value in ``file``.
 
   Args:
-    path: the file.
+    file: the file (local or object storage).
     way_out: what the user should do if it is damaged (default: restore or
       delete it so the stage that writes it runs again).
 
   Raises:
-    FileNotFoundError: ``path`` does not exist.
-    ValueError: ``path`` is not valid JSON (or not text); the message names
+    FileNotFoundError: ``file`` does not exist.
+    ValueError: ``file`` is not valid JSON (or not text); the message names
       the file, where the parser stopped, and the way out.
   """
-  path = epath.Path(path) if _remote(path) else pathlib.Path(path)
+  file = path(file)
   way_out = way_out or (
     "restore it or delete it to have the stage that writes it run again"
   )
   try:
-    return json.loads(path.read_text())
+    return json.loads(file.read_text())
   except json.JSONDecodeError as e:
     raise ValueError(
-      f"{path}:{e.lineno}:{e.colno}: damaged JSON ({e.msg}); {way_out}"
+      f"{file}:{e.lineno}:{e.colno}: damaged JSON ({e.msg}); {way_out}"
     ) from e
   except UnicodeDecodeError as e:
     raise ValueError(
-      f"{path}: damaged JSON (not UTF-8 text at byte {e.start}); {way_out}"
+      f"{file}: damaged JSON (not UTF-8 text at byte {e.start}); {way_out}"
     ) from e
-
-
-def _remote(path) -> bool:
-  """Whether ``path`` names object storage (``gs://...``), not a local file."""
-  return "://" in str(path)

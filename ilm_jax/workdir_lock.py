@@ -7,7 +7,8 @@ exits, however it exits (kill -9 included), plus the holder's PID and host
 written inside, so a second run can say who holds it. A lock file naming a
 process that no longer holds the lock (it died) is taken over with a
 warning. Within one process the lock is re-entrant (a launcher and the
-pipeline it calls may both take it).
+pipeline it calls may both take it). Object storage (a ``gs://`` workdir)
+has no such lock: a run there goes ahead with a warning, unguarded.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import pathlib
 import socket
 from collections.abc import Iterator
 
-from ilm_jax import distributed
+from ilm_jax import distributed, files
 
 LOCK_FILE = ".lock"
 # workdir (resolved) -> [open lock file descriptor, how many holders]
@@ -44,6 +45,16 @@ def hold(workdir: str | pathlib.Path) -> Iterator[pathlib.Path]:
     WorkdirLockedError: another process holds it; the message names the
       lock file, the holder's PID and host, and what to do.
   """
+  if files.is_remote(workdir):
+    # A bucket offers no lock that dies with its holder (flock does).
+    if distributed.is_primary():
+      logging.warning(
+        "%s: object storage cannot be locked; make sure no other run "
+        "writes to this workdir",
+        workdir,
+      )
+    yield files.path(workdir) / LOCK_FILE
+    return
   workdir = pathlib.Path(workdir).resolve()
   path = workdir / LOCK_FILE
   if not distributed.is_primary():

@@ -8,7 +8,6 @@ for items, and tells the two apart by ``entity_type``.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import pathlib
 
 import numpy as np
@@ -82,7 +81,7 @@ class CFTable:
     ``load_cf_table`` rejects (and the cf stage refits) instead of pairing
     them.
     """
-    directory = pathlib.Path(directory)
+    directory = files.path(directory)
     table_path = directory / TABLE_FILE
     # In a multi-host job every process holds the table; process 0 writes
     # it and the others wait, since later stages read (and hash) the file.
@@ -92,19 +91,11 @@ class CFTable:
         "num_users": self.num_users,
         "num_items": self.num_items,
         "dim": self.dim,
-        "table_sha256": _sha256(table_path),
+        "table_sha256": files.sha256(table_path),
         "config": config or {},
       }
       files.write_json(directory / META_FILE, meta)
     distributed.barrier("cf table written")
-
-
-def _sha256(path: pathlib.Path) -> str:
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      digest.update(block)
-  return digest.hexdigest()
 
 
 class DamagedTableError(ValueError):
@@ -119,7 +110,7 @@ def load_cf_table(directory: str | pathlib.Path) -> CFTable:
     DamagedTableError: either file is damaged, or the table is not the one
       its metadata was written for (a write interrupted between the two).
   """
-  directory = pathlib.Path(directory)
+  directory = files.path(directory)
   meta_path = directory / META_FILE
   table_path = directory / TABLE_FILE
   for p in (meta_path, table_path):
@@ -134,13 +125,14 @@ def load_cf_table(directory: str | pathlib.Path) -> CFTable:
     raise DamagedTableError(
       f"{meta_path}: damaged or incomplete CF metadata ({e}); {way_out}"
     ) from e
-  if _sha256(table_path) != expected:
+  if files.sha256(table_path) != expected:
     raise DamagedTableError(
       f"{table_path}: does not match the SHA-256 in {meta_path} (damaged, "
       f"or written by an interrupted run); {way_out}"
     )
   try:
-    emb = np.load(table_path)
+    with table_path.open("rb") as f:
+      emb = np.load(f)
   except (ValueError, OSError, EOFError) as e:
     raise DamagedTableError(f"{table_path}: unreadable ({e}); {way_out}") from e
   if emb.ndim != 2 or not np.isfinite(emb).all():

@@ -20,6 +20,8 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
+from ilm_jax import files
+
 STATE = "state"
 DATA = "data"
 CONFIG = "config"
@@ -40,7 +42,7 @@ def make_manager(
       f"checkpoint_every ({save_every}) and keep_checkpoints ({keep}) must "
       "be >= 1"
     )
-  directory = pathlib.Path(directory).absolute()
+  directory = files.path(directory, absolute=True)
   options = ocp.CheckpointManagerOptions(
     save_decision_policy=checkpoint_managers.FixedIntervalPolicy(save_every),
     preservation_policy=checkpoint_managers.LatestN(keep),
@@ -123,7 +125,7 @@ def restore(
 
 def _set_aside(manager: ocp.CheckpointManager, step: int) -> pathlib.Path:
   """Moves step ``step``'s directory to ``DAMAGED_DIR``; returns where."""
-  directory = pathlib.Path(manager.directory)
+  directory = files.path(manager.directory)
   target = directory.parent / DAMAGED_DIR / str(step)
   suffix = 0
   while target.exists():
@@ -161,7 +163,7 @@ def restore_newest_usable(
     NoUsableCheckpointError: no step is usable (all are left in place); the
       message names the directory, each step's reason and the way out.
   """
-  directory = pathlib.Path(manager.directory)
+  directory = files.path(manager.directory)
   skipped: list[tuple[int, str]] = []
   for step in sorted(manager.all_steps(), reverse=True):
     try:
@@ -214,7 +216,7 @@ def load_params(
   Returns:
     (params tree, config dict).
   """
-  directory = pathlib.Path(directory).absolute()
+  directory = files.path(directory, absolute=True)
   if not directory.exists():
     raise FileNotFoundError(f"{directory}: no checkpoints here")
   # Handlers named up front and read-only options spelled out, so orbax

@@ -32,7 +32,9 @@ _WRITER_OPTIONS = "group_size:1"
 
 
 def _paths(path) -> tuple[pathlib.Path, pathlib.Path]:
-  path = pathlib.Path(path)
+  # gs:// kept (not written to a local gs:/ folder); the array_record
+  # writer and the rename below are still local-only.
+  path = files.path(path)
   return (
     path.with_name(path.name + RECORD_SUFFIX),
     path.with_name(path.name + INDEX_SUFFIX),

@@ -16,10 +16,10 @@ training pair contains: (last training item, validation item) for II and
 from __future__ import annotations
 
 import dataclasses
-import pathlib
 
 import numpy as np
 
+from ilm_jax import files
 from ilm_jax.data.global_batches import GlobalBatches, HostShard
 from ilm_jax.data.records import RecordSource, write_records
 from ilm_jax.data.split import LeaveOneOutSplit
@@ -145,7 +145,7 @@ def write_stage1_records(
       part).
     text_mask: int32[Nt, L].
   """
-  directory = pathlib.Path(directory)
+  directory = files.path(directory)
   if token_ids is not None:
     write_records(
       directory / PART_FILES["text"],
@@ -192,7 +192,7 @@ class Stage1Batches(GlobalBatches):
       raise ValueError(f"unknown stage-1 batch parts {sorted(unknown)}")
     self.parts = tuple(parts)
     self.shard = shard or HostShard.of_this_process()
-    directory = pathlib.Path(directory)
+    directory = files.path(directory)
     self.sources = {}
     for part in self.parts:
       try:

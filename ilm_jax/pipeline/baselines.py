@@ -25,7 +25,7 @@ def run_baselines(
   Returns:
     {model: {split: {mode: {metric: value}}}}.
   """
-  workdir = pathlib.Path(workdir)
+  workdir = files.path(workdir)
   split = load_split(config.dataset)
   table = cf_table(config, workdir, split)
   _, train_items = split.train_interactions()
@@ -73,7 +73,7 @@ def baseline_table(
 
     results.update(run_sasrec(config, workdir))
   results = {m: r for m, r in results.items() if m in config.eval.baselines}
-  write_results(results, pathlib.Path(workdir) / EVAL_DIR, "baselines", config)
+  write_results(results, files.path(workdir) / EVAL_DIR, "baselines", config)
   return results
 
 

@@ -64,7 +64,7 @@ def cf_table(
   Raises:
     ValueError: the table's shape does not match the split.
   """
-  out = pathlib.Path(workdir) / CF_DIR
+  out = files.path(workdir) / CF_DIR
   meta = out / table_lib.META_FILE
   split = split if split is not None else load_split(config.dataset)
   table = None

@@ -82,7 +82,7 @@ def log_texts(stage_dir: pathlib.Path, results: dict) -> int:
 
 def write(workdir, name: str) -> list[pathlib.Path]:
   """Every picture of the workdir (module doc); returns the images."""
-  workdir = pathlib.Path(workdir)
+  workdir = files.path(workdir)
   written = write_curves(workdir, name)
   path = workdir / STAGE2_RESULTS
   if path.exists():

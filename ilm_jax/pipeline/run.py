@@ -43,7 +43,7 @@ def run(
   if stage not in STAGES:
     raise ValueError(f"unknown stage {stage!r}; choose from {STAGES}")
   config_checks.check(config)  # bad values fail now, naming the field
-  workdir = pathlib.Path(workdir)
+  workdir = files.path(workdir)  # gs://... stays remote
   with workdir_lock.hold(workdir):
     return _run_locked(config, workdir, stage)
 

@@ -27,6 +27,7 @@ import ml_collections
 import numpy as np
 from flax import linen as nn
 
+from ilm_jax import files
 from ilm_jax.data import load_split
 from ilm_jax.data import sasrec as sasrec_data
 from ilm_jax.data.split import LeaveOneOutSplit
@@ -285,7 +286,7 @@ def run_sasrec(
     {"sasrec": {split: {mode: {metric: value}}}}, the shape of
     ``run_baselines``' results.
   """
-  workdir = pathlib.Path(workdir)
+  workdir = files.path(workdir)
   scfg = scfg if scfg is not None else config.sasrec
   split = load_split(config.dataset)
   model, params, train_metrics = train_sasrec(
@@ -320,7 +321,7 @@ def split_scorers(
   """
   scfg = config.sasrec
   model, params, _ = train_sasrec(
-    config, scfg, split, pathlib.Path(workdir) / STAGE_DIR
+    config, scfg, split, files.path(workdir) / STAGE_DIR
   )
   max_len = int(scfg.max_len)
 

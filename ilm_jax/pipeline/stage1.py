@@ -145,7 +145,7 @@ def load_stage1_qformer(stage1_dir: str | pathlib.Path):
     (QFormerConfig, Q-Former params (host numpy tree, the ``qformer``
     subtree of the stage-1 params), the model-file dict).
   """
-  stage1_dir = pathlib.Path(stage1_dir)
+  stage1_dir = files.path(stage1_dir)
   path = stage1_dir / MODEL_FILE
   if not path.exists():
     raise FileNotFoundError(f"{path}: no stage-1 Q-Former here (run stage1)")
@@ -176,7 +176,7 @@ def run(
     Final train metrics, final evaluation and the step-0 evaluation (keys
     prefixed ``start/``), i.e. the Q-Former before stage 1.
   """
-  workdir = pathlib.Path(workdir)
+  workdir = files.path(workdir)
   out = workdir / out_name
   s1, qcfg = config.stage1, config.qformer
   split = load_split(config.dataset)
@@ -277,7 +277,7 @@ def _provenance(config, workdir: pathlib.Path) -> dict:
       "train": provenance.without_bookkeeping(s1.train),
     },
     "cf_table": provenance.file_digest(
-      pathlib.Path(workdir) / CF_DIR / TABLE_FILE
+      files.path(workdir) / CF_DIR / TABLE_FILE
     ),
   }
 

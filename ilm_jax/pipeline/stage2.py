@@ -28,7 +28,6 @@
 from __future__ import annotations
 
 import json
-import pathlib
 import time
 
 import jax
@@ -118,7 +117,7 @@ def build_model(
   if c.variant == "ilm" and c.init == "stage1":
     # What stage 1 wrote; a missing run is an error, not a silent ILM-rand.
     qcfg, qparams, _ = stage1.load_stage1_qformer(
-      pathlib.Path(workdir) / c.stage1_dir
+      files.path(workdir) / c.stage1_dir
     )
     saved = qcfg, qparams
   if saved is not None:
@@ -264,7 +263,7 @@ def _provenance(config, workdir, initial_params) -> dict:
     "dataset": config.dataset.to_dict(),
     "stage2": recipe,
     "cf_table": provenance.file_digest(
-      pathlib.Path(workdir) / CF_DIR / TABLE_FILE
+      files.path(workdir) / CF_DIR / TABLE_FILE
     ),
     "initial_params": provenance.tree_digest(initial_params),
   }
@@ -278,7 +277,7 @@ def run(
   ``out_name`` lets several stage-2 variants (``launch/compare_stage2.py``)
   share one workdir's CF table and stage-1 checkpoint.
   """
-  workdir = pathlib.Path(workdir)
+  workdir = files.path(workdir)
   c = config.stage2
   evaluations = E.parse(c.evaluations)  # a bad entry fails before training
   rerank.check_config(c, evaluations)

@@ -13,7 +13,6 @@ its own stage 1 into ``workdir/stage1_<losses>`` and starts stage 2 there.
 
 from __future__ import annotations
 
-import pathlib
 import time
 
 import ml_collections
@@ -225,7 +224,7 @@ def compare(
     "results": {variant: stage-2 results}, "seconds": {stage or variant:
     wall seconds}, "budget": {...}, "table": the markdown of compare.md}.
   """
-  workdir = pathlib.Path(workdir)
+  workdir = files.path(workdir)
   for name in variants:
     variant_config(config, name)  # fail fast on a bad name
   evaluations = E.parse(config.stage2.evaluations)

@@ -296,7 +296,7 @@ def write(
       on the generation panel (popularity and ALS, full ranking, filtered,
       on the generation's split); None draws none.
   """
-  out_dir = pathlib.Path(out_dir)
+  out_dir = files.path(out_dir)
   text = tables(results, name)
   files.write_text(out_dir / TABLE_FILE, text)
   charts.panels_chart(

@@ -19,6 +19,7 @@ import ml_collections
 import numpy as np
 from flax import linen as nn
 
+from ilm_jax import files
 from ilm_jax.cf.table import CFTable, load_cf_table
 from ilm_jax.checkpoint import manager as ckpt
 from ilm_jax.convert.frozen_llm import load_stage2_llm
@@ -122,7 +123,7 @@ def restore(workdir, stage_dir: str = stage2.STAGE_DIR) -> Restored:
     FileNotFoundError: a stage has not been run; the message says which.
     ValueError: the workdir does not match today's code or its dataset.
   """
-  workdir = pathlib.Path(workdir)
+  workdir = files.path(workdir)
   checkpoints = workdir / stage_dir / CHECKPOINT_DIR
   if not checkpoints.exists():
     raise FileNotFoundError(

@@ -30,6 +30,7 @@ from flax import linen as nn
 from flax import struct
 from tqdm import tqdm
 
+from ilm_jax import files
 from ilm_jax.checkpoint import manager as ckpt
 from ilm_jax.experiment_config import MESH_RULES
 from ilm_jax.sharding import mesh as mesh_lib
@@ -295,7 +296,7 @@ def train(
       checkpoints were trained with (unless ``restart_if_changed``).
     NoUsableCheckpointError: every checkpoint in the workdir is damaged.
   """
-  workdir = pathlib.Path(workdir)
+  workdir = files.path(workdir)
   trainer = Trainer(
     loss_fn, config, params, param_specs, mesh, rules, frozen_specs
   )

@@ -40,11 +40,7 @@ class ProvenanceError(RuntimeError):
 
 def file_digest(path: str | pathlib.Path) -> str:
   """SHA-256 of a file's bytes (an input's identity)."""
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      digest.update(block)
-  return digest.hexdigest()
+  return files.sha256(path)
 
 
 def tree_digest(tree) -> str:
@@ -96,11 +92,11 @@ def normalised(value: Any) -> Any:
 def check(workdir: pathlib.Path, current: Mapping) -> list[str]:
   """Differences between the recorded provenance and ``current`` (none when
   nothing was recorded, as for runs from before it existed)."""
-  path = pathlib.Path(workdir) / FILE
+  path = files.path(workdir) / FILE
   if not path.exists():
     return []
   return differences(files.read_json(path), normalised(current))
 
 
 def record(workdir: pathlib.Path, current: Mapping) -> None:
-  files.write_json(pathlib.Path(workdir) / FILE, normalised(current))
+  files.write_json(files.path(workdir) / FILE, normalised(current))

@@ -30,7 +30,7 @@ class MetricsLog:
   """
 
   def __init__(self, workdir: str | pathlib.Path):
-    self.workdir = pathlib.Path(workdir)
+    self.workdir = files.path(workdir)
     self.path = self.workdir / METRICS_FILE
     if self.path.exists():
       # Training metrics live only here: a damaged history cannot be
@@ -82,7 +82,8 @@ def write_texts(workdir: str | pathlib.Path, step: int, texts: dict) -> None:
   e.g. generated samples beside their references: tag -> markdown."""
   if not texts or not distributed.is_primary():
     return
-  writer = SummaryWriter(str(pathlib.Path(workdir) / TENSORBOARD_DIR))
+  # tensorboardX writes gs:// itself, given the scheme intact.
+  writer = SummaryWriter(str(files.path(workdir) / TENSORBOARD_DIR))
   try:
     for tag, text in texts.items():
       writer.add_text(tag, str(text), int(step))
