@@ -11,7 +11,7 @@ time is measured) and times, per length bucket,
   prompts (compile, then steady),
 * one greedy decode of as many item-description prompts,
 * one re-ranking scoring call (``stage2.rerank.batch_size`` prompts; its
-  comparison with the naive transformers way is ``launch/bench_rerank.py``),
+  comparison with the naive transformers way is --rerank, below),
 
 then projects the wall time of the config's stage 2: its training steps
 (spread over buckets as its examples are) and its evaluation (users and
@@ -50,7 +50,26 @@ The last lines compare the two per bucket and over the config's mixture of
 buckets: the ratio is PyTorch's step time / ours (> 1: ours is faster).
 Writes ``bench_stage2.json`` to --workdir.
 
+With --rerank, the re-ranking scorer is compared instead (nothing else
+runs): one batch of ``stage2.rerank.batch_size`` prompts with
+``stage2.rerank.num_candidates`` candidates each (the config's first
+re-ranking task, candidates from the CF table), scored by ours
+(``candidate_scores``: every candidate's answer packed after the prompt,
+one forward) and the naive transformers way
+(``torch_reference.naive_candidate_scores``: per candidate, one forward of
+prompt + answer but its last token, the answer tokens' log-probabilities
+summed). transformers has no soft tokens, so the reference is given our
+spliced prompt embeddings, computed once outside its timing; both thus
+score the same prompts and must agree (asserted). Ours includes its
+Q-Former. Medians of --steps calls after a warm-up; the last line is the
+ratio transformers' time / ours; writes ``bench_rerank.json``. With
+single-token labels (letters, the CPU recipes) each naive forward is the
+prompt alone, N times over; identifiers give every candidate its own
+tokens.
+
   python launch/bench_stage2.py --config=configs/default.py \
+      --workdir=workdir/bench_stage2
+  python launch/bench_stage2.py --config=configs/default.py --rerank \
       --workdir=workdir/bench_stage2
   python launch/bench_stage2.py --config=configs/default.py:small \
       --config.stage2.llm=tiny --steps=1 --workdir=workdir/bench_stage2_smoke
@@ -65,6 +84,7 @@ import tempfile
 import time
 
 import jax
+import ml_collections
 import numpy as np
 import torch
 import torch_reference as R
@@ -77,9 +97,10 @@ from ilm_jax import console, files, mfu
 from ilm_jax.convert.frozen_llm import load_stage2_llm
 from ilm_jax.data import load_split
 from ilm_jax.data import prompts as P
-from ilm_jax.data.indexing import make_index
+from ilm_jax.data.indexing import ItemIndex, make_index
+from ilm_jax.data.split import LeaveOneOutSplit
 from ilm_jax.data.stage2.batches import BucketBatches
-from ilm_jax.data.stage2.encoding import PromptEncoder
+from ilm_jax.data.stage2.encoding import PromptEncoder, encode_fitting
 from ilm_jax.data.stage2.records import write_stage2_records
 from ilm_jax.data.stage2.sampling import (
   evaluation_prompts,
@@ -88,6 +109,9 @@ from ilm_jax.data.stage2.sampling import (
 from ilm_jax.eval import evaluations as E
 from ilm_jax.eval import generative
 from ilm_jax.eval.full_ranking import dot_product_scorer
+from ilm_jax.eval.generative import prompt_batches
+from ilm_jax.models.ilm import ItemLanguageModel
+from ilm_jax.models.llm import LlmConfig
 from ilm_jax.pipeline import stage2
 from ilm_jax.pipeline.cf import als_config
 from ilm_jax.rerank import candidates
@@ -102,7 +126,11 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string(
   "workdir", "workdir/bench_stage2", "Output directory."
 )
-_STEPS = flags.DEFINE_integer("steps", 3, "Timed steps per bucket (median).")
+_STEPS = flags.DEFINE_integer(
+  "steps",
+  3,
+  "Timed steps per bucket, or re-ranking calls with --rerank (medians).",
+)
 _TORCH_THREADS = flags.DEFINE_list(
   "torch_threads",
   [str(len(os.sched_getaffinity(0)))],
@@ -113,9 +141,17 @@ _REFERENCE = flags.DEFINE_bool(
   True,
   "Time the PyTorch reference of the training step beside ours.",
 )
+_RERANK = flags.DEFINE_bool(
+  "rerank",
+  False,
+  "Instead of training and generation, time our packed re-ranking scorer "
+  "against transformers' one forward per candidate (bench_rerank.json).",
+)
 
-# Loss parity of the first step (same weights, float32; reductions differ).
+# Parity at the same weights, float32 (reductions differ): the first
+# step's loss, relative; re-ranking scores (log-likelihood sums), absolute.
 _LOSS_RTOL = 1e-4
+_SCORE_ATOL = 1e-3
 
 
 def _timed(fn):
@@ -311,17 +347,42 @@ def _compare(ours, theirs, flops, share, padding, peak) -> dict:
   }
 
 
-def _print_comparison(comparison, peak, threads) -> None:
-  """The closing table; the ratio over the mixture is the last line."""
+def _write(name: str, result: dict) -> None:
+  os.makedirs(_WORKDIR.value, exist_ok=True)
+  path = os.path.join(_WORKDIR.value, name)
+  files.write_json(path, result, default=str)
+  print(f"wrote {path}")
+
+
+def _threads(threads) -> dict:
+  # XLA's CPU client runs one intra-op thread per core it may use.
+  return {"xla_cpu": len(os.sched_getaffinity(0)), "torch": threads}
+
+
+def _versions() -> dict:
+  return {
+    "jax": jax.__version__,
+    "torch": torch.__version__,
+    "transformers": transformers.__version__,
+  }
+
+
+def _print_setting(peak, threads) -> None:
+  """Threads and matmul peak: what the closing tables are measured with."""
   print(
-    f"threads: ours = XLA CPU, {len(os.sched_getaffinity(0))} intra-op "
+    f"threads: ours = XLA CPU, {_threads(threads)['xla_cpu']} intra-op "
     f"threads (one per core this process may use; {jax.devices()[0]}); "
     f"PyTorch = torch.set_num_threads(n), n in {threads}"
   )
   print(
     f"matmul peak {peak.gflops:.1f} GFLOP/s ({peak.dtype} {peak.size}^3, "
-    "measured in this run); MFU = the step's model GFLOP/s / peak"
+    "measured in this run); MFU = model GFLOP/s / peak"
   )
+
+
+def _print_comparison(comparison, peak, threads) -> None:
+  """The closing table; the ratio over the mixture is the last line."""
+  _print_setting(peak, threads)
   header = f"{'train step':14s} {'share':>6s} {'pad':>6s} {'GFLOP':>8s}"
   header += f" {'ours s':>8s} {'MFU':>6s}"
   for n in threads:
@@ -352,25 +413,29 @@ def _print_comparison(comparison, peak, threads) -> None:
   )
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if _STEPS.value < 1:
-    raise app.UsageError("--steps must be at least 1 (after the first)")
-  console.quiet_by_default()
-  config = _CONFIG.value
+@dataclasses.dataclass(frozen=True)
+class _Built:
+  """Stage 2 as ``launch/train.py`` builds it, with a random CF table
+  (float32[U + I, d]) and encoder (``boxed``)."""
+
+  config: ml_collections.ConfigDict
+  split: LeaveOneOutSplit
+  index: ItemIndex
+  llm_config: LlmConfig
+  llm_params: dict
+  cf: np.ndarray
+  model: ItemLanguageModel
+  boxed: dict
+  encoder: PromptEncoder
+
+
+def _build(config) -> _Built:
   c = config.stage2
-  # Only time is measured: a random Q-Former of stage 1's shape (ILM-rand)
-  # needs no stage-1 run in a workdir.
-  c.init = "random"
-  evaluations = E.parse(c.evaluations)  # the projection counts them
-  buckets = tuple(c.length_buckets)
   split = load_split(config.dataset)
   index = make_index(split, config.dataset.indexing, config.seed)
   llm_config, llm_params, tokenizer = load_stage2_llm(c.llm, config.seed)
   rows = split.num_users + split.num_items
   cf = np.random.default_rng(0).normal(size=(rows, config.cf.dim))
-  cf = cf.astype(np.float32)
   model, boxed, _ = stage2.build_model(
     config, "/nonexistent", split.num_users, config.cf.dim, llm_config
   )
@@ -381,6 +446,182 @@ def main(argv):
     stage2.coding_of(c, model.encoder),
     c.max_answer_tokens,
   )
+  return _Built(
+    config,
+    split,
+    index,
+    llm_config,
+    llm_params,
+    cf.astype(np.float32),
+    model,
+    boxed,
+    encoder,
+  )
+
+
+def _rerank_prompts(built: _Built, task: str):
+  """Re-ranking prompts (held-out templates) of the first
+  ``stage2.rerank.batch_size`` users' test items, their candidates the
+  CF table's top N."""
+  config, split, cf = built.config, built.split, built.cf
+  c = config.stage2
+  lists = candidates.evaluation_lists(
+    split,
+    "test",
+    np.arange(c.rerank.batch_size),
+    dot_product_scorer(cf[: split.num_users], cf[split.num_users :]),
+    rerank.list_length(c, tuple(config.eval.ks)),
+  )
+  shown = shown_order(lists, c.rerank.num_candidates, c.rerank.order, 0)
+  return rerank_prompts(
+    lists, shown, task, False, split.catalog, c.max_history, 0, True
+  )
+
+
+def _rerank_flops(model, llm_config, batch, width: int, longest: int):
+  """Model FLOPs of one re-ranking batch, {"ours", "torch"}.
+
+  Ours: the encoder over the batch's E entities, the LLM over B x L
+  packed tokens, the head at every candidate's N x M answer positions.
+  The naive way: N forwards of B x ``width`` tokens, the head at
+  ``longest`` positions each (its prompt embeddings are given).
+  """
+  b, length = batch["tokens"].shape
+  _, num, m = batch["cand_tokens"].shape
+  qcfg = model.encoder.qformer_config
+  encoder = 0.0
+  if qcfg is not None:
+    entities = batch["entities"].shape[0]
+    encoder = mfu.qformer_forward(qcfg, entities, llm_config.embed_dim).total
+  ours = mfu.decoder_forward(llm_config, b, length).total + encoder
+  naive = mfu.decoder_forward(llm_config, b, width).total
+  return {
+    "ours": ours + mfu.head_flops(llm_config, b * num * m),
+    "torch": num * (naive + mfu.head_flops(llm_config, b * longest)),
+  }
+
+
+def _rerank_comparison(built: _Built, peak, threads) -> None:
+  """Times one re-ranking batch both ways; writes ``bench_rerank.json``.
+
+  Ours: ``candidate_scores``, one forward of each prompt with every
+  candidate's answer packed after it. Theirs: transformers' Llama, one
+  forward of prompt + answer per candidate
+  (``torch_reference.naive_candidate_scores``), given our spliced prompt
+  embeddings (computed once, outside its timing), so both read the same
+  soft tokens and must give the same scores (asserted first).
+  """
+  config, model, cf = built.config, built.model, built.cf
+  llm_config, llm_params = built.llm_config, built.llm_params
+  c = config.stage2
+  reranks = E.of_kind(E.parse(c.evaluations), E.RERANK)
+  task = reranks[0].task if reranks else P.RERANK
+  prompts = _rerank_prompts(built, task)
+  b, buckets = int(c.rerank.batch_size), tuple(c.length_buckets)
+  chunk, batch = next(prompt_batches(built.encoder, prompts, b, buckets))
+  # The rows ours scores: the chunk, padded by repeating its last prompt.
+  rows = list(chunk) + [chunk[-1]] * (b - len(chunk))
+  encoded = [
+    encode_fitting(built.encoder, prompts[i], buckets[-1], False) for i in rows
+  ]
+  params = nn.unbox(built.boxed)
+  batch = jax.device_put(batch)
+  x = jax.jit(model.prompt_embeddings)(params, llm_params, cf, batch)
+  x = np.asarray(x)
+  embedded = [
+    torch.tensor(x[r, : e.answer_start]) for r, e in enumerate(encoded)
+  ]
+  answers = [e.cand_tokens for e in encoded]
+  llm = R.llama_from_params(llm_config, llm_params)
+  score = jax.jit(model.candidate_scores)
+
+  def ours():
+    return score(params, llm_params, cf, batch)
+
+  def theirs():
+    with torch.inference_mode():
+      return R.naive_candidate_scores(llm, embedded, answers).numpy()
+
+  first, ours_scores = _timed_value(ours)
+  diff = {}
+  for n in threads:  # also PyTorch's warm-up at each thread count
+    torch.set_num_threads(n)
+    diff[n] = float(np.abs(np.asarray(ours_scores) - theirs()).max())
+  print(f"re-ranking scores, max |ours - transformers'|: {diff}")
+  assert max(diff.values()) < _SCORE_ATOL, diff
+  times = {"ours": [], **{n: [] for n in threads}}
+  for _ in range(_STEPS.value):
+    times["ours"].append(_timed(ours))
+    for n in threads:
+      torch.set_num_threads(n)
+      times[n].append(_timed(theirs))
+  num, m = batch["cand_tokens"].shape[1:]
+  length = batch["tokens"].shape[1]
+  width, longest = R.naive_shape(embedded, answers)
+  flops = _rerank_flops(model, llm_config, batch, width, longest)
+  seconds = {k: statistics.median(v) for k, v in times.items()}
+  figures = {
+    k: {
+      "batch": t,
+      "flops": flops["ours" if k == "ours" else "torch"],
+      **mfu.utilisation(flops["ours" if k == "ours" else "torch"], t, peak),
+    }
+    for k, t in seconds.items()
+  }
+  best = min(threads, key=seconds.get)
+  ratio = seconds[best] / seconds["ours"]
+  result = {
+    "config": {
+      "llm": c.llm,
+      "task": task,
+      "labels": c.rerank.labels,
+      "batch_size": b,
+      "num_candidates": num,
+      "answer_tokens": m,
+      "packed_length": length,
+      "naive_length": width,
+      "prompt_lengths": [len(p) for p in embedded],
+    },
+    "ours": {"first": first, **figures["ours"]},
+    "torch": {n: figures[n] for n in threads},
+    "max_score_diff": diff,
+    "matmul_peak": dataclasses.asdict(peak),
+    "threads": _threads(threads),
+    "versions": _versions(),
+    "seconds": times,
+    "ratio": ratio,
+    "ratio_torch_threads": best,
+  }
+  _write("bench_rerank.json", result)
+  print(
+    f"re-ranking {b} prompts x {num} candidates ({task}, {c.rerank.labels}, "
+    f"answers of up to {m} tokens), {llm_config.name}: ours one packed "
+    f"forward of {b} x {length} tokens, transformers {num} forwards of "
+    f"{b} x {width}"
+  )
+  _print_setting(peak, threads)
+  print(f"{'':14s} {'s/batch':>8s} {'GFLOP':>8s} {'GFLOP/s':>8s} {'MFU':>6s}")
+  for k, f in figures.items():
+    label = "ours (JAX)" if k == "ours" else f"PyTorch n={k}"
+    print(
+      f"{label:14s} {f['batch']:8.3f} {f['flops'] / 1e9:8.1f} "
+      f"{f['gflops']:8.1f} {f['mfu']:6.1%}"
+    )
+  print(
+    "ratio transformers/ours (re-ranking batch time, > 1: ours faster): "
+    f"{ratio:.2f}x (PyTorch n={best})"
+  )
+
+
+def _train_and_generate(built: _Built, peak, thread_counts) -> None:
+  """Times training (ours and the reference's), generation and scoring,
+  projects the config's stage 2, writes ``bench_stage2.json``."""
+  config, split, index = built.config, built.split, built.index
+  llm_config, llm_params, cf = built.llm_config, built.llm_params, built.cf
+  model, boxed, encoder = built.model, built.boxed, built.encoder
+  c = config.stage2
+  evaluations = E.parse(c.evaluations)  # the projection counts them
+  buckets = tuple(c.length_buckets)
   trie = stage2.build_trie(encoder, llm_config.vocab_size)
   ks = tuple(config.eval.ks)
   rerank_train, _ = rerank.training_prompts(
@@ -408,11 +649,9 @@ def main(argv):
   )
   host_params = jax.tree.map(np.asarray, nn.unbox(boxed))
   frozen = trainer.place_frozen({"llm": llm_params, "cf": cf})
-  peak = mfu.measure_matmul_peak(jax.tree.leaves(llm_params)[0].dtype)
-  reference, thread_counts = None, []
-  if _REFERENCE.value:
+  reference = None
+  if thread_counts:
     _check_reference(c)
-    thread_counts = list(dict.fromkeys(int(n) for n in _TORCH_THREADS.value))
     theirs = R.SoftTokens(
       model.encoder.qformer_config,
       llm_config.embed_dim,
@@ -482,24 +721,7 @@ def main(argv):
   reranks = E.of_kind(evaluations, E.RERANK)
   scored = []
   if reranks:
-    lists = candidates.evaluation_lists(
-      split,
-      "test",
-      np.arange(c.rerank.batch_size),
-      dot_product_scorer(cf[: split.num_users], cf[split.num_users :]),
-      rerank.list_length(c, ks),
-    )
-    shown = shown_order(lists, c.rerank.num_candidates, c.rerank.order, 0)
-    prompts = rerank_prompts(
-      lists,
-      shown,
-      reranks[0].task,
-      False,
-      split.catalog,
-      c.max_history,
-      0,
-      True,
-    )
+    prompts = _rerank_prompts(built, reranks[0].task)
     scored = [
       _timed(
         lambda: score_prompts(
@@ -553,15 +775,8 @@ def main(argv):
     "train_step_comparison": comparison,
     "first_step_loss": timed["parity"],
     "matmul_peak": dataclasses.asdict(peak),
-    "threads": {
-      "xla_cpu": len(os.sched_getaffinity(0)),
-      "torch": thread_counts,
-    },
-    "versions": {
-      "jax": jax.__version__,
-      "torch": torch.__version__,
-      "transformers": transformers.__version__,
-    },
+    "threads": _threads(thread_counts),
+    "versions": _versions(),
     "beam_search_batch_seconds": {"first": beam[0], "steady": beam[1]},
     "greedy_text_batch_seconds": {"first": text[0], "steady": text[1]},
     "rerank_batch_seconds": (
@@ -573,15 +788,36 @@ def main(argv):
     "projected_eval_seconds": eval_s,
     "devices": [str(d) for d in jax.devices()][:1] + [len(jax.devices())],
   }
-  os.makedirs(_WORKDIR.value, exist_ok=True)
-  path = os.path.join(_WORKDIR.value, "bench_stage2.json")
-  files.write_json(path, out, default=str)
   print(json.dumps(out, indent=2, default=str))
+  _write("bench_stage2.json", out)
   print(
     f"projected stage 2: train {train_s / 60:.1f} min + eval "
     f"{eval_s / 60:.1f} min = {(train_s + eval_s) / 60:.1f} min"
   )
   _print_comparison(comparison, peak, thread_counts)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if _STEPS.value < 1:
+    raise app.UsageError("--steps must be at least 1 (after the first)")
+  if _RERANK.value and not _REFERENCE.value:
+    raise app.UsageError("--rerank compares with the reference: drop it")
+  console.quiet_by_default()
+  config = _CONFIG.value
+  # Only time is measured: a random Q-Former of stage 1's shape (ILM-rand)
+  # needs no stage-1 run in a workdir.
+  config.stage2.init = "random"
+  built = _build(config)
+  peak = mfu.measure_matmul_peak(jax.tree.leaves(built.llm_params)[0].dtype)
+  threads = []
+  if _REFERENCE.value:
+    threads = list(dict.fromkeys(int(n) for n in _TORCH_THREADS.value))
+  if _RERANK.value:
+    _rerank_comparison(built, peak, threads)
+  else:
+    _train_and_generate(built, peak, threads)
 
 
 if __name__ == "__main__":

@@ -444,6 +444,16 @@ class Stage2Step:
     return loss.item()
 
 
+def naive_shape(prompts, answers) -> tuple[int, int]:
+  """(padded length, answer positions) of each of the N forwards of
+  ``naive_candidate_scores`` (same arguments): the longest prompt + answer
+  but its last token, the longest answer."""
+  width = max(
+    len(p) + len(a) - 1 for p, row in zip(prompts, answers) for a in row
+  )
+  return width, max(len(a) for row in answers for a in row)
+
+
 def naive_candidate_scores(
   llm, prompts: list[torch.Tensor], answers: list[list[np.ndarray]]
 ) -> torch.Tensor:
@@ -464,10 +474,7 @@ def naive_candidate_scores(
   """
   embed = llm.model.embed_tokens
   b, n = len(prompts), len(answers[0])
-  width = max(
-    len(p) + len(a) - 1 for p, row in zip(prompts, answers) for a in row
-  )
-  longest = max(len(a) for row in answers for a in row)
+  width, longest = naive_shape(prompts, answers)
   out = torch.empty(b, n)
   for c in range(n):
     x = prompts[0].new_zeros(b, width, prompts[0].shape[-1])
