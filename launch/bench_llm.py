@@ -56,8 +56,7 @@ def _timed(fn) -> float:
 
 
 def main(argv):
-  console.quiet_by_default()
-  del argv
+  console.start(argv)
   import torch
 
   config, numpy_params, _ = load_gguf(smollm2_gguf_path())

@@ -256,9 +256,9 @@ def _time_training(trainer, frozen, host_params, groups, reference, threads):
       def step(placed=placed):
         nonlocal state
         state, metrics = trainer.step(state, frozen, placed)
-        return metrics["loss"]
+        return state, metrics["loss"]
 
-      seconds, loss = _timed_value(step)
+      seconds, (_, loss) = _timed_value(step)
       times["ours"].append(seconds)
       torch_batch = R.to_torch(batch) if threads else None
       for n in threads:
@@ -798,13 +798,11 @@ def _train_and_generate(built: _Built, peak, thread_counts) -> None:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  console.start(argv)
   if _STEPS.value < 1:
     raise app.UsageError("--steps must be at least 1 (after the first)")
   if _RERANK.value and not _REFERENCE.value:
-    raise app.UsageError("--rerank compares with the reference: drop it")
-  console.quiet_by_default()
+    raise app.UsageError("--rerank needs the reference: drop --noreference")
   config = _CONFIG.value
   # Only time is measured: a random Q-Former of stage 1's shape (ILM-rand)
   # needs no stage-1 run in a workdir.
