@@ -18,6 +18,7 @@ import functools
 
 import jax
 import numpy as np
+import tqdm
 
 from ilm_jax.data.stage2.collate import bucket_of, collate
 from ilm_jax.data.stage2.encoding import PromptEncoder, encode_fitting
@@ -65,8 +66,15 @@ def prompt_batches(prompt_encoder, prompts, batch_size, buckets):
   groups = collections.defaultdict(list)
   for n, e in enumerate(encoded):
     groups[bucket_of(len(e.tokens), buckets)].append(n)
+  total = sum(-(-len(rows) // batch_size) for rows in groups.values())
+  # Evaluations of every held-out user run for minutes on a CPU: a bar on
+  # stderr (gone when done) says how far they are.
+  bar = tqdm.tqdm(
+    total=total, desc=f"{len(prompts)} prompts", unit="batch", leave=False
+  )
   for bucket, rows in sorted(groups.items()):
     for start in range(0, len(rows), batch_size):
+      bar.update()
       chunk = rows[start : start + batch_size]
       padded = chunk + [chunk[-1]] * (batch_size - len(chunk))
       batch = collate(
@@ -80,6 +88,7 @@ def prompt_batches(prompt_encoder, prompts, batch_size, buckets):
         answer_length=answer_length,
       )
       yield chunk, batch
+  bar.close()
 
 
 def per_prompt(
