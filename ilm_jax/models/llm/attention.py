@@ -61,7 +61,7 @@ class Attention(nn.Module):
       cos: float32[B, T, head_dim // 2] RoPE cosines of the new tokens.
       sin: float32[B, T, head_dim // 2] RoPE sines.
       mask: bool[B, T, S], allowed (query, key) pairs; S = T without cache.
-      kv: this layer's cached (keys, values), each float[B, S, K, head_dim],
+      kv: this layer's cached (keys, values), each float[B, K, S, head_dim],
         or None to attend only within ``x``.
       write_at: int32[], cache slot of the first new token.
 
@@ -103,23 +103,29 @@ class Attention(nn.Module):
     new_k = apply_rope(new_k, cos, sin)
     q = nn.with_logical_constraint(q, ("batch", "length", "heads", "head_dim"))
 
+    # Head-major layouts [B, K, L, head_dim] make (batch, kv head) the leading
+    # batch dimensions of both attention matmuls, as XLA's dot wants them, so
+    # neither the cache nor any kernel gets re-laid out on every call.
+    new_k = jnp.swapaxes(new_k, 1, 2)
+    new_v = jnp.swapaxes(new_v, 1, 2)
     if kv is None:
       keys, values, new_kv = new_k, new_v, None
     else:
       cached_k, cached_v = kv
       keys = jax.lax.dynamic_update_slice(
-        cached_k, new_k.astype(cached_k.dtype), (0, write_at, 0, 0)
+        cached_k, new_k.astype(cached_k.dtype), (0, 0, write_at, 0)
       )
       values = jax.lax.dynamic_update_slice(
-        cached_v, new_v.astype(cached_v.dtype), (0, write_at, 0, 0)
+        cached_v, new_v.astype(cached_v.dtype), (0, 0, write_at, 0)
       )
       new_kv = (keys, values)
       keys, values = keys.astype(self.dtype), values.astype(self.dtype)
 
     b, t = q.shape[:2]
-    grouped = q.reshape(b, t, k, h // k, hd)
+    # Query head h reads kv head h // (h / k) (grouped-query attention).
+    grouped = jnp.transpose(q.reshape(b, t, k, h // k, hd), (0, 2, 3, 1, 4))
     logits = jnp.einsum(
-      "btkgd,bskd->bkgts",
+      "bkgtd,bksd->bkgts",
       grouped,
       keys,
       preferred_element_type=jnp.float32,
@@ -129,9 +135,12 @@ class Attention(nn.Module):
       logits = jnp.tanh(logits / cfg.attn_softcap) * cfg.attn_softcap
     logits = jnp.where(mask[:, None, None, :, :], logits, _MASKED_LOGIT)
     probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, values).reshape(b, t, h, hd)
+    out = jnp.einsum("bkgts,bksd->bkgtd", probs, values)
+    # Back to token-major [B, T, H * head_dim]: one small activation copy, so
+    # that the output kernel is read as the plain [H * head_dim, D] matrix.
+    out = jnp.transpose(out, (0, 3, 1, 2, 4)).reshape(b, t, h * hd)
     o_kernel = projection(
       self, "o_kernel", (h, hd, d), ("heads", "head_dim", "embed"), pd
     )
-    out = jnp.einsum("bthe,hed->btd", out, o_kernel.astype(self.dtype))
+    out = out @ o_kernel.astype(self.dtype).reshape(h * hd, d)
     return out, new_kv

@@ -24,8 +24,9 @@ class KVCache:
   """Per-layer keys and values plus the bookkeeping of every slot.
 
   Attributes:
-    keys: per layer, float[B, S, num_kv_heads, head_dim] (after RoPE).
-    values: per layer, float[B, S, num_kv_heads, head_dim].
+    keys: per layer, float[B, num_kv_heads, S, head_dim] (after RoPE); head-
+      major so that attention reads each head's slots without a transpose.
+    values: per layer, float[B, num_kv_heads, S, head_dim].
     slot_valid: bool[B, S], the slot holds a real (non-padding) token.
     slot_positions: int32[B, S], RoPE position of the token in each slot.
     end: int32[], first free slot (the same for every row).
@@ -58,7 +59,7 @@ def init_cache(
   Returns:
     A KVCache with all slots invalid.
   """
-  shape = (batch_size, size, config.num_kv_heads, config.head_dim)
+  shape = (batch_size, config.num_kv_heads, size, config.head_dim)
   zeros = tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers))
   return KVCache(
     keys=zeros,
