@@ -106,14 +106,14 @@ class Decoder(nn.Module):
   def logits(self, hidden: jax.Array) -> jax.Array:
     """Output head: final hidden states float[..., D] -> float32[..., V]."""
     if self.config.tie_embeddings:
-      head = self.embedding.astype(self.dtype).T
+      # Contract with the table's rows as stored: a transposed copy of the
+      # [V, D] table (the largest array of a small model) on every call
+      # would cost as much memory traffic as the product itself.
+      head, spec = self.embedding.astype(self.dtype), "...d,vd->...v"
     else:
-      head = self.lm_head.astype(self.dtype)
+      head, spec = self.lm_head.astype(self.dtype), "...d,dv->...v"
     out = jnp.einsum(
-      "...d,dv->...v",
-      hidden.astype(self.dtype),
-      head,
-      preferred_element_type=jnp.float32,
+      spec, hidden.astype(self.dtype), head, preferred_element_type=jnp.float32
     )
     cap = self.config.final_softcap
     if cap is not None:
