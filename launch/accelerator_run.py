@@ -138,7 +138,7 @@ def main(argv):
       "parts": out["seconds"],
       "budget": out["budget"],
       "rows": out["rows"],
-      "rerank_rows": out["rerank_rows"],
+      "rerank_rows": out["rerank_rows_by_retriever"],
     }
     table = out["table"]  # compare.md, which only process 0 wrote
     parts = ", ".join(f"{k} {v:.0f} s" for k, v in out["seconds"].items())

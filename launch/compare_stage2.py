@@ -81,8 +81,12 @@ def main(argv):
     "wall seconds: "
     + ", ".join(f"{k} {v:.0f}" for k, v in out["seconds"].items())
   )
-  if out["rerank_rows"]:
-    print(markdown_table(out["rerank_rows"], "stage-2 comparison: re-ranking"))
+  for retriever, rows in out["rerank_rows_by_retriever"].items():
+    print(
+      markdown_table(
+        rows, f"stage-2 comparison: re-ranking {retriever}'s top N"
+      )
+    )
   print(markdown_table(out["rows"], "stage-2 comparison"))
   print(f"written: {os.path.join(_WORKDIR.value, 'compare.md')}")
 

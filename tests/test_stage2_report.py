@@ -259,3 +259,30 @@ def test_rerank_table_puts_the_ilm_beside_its_nulls_with_verdicts(tmp_path):
     "top N shuffled (null)",
   ]
   assert comparison["text (re-ranks)"]["HR@10 vs retriever"].endswith("(below)")
+
+
+def test_comparison_tables_each_retrievers_candidates_apart():
+  """SASRec's candidates get their own rows, never mixed with ALS's."""
+  sasrec = _rerank_result(0.12)
+  sasrec["retrieved_by"] = "sasrec"
+  results = {
+    "ilm": {
+      "evaluations": {
+        "rerank:rerank:test:unseen": _entry(
+          "rerank", "rerank", "test", "unseen", _rerank_result(0.08)
+        ),
+        "rerank:rerank:test:unseen:sasrec": _entry(
+          "rerank", "rerank", "test", "unseen", sasrec, retriever="sasrec"
+        ),
+      }
+    }
+  }
+  als_rows = C.rerank_rows(results, "test", "unseen")
+  sasrec_rows = C.rerank_rows(results, "test", "unseen", retriever="sasrec")
+  assert als_rows["ilm (re-ranks)"]["HR@10"] == 0.08
+  assert "als order (null)" in als_rows
+  assert sasrec_rows["ilm (re-ranks)"]["HR@10"] == 0.12
+  assert "sasrec order (null)" in sasrec_rows
+  assert (
+    C.rerank_rows(results, "test", "unseen", retriever="retrieval_head") == {}
+  )

@@ -138,7 +138,11 @@ def summary_row(
 
 
 def rerank_rows(
-  results: dict[str, dict], split: str, templates: str, task: str = P.RERANK
+  results: dict[str, dict],
+  split: str,
+  templates: str,
+  task: str = P.RERANK,
+  retriever: str = "",
 ) -> dict[str, dict]:
   """Re-ranking table: one row per variant, then the nulls and popularity.
 
@@ -146,6 +150,8 @@ def rerank_rows(
     results: variant name -> ``stage2.run`` results.
     split, templates: which evaluation.
     task: P.RERANK or P.RERANK_CONVERSATIONAL.
+    retriever: whose candidates (an evaluation's fifth field, e.g.
+      "sasrec"); "" = the config's ``stage2.rerank.retriever``.
 
   Returns:
     {row name: {"HR@5", ..., "NDCG@10" with SEs, "users", "HR@10 vs
@@ -154,7 +160,7 @@ def rerank_rows(
   """
   rows, nulls = {}, {}
   for name, res in results.items():
-    entry = E.find_entry(res, E.RERANK, task, split, templates)
+    entry = E.find_entry(res, E.RERANK, task, split, templates, retriever)
     if entry is None:
       continue
     result = entry["metrics"]
@@ -317,19 +323,27 @@ def compare(
         f"{config.dataset.name}: {other_split}, {other} templates, filtered",
       )
     )
-  reranked = rerank_rows(results, split, templates)
-  if reranked:
-    r = c.rerank
+  # Re-ranking tables first: the config's retriever's candidates, then
+  # those of every other retriever an evaluation named (e.g. SASRec's).
+  r = c.rerank
+  by_retriever = {}
+  for retriever in ("", *E.RETRIEVERS):
+    reranked = rerank_rows(results, split, templates, retriever=retriever)
+    if not reranked:
+      continue
+    by_retriever[retriever or r.retriever] = reranked
     tables.insert(
-      0,
+      len(by_retriever) - 1,
       markdown_table(
         reranked,
         f"{config.dataset.name}: re-ranking the top {r.num_candidates} of "
-        f"{r.retriever} ({r.order} order, {r.labels}), {split}, {templates} "
-        f"templates ({budget['steps']} steps x {budget['batch_size']})",
+        f"{retriever or r.retriever} ({r.order} order, {r.labels}), {split}, "
+        f"{templates} templates ({budget['steps']} steps x "
+        f"{budget['batch_size']})",
       ),
     )
-  out["rerank_rows"] = reranked
+  out["rerank_rows"] = by_retriever.get(r.retriever, {})
+  out["rerank_rows_by_retriever"] = by_retriever
   files.write_json(workdir / RESULTS_FILE, out, default=str)
   table = "\n\n".join(tables)
   files.write_text(workdir / TABLE_FILE, table)
