@@ -9,13 +9,16 @@ tests check stays absent.
 
 import os
 import pathlib
+import tempfile
 
+import numpy as np
 import pytest
 from etils.epath import testing as epath_testing
 from tensorboardX import record_writer
 
 from ilm_jax import experiment_config, files
 from ilm_jax.checkpoint import manager as ckpt
+from ilm_jax.data import records
 from ilm_jax.pipeline import run as pipeline
 from ilm_jax.train import provenance, summaries
 
@@ -158,3 +161,25 @@ def test_training_loop_writers_stay_in_the_bucket(bucket, monkeypatch):
   )
   ckpt.make_manager(f"{stage}/checkpoints", 1, 1)
   assert [str(p) for p in handed] == [f"{stage}/checkpoints"]
+
+
+def test_training_records_round_trip_through_the_bucket(
+  bucket, tmp_path, monkeypatch
+):
+  """array_record writes local files only: the records are uploaded whole
+  and read from a local copy named by their hash."""
+  monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+  (tmp_path / "tmp").mkdir()
+  examples = [{"tokens": np.arange(n, dtype=np.int32), "n": n} for n in (3, 5)]
+  stem = f"{WORKDIR}/stage2/examples/train"
+  lengths = {"lengths": np.array([3, 5])}
+  assert records.write_records(stem, examples, lengths)
+  assert (bucket / "stage2/examples/train.array_record").is_file()
+  assert (bucket / "stage2/examples/train.index.npz").is_file()
+  source = records.RecordSource(stem)
+  assert len(source) == 2
+  np.testing.assert_array_equal(source.index["lengths"], [3, 5])
+  np.testing.assert_array_equal(source[1]["tokens"], np.arange(5))
+  assert list((tmp_path / "tmp" / "ilm_jax_records").glob("*.array_record"))
+  # The same examples again: reused, not uploaded a second time.
+  assert not records.write_records(stem, examples, lengths)

@@ -9,18 +9,26 @@ full to plan batches (e.g. lengths), the record count and a SHA-256 of the
 serialised records: a file whose count and hash match what a run would write
 is reused (a resumed run reads the very examples it started with), anything
 else is rewritten. Neither writing nor reading needs TensorFlow.
+
+In object storage (a ``gs://`` workdir) the array_record file is written
+locally and uploaded whole (the sidecar last, as on a disk), and readers
+read a local copy named by the records' hash, downloaded once per machine:
+array_record reads and writes local files only.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import pathlib
+import tempfile
 from collections.abc import Iterable
 
 import grain
 import numpy as np
 from array_record.python import array_record_module
+from etils import epath
 from flax import serialization
 
 from ilm_jax import files
@@ -32,8 +40,7 @@ _WRITER_OPTIONS = "group_size:1"
 
 
 def _paths(path) -> tuple[pathlib.Path, pathlib.Path]:
-  # gs:// kept (not written to a local gs:/ folder); the array_record
-  # writer and the rename below are still local-only.
+  # gs:// kept (an epath, not a local gs:/ folder).
   path = files.path(path)
   return (
     path.with_name(path.name + RECORD_SUFFIX),
@@ -64,25 +71,61 @@ def write_records(
     digest.update(blob)
   sha = np.frombuffer(digest.digest(), np.uint8)
   if data_path.exists() and index_path.exists():
-    with np.load(index_path) as old:
+    with _load_index(index_path) as old:
       if int(old["_count"]) == len(blobs) and np.array_equal(old["_sha"], sha):
         return False
   data_path.parent.mkdir(parents=True, exist_ok=True)
-  # Written under temporary names and renamed, so a crash mid-write never
-  # leaves a file that looks complete.
-  tmp_data = data_path.with_name(data_path.name + ".tmp")
-  writer = array_record_module.ArrayRecordWriter(str(tmp_data), _WRITER_OPTIONS)
-  for blob in blobs:
-    writer.write(blob)
-  writer.close()
-  files.fsync_path(tmp_data)
-  os.replace(tmp_data, data_path)
+  if files.is_remote(data_path):
+    with tempfile.TemporaryDirectory(prefix="ilm_records") as local:
+      local_data = pathlib.Path(local, data_path.name)
+      _write_array_record(local_data, blobs)
+      # An object is replaced whole by its upload: no rename needed.
+      epath.Path(local_data).copy(data_path, overwrite=True)
+  else:
+    # Written under a temporary name and renamed, so a crash mid-write
+    # never leaves a file that looks complete.
+    tmp_data = data_path.with_name(data_path.name + ".tmp")
+    _write_array_record(tmp_data, blobs)
+    files.fsync_path(tmp_data)
+    os.replace(tmp_data, data_path)
   # The sidecar goes last (fsynced, renamed, directory fsynced): its count
   # and hash vouch for the records, so a crash before it lands leaves a
   # stale or missing sidecar and the next run writes both again.
   with files.open_atomic(index_path, "wb") as f:
     np.savez(f, _count=len(blobs), _sha=sha, **(index or {}))
   return True
+
+
+def _write_array_record(local_path: pathlib.Path, blobs: list[bytes]) -> None:
+  writer = array_record_module.ArrayRecordWriter(
+    str(local_path), _WRITER_OPTIONS
+  )
+  for blob in blobs:
+    writer.write(blob)
+  writer.close()
+
+
+def _load_index(index_path):
+  """The sidecar's arrays (an ``NpzFile``), local or in object storage."""
+  if files.is_remote(index_path):
+    return np.load(io.BytesIO(index_path.read_bytes()))
+  return np.load(index_path)
+
+
+def _local_copy(data_path, sha: np.ndarray) -> pathlib.Path:
+  """A local file with ``data_path``'s records: the file itself, or for
+  object storage a copy in the temp folder named by the records' hash
+  (downloaded under a temporary name, then renamed, once per machine)."""
+  if not files.is_remote(data_path):
+    return data_path
+  cache = pathlib.Path(tempfile.gettempdir(), "ilm_jax_records")
+  cache.mkdir(parents=True, exist_ok=True)
+  local = cache / f"{bytes(sha).hex()}{RECORD_SUFFIX}"
+  if not local.exists():
+    part = cache / f".{local.name}.{os.getpid()}"
+    data_path.copy(part, overwrite=True)
+    os.replace(part, local)
+  return local
 
 
 class RecordSource:
@@ -96,10 +139,13 @@ class RecordSource:
     data_path, index_path = _paths(path)
     if not data_path.exists() or not index_path.exists():
       raise FileNotFoundError(f"{data_path}: no examples written here")
-    with np.load(index_path) as saved:
+    with _load_index(index_path) as saved:
       self.index = {k: saved[k] for k in saved.files if not k.startswith("_")}
       self._count = int(saved["_count"])
-    self._source = grain.sources.ArrayRecordDataSource([str(data_path)])
+      sha = saved["_sha"]
+    self._source = grain.sources.ArrayRecordDataSource(
+      [str(_local_copy(data_path, sha))]
+    )
     if len(self._source) != self._count:
       raise ValueError(
         f"{data_path} holds {len(self._source)} records, its index "
