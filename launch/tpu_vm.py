@@ -15,10 +15,11 @@ Steps, each one ``gcloud`` (or ``git``) command printed before it runs:
 
 ``--dry_run`` prints every command without running any. A pod slice's
 workers share no disk: ``--workdir`` must be a directory they all see,
-such as a gcsfuse mount of a bucket at the same path on every worker, so
-checkpoints and results land in one place (worker 0 writes the results;
-every worker writes its checkpoint shards). The stages do not yet take a
-``gs://`` workdir directly (see the README).
+such as a gcsfuse mount of a bucket at the same path on every worker, or
+the bucket itself (``gs://bucket/run``: the stages keep it remote, checked
+on a fake bucket only; see the README), so checkpoints and results land in
+one place (worker 0 writes the results; every worker writes its checkpoint
+shards).
 
 Examples:
   # what would run on a v5e-32 pod slice
