@@ -101,9 +101,10 @@ FULL_EVALUATIONS = (
 FULL_EVALUATIONS += tuple(
   f"{e}:sasrec" for e in FULL_EVALUATIONS if e.startswith("rerank:")
 )
-# The CPU recipes: test split, held-out templates; sequential generation,
-# both text tasks, re-ranking of ALS's candidates.
-CPU_EVALUATIONS = (
+# The :small recipe: test split, held-out templates; sequential generation,
+# both text tasks, re-ranking of ALS's candidates (the CPU and accelerator
+# recipes then re-rank SASRec's too).
+SMALL_EVALUATIONS = (
   "generate:sequential:test:unseen",
   "text:description:-:unseen",
   "text:profile:-:unseen",
@@ -115,9 +116,9 @@ CPU_EVALUATIONS = (
   "budget, want",
   [
     ("full", FULL_EVALUATIONS),
-    ("cpu", CPU_EVALUATIONS),
-    ("small", CPU_EVALUATIONS),
-    ("accel", (*CPU_EVALUATIONS, "rerank:rerank:test:unseen:sasrec")),
+    ("cpu", (*SMALL_EVALUATIONS, "rerank:rerank:test:unseen:sasrec")),
+    ("small", SMALL_EVALUATIONS),
+    ("accel", (*SMALL_EVALUATIONS, "rerank:rerank:test:unseen:sasrec")),
   ],
 )
 def test_declared_evaluations_of_each_budget(budget, want):
@@ -169,3 +170,12 @@ def test_parsing_a_config_imports_no_jax():
     cwd=REPO_ROOT,
   )
   assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_sasrec_is_a_baseline_of_the_cpu_recipe_not_of_small():
+  """The main job's baseline table has SASRec beside popularity and ALS;
+  the few-minute :small pipeline leaves it out."""
+  default = REPO_ROOT / "configs" / "default.py"
+  assert _load(default, "cpu").eval.baselines == EC.BASELINES
+  assert "sasrec" in EC.BASELINES
+  assert _load(default, "small").eval.baselines == ("popularity", "als")
