@@ -41,6 +41,14 @@ _MODE = flags.DEFINE_enum(
   "rerank: the model reorders the CF retriever's top candidates (the "
   "evaluated recipe); generate: beam search over the whole catalogue.",
 )
+_RETRIEVER = flags.DEFINE_enum(
+  "retriever",
+  "als",
+  ["als", "sasrec"],
+  "Who lists the candidates: als (the CF table, as training lists) or "
+  "sasrec (the workdir's trained SASRec: --config.eval.baselines with "
+  "'sasrec', the CPU recipe's default).",
+)
 _REASONS = flags.DEFINE_bool(
   "reasons",
   True,
@@ -72,10 +80,13 @@ def main(argv):
   from ilm_jax.serve.chat import Chat
   from ilm_jax.serve.recommender import Recommender
 
-  recommender = Recommender.from_workdir(_WORKDIR.value)
+  recommender = Recommender.from_workdir(
+    _WORKDIR.value, retriever=_RETRIEVER.value
+  )
   print(
     f"ILM of {_WORKDIR.value} (stage-2 step {recommender.step}, "
-    f"{recommender.num_items} items); k={_K.value}, mode={_MODE.value}",
+    f"{recommender.num_items} items); k={_K.value}, mode={_MODE.value}, "
+    f"retriever={_RETRIEVER.value}",
     flush=True,
   )
   chat = Chat(recommender, _K.value, _MODE.value, _REASONS.value)

@@ -108,6 +108,20 @@ def scorer(model: sasrec_model.SASRec, params, histories: np.ndarray):
   return scores
 
 
+def history_scores(
+  model: sasrec_model.SASRec, params, history: np.ndarray
+) -> np.ndarray:
+  """float32[I] every item's score after one history (int32[n], oldest
+  first; its last ``max_len`` items are read), e.g. a new user's."""
+  rows = sasrec_data.right_aligned([history], int(model.config.max_len))
+  scores = model.apply(
+    {"params": params},
+    jnp.asarray(rows),
+    method=sasrec_model.SASRec.score_all,
+  )
+  return np.array(scores[0], np.float32)  # a writable host copy
+
+
 class Retriever:
   """A trained SASRec's top-N items per user, over the whole catalogue.
 

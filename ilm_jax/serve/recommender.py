@@ -4,11 +4,14 @@
 CF table, the catalogue and the tokenizer (``restore``). ``recommend``
 answers a request the way the model was evaluated:
 
-* **Retrieval.** The user's CF vector (their row of the table, or, for a
-  new user known only by the items they name, the ALS fold-in of those
-  items, ``fold_in``) scores every item by dot product; what the user has
-  seen or disliked is removed. Without any item the catalogue's popularity
-  order stands in.
+* **Retrieval.** ``retriever="als"`` (the default, as training lists): the
+  user's CF vector (their row of the table, or, for a new user known only
+  by the items they name, the ALS fold-in of those items, ``fold_in``)
+  scores every item by dot product. ``retriever="sasrec"``: the workdir's
+  trained SASRec (``workdir/sasrec``) reads the user's history, oldest
+  first, and scores every item; a new user needs no fold-in. What the user
+  has seen or disliked is removed. Without any item the catalogue's
+  popularity order stands in.
 * **mode="rerank"** (the evaluated recipe): the model scores the top N
   candidates (``stage2.rerank.num_candidates``) in one forward pass and
   reorders them; items past N keep the retriever's order. The prompt is
@@ -40,12 +43,22 @@ from ilm_jax.data.stage2.encoding import PromptEncoder
 from ilm_jax.decode.item_trie import without_items
 from ilm_jax.eval import generative
 from ilm_jax.eval.trained_ilm import TrainedIlm
+from ilm_jax.pipeline import sasrec as sasrec_pipeline
 from ilm_jax.rerank import evaluate as rerank_eval
 from ilm_jax.serve import restore as restore_lib
 from ilm_jax.serve.fold_in import fold_in
 from ilm_jax.serve.titles import Match, TitleIndex
 
 MODES = ("rerank", "generate")
+# Who lists the candidates the model re-ranks.
+RETRIEVERS = ("als", "sasrec")
+
+
+def _check_retriever(retriever: str) -> None:
+  if retriever not in RETRIEVERS:
+    raise ValueError(
+      f"retriever must be one of {RETRIEVERS}, got {retriever!r}"
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,9 +99,22 @@ class Recommender:
 
   Args:
     restored: what ``restore.restore`` returned.
+    retriever: "als" or "sasrec" (``RETRIEVERS``).
+    sasrec: for "sasrec", the trained (module, params)
+      (``restore.restore_sasrec``).
   """
 
-  def __init__(self, restored: restore_lib.Restored):
+  def __init__(
+    self,
+    restored: restore_lib.Restored,
+    retriever: str = "als",
+    sasrec: tuple | None = None,
+  ):
+    _check_retriever(retriever)
+    if (retriever == "sasrec") != (sasrec is not None):
+      raise ValueError("a trained SASRec is given with retriever='sasrec' only")
+    self.retriever = retriever
+    self.sasrec = sasrec  # (module, params) or None
     self.config = restored.config
     self.split = restored.split
     self.table = restored.table
@@ -129,10 +155,19 @@ class Recommender:
 
   @classmethod
   def from_workdir(
-    cls, workdir: str | pathlib.Path, stage_dir: str = "stage2"
+    cls,
+    workdir: str | pathlib.Path,
+    stage_dir: str = "stage2",
+    retriever: str = "als",
   ) -> Recommender:
-    """Restores a workdir written by ``launch/train.py`` (``restore``)."""
-    return cls(restore_lib.restore(workdir, stage_dir))
+    """Restores a workdir written by ``launch/train.py`` (``restore``);
+    ``retriever="sasrec"`` also restores its trained SASRec."""
+    _check_retriever(retriever)  # before minutes of restoring
+    restored = restore_lib.restore(workdir, stage_dir)
+    sasrec = None
+    if retriever == "sasrec":
+      sasrec = restore_lib.restore_sasrec(workdir, restored)
+    return cls(restored, retriever, sasrec)
 
   @property
   def num_items(self) -> int:
@@ -217,7 +252,13 @@ class Recommender:
 
   def _retrieve(self, person: _Person, length: int) -> tuple[list, str]:
     """(the ``length`` best unexcluded items, best first; the source)."""
-    if np.any(person.vector):
+    if self.sasrec is not None and len(person.history):
+      model, params = self.sasrec
+      scores, source = (
+        sasrec_pipeline.history_scores(model, params, person.history),
+        "retriever",
+      )
+    elif np.any(person.vector):
       scores, source = self.table.items @ person.vector, "retriever"
     else:
       scores, source = self.popularity.astype(np.float32), "popularity"

@@ -31,6 +31,7 @@ from ilm_jax.eval.trained_ilm import TrainedIlm
 from ilm_jax.experiment_config import base_config
 from ilm_jax.models.ilm import word_embedding_rms
 from ilm_jax.models.llm.decoder import Decoder
+from ilm_jax.pipeline import sasrec as sasrec_pipeline
 from ilm_jax.pipeline import stage2
 from ilm_jax.pipeline.cf import CF_DIR
 from ilm_jax.train.loop import CHECKPOINT_DIR
@@ -178,3 +179,28 @@ def restore(workdir, stage_dir: str = stage2.STAGE_DIR) -> Restored:
 def _latest_step(checkpoints: pathlib.Path) -> int:
   steps = [int(p.name) for p in checkpoints.iterdir() if p.name.isdigit()]
   return max(steps, default=0)
+
+
+def restore_sasrec(workdir, restored: Restored) -> tuple:
+  """(SASRec module, params) of the workdir's SASRec run, as its latest
+  checkpoint holds them: serving never trains.
+
+  Raises:
+    FileNotFoundError: no SASRec was trained there (the eval stage with
+      "sasrec" in ``eval.baselines``, or ``launch/sasrec.py``, trains it).
+  """
+  out = files.path(workdir) / sasrec_pipeline.STAGE_DIR
+  if not (out / CHECKPOINT_DIR).exists():
+    raise FileNotFoundError(
+      f"{out}: no trained SASRec; run the eval stage with 'sasrec' in "
+      "--config.eval.baselines (or launch/sasrec.py) on this workdir first"
+    )
+  # The loop restores a run that reached num_steps without a step, so
+  # num_steps is set to the latest checkpoint's (a step count may change on
+  # resume; nothing else that trains does).
+  scfg = ml_collections.ConfigDict(restored.config.sasrec.to_dict())
+  scfg.train.num_steps = _latest_step(out / CHECKPOINT_DIR)
+  model, params, _ = sasrec_pipeline.train_sasrec(
+    restored.config, scfg, restored.split, out
+  )
+  return model, params
