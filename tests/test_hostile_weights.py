@@ -7,6 +7,7 @@ import struct
 import gguf
 import pytest
 
+from ilm_jax import files
 from ilm_jax.convert import model_packages
 from ilm_jax.convert.gguf_checkpoint import load_gguf
 from ilm_jax.convert.gguf_tokenizer import load_gguf_tokenizer
@@ -123,12 +124,10 @@ def test_checksum_mismatch_is_detected_and_a_match_hashed_once(
 ):
   path = tmp_path / "model.gguf"
   path.write_bytes(b"weights" * 1000)
-  good = model_packages._sha256(path)
+  good = files.sha256(path)
   calls = []
-  real = model_packages._sha256
-  monkeypatch.setattr(
-    model_packages, "_sha256", lambda p: calls.append(p) or real(p)
-  )
+  real = files.sha256
+  monkeypatch.setattr(files, "sha256", lambda p: calls.append(p) or real(p))
   cache = tmp_path / "cache"
   model_packages.verify_sha256(path, good, "fix it", cache)
   # A new process: only the record on disk remains.

