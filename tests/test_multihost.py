@@ -166,7 +166,8 @@ def test_two_processes_train_like_one(tmp_path):
 
   # Same global batches on the same global mesh: the same losses. (The
   # reductions across processes may round differently, which can flip an
-  # argmax between near-tied scores: accuracies are compared in examples.)
+  # argmax or a top-10 cut between near-tied scores of the tiny random
+  # model: accuracies and recalls are compared to within a few examples.)
   histories = [
     files.read_json(w / "stage1" / "metrics.json") for w in (single, multi)
   ]
@@ -175,7 +176,8 @@ def test_two_processes_train_like_one(tmp_path):
     assert [r["step"] for r in one] == [r["step"] for r in two]
     for a, b in zip(one, two):
       for key in a:
-        tolerance = {"atol": 1 / 8} if key.endswith("_acc") else {}
+        ranked = key.endswith("_acc") or "_recall_at_" in key
+        tolerance = {"atol": 1 / 8} if ranked else {}
         np.testing.assert_allclose(
           b[key], a[key], rtol=1e-4, err_msg=key, **tolerance
         )
