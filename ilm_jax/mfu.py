@@ -57,21 +57,33 @@ class MatmulPeak:
   device: str
 
 
-def measure_matmul_peak(dtype=jnp.float32, repeats: int = 5) -> MatmulPeak:
+def measure_matmul_peak(
+  dtype=jnp.float32, repeats: int = 5, mesh: jax.sharding.Mesh | None = None
+) -> MatmulPeak:
   """Times ``a @ b`` for float[n, n] operands on the default device.
 
   Args:
     dtype: operand dtype; the dtype the measured model computes in.
     repeats: timed calls at the final n (after compiling); the best counts.
+    mesh: when the timed work runs on several devices at once (e.g. one CPU
+      device per thread), one n x n matmul per device of the mesh, all at
+      once; the peak is their total.
 
   Returns:
     A MatmulPeak.
   """
   matmul = jax.jit(jnp.matmul)
+  copies = 1 if mesh is None else mesh.devices.size
   size = _FIRST_SIZE
   while True:
     keys = jax.random.split(jax.random.key(size), 2)
-    a, b = (jax.random.normal(k, (size, size), dtype) for k in keys)
+    shape = (size, size) if mesh is None else (copies, size, size)
+    a, b = (jax.random.normal(k, shape, dtype) for k in keys)
+    if mesh is not None:
+      spread = jax.sharding.NamedSharding(
+        mesh, jax.sharding.PartitionSpec(mesh.axis_names)
+      )
+      a, b = jax.device_put(a, spread), jax.device_put(b, spread)
     matmul(a, b).block_until_ready()  # compiles for this n
     best = float("inf")
     for _ in range(repeats):
@@ -82,7 +94,7 @@ def measure_matmul_peak(dtype=jnp.float32, repeats: int = 5) -> MatmulPeak:
       break
     size *= 2
   return MatmulPeak(
-    gflops=2 * size**3 / best / 1e9,
+    gflops=2 * copies * size**3 / best / 1e9,
     size=size,
     dtype=jnp.dtype(dtype).name,
     device=str(jax.devices()[0]),
@@ -256,3 +268,40 @@ def sasrec_scoring_flops(
   return sasrec_forward(dim, num_blocks, users, length, 0) + (
     2 * users * dim * items
   )
+
+
+def als_fit_flops(
+  nonzeros: int,
+  users: int,
+  items: int,
+  dim: int,
+  sweeps: int,
+  solver: str,
+  cg_steps: int = 3,
+) -> float:
+  """FLOPs of an implicit-ALS fit, the same for every implementation.
+
+  Per half-sweep that solves ``rows`` against ``other`` rows: the other
+  side's Gram matrix (2 other d^2), then either the exact normal equations
+  (the nnz rank-one updates 2 nnz d^2, the right-hand sides 2 nnz d, a
+  Cholesky factorisation d^3 / 3 and two triangular solves 2 d^2 per row) or
+  ``cg_steps`` conjugate-gradient steps plus the initial residual, each a
+  product with the row's matrix (4 nnz d over its interactions and 2 d^2 for
+  the Gram term per row). Counted over the distinct (user, item) pairs, not
+  over any layout's padding.
+  """
+  d = dim
+
+  def half(rows: int, other: int) -> float:
+    gram = 2.0 * other * d * d
+    if solver == "cholesky":
+      return (
+        gram
+        + 2.0 * nonzeros * d * d
+        + 2.0 * nonzeros * d
+        + rows * (d**3 / 3 + 2.0 * d * d)
+      )
+    products = (cg_steps + 1) * (4.0 * nonzeros * d + 2.0 * rows * d * d)
+    return gram + 2.0 * nonzeros * d + products
+
+  return sweeps * (half(users, items) + half(items, users))

@@ -21,6 +21,14 @@ Two solvers: "cholesky" forms and solves each row's d x d normal equations
 exactly; "cg" takes a few conjugate-gradient steps warm-started from the
 previous sweep, as the ``implicit`` library does by default, which costs
 O(nnz d) per step instead of O(nnz d^2).
+
+The conjugate-gradient solver runs *chunk-locally*: rows are packed whole into
+chunks (no row spans two), so a chunk gathers its rows' partner vectors once
+and takes every CG step on them while they are still in cache, and chunks are
+independent of each other. With a mesh, chunks are split over the devices of
+the ``cf_rows`` axes (``shard_map``), each device solving its own rows against
+a replicated copy of the other side's table; a catalogue of 10^6 rows never
+materialises more than one chunk's block per device.
 """
 
 from __future__ import annotations
@@ -54,6 +62,10 @@ class ALSConfig:
     segment_length: interactions per segment (rows are cut into segments).
     chunk_segments: segments per scan step; bounds the gathered block at
       chunk_segments * segment_length * dim floats.
+    cg_segment_length: the same for the conjugate-gradient solver, whose
+      chunks hold whole rows and stay in cache for all of its steps.
+    cg_chunk_segments: segments per chunk of the conjugate-gradient solver
+      (raised to the longest row's segment count when that is larger).
   """
 
   dim: int = 64
@@ -66,6 +78,8 @@ class ALSConfig:
   cg_steps: int = 3
   segment_length: int = 16
   chunk_segments: int = 2048
+  cg_segment_length: int = 32
+  cg_chunk_segments: int = 64
 
   def __post_init__(self):
     if self.solver not in ("cholesky", "cg"):
@@ -74,6 +88,14 @@ class ALSConfig:
       )
     if self.dim < 1 or self.sweeps < 0 or self.reg < 0 or self.alpha < 0:
       raise ValueError(f"invalid ALS config {self}")
+    sizes = (
+      self.segment_length,
+      self.chunk_segments,
+      self.cg_segment_length,
+      self.cg_chunk_segments,
+    )
+    if min(sizes) < 1:
+      raise ValueError(f"segment and chunk sizes must be positive: {self}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +113,9 @@ class Segments:
   cols: np.ndarray
   counts: np.ndarray
   num_rows: int
+
+  def arrays(self):
+    return self.rows, self.cols, self.counts
 
 
 def make_segments(
@@ -139,6 +164,109 @@ def make_segments(
   )
 
 
+@dataclasses.dataclass(frozen=True)
+class RowChunks:
+  """One side's interactions packed whole-row into fixed-shape chunks.
+
+  Each chunk holds up to C segments of L interactions; a row's segments are
+  consecutive inside one chunk, so everything a row's solve needs is local.
+
+  Attributes:
+    rows: int32[N, C] global row of each local row slot (padding: ``num_rows``,
+      a sink that is dropped).
+    segment_row: int32[N, C] local row slot of each segment, non-decreasing
+      within a chunk (padding segments: C - 1, with zero counts).
+    cols: int32[N, C, L] interacted columns (padding: column 0).
+    counts: float32[N, C, L] interaction counts r_ui (padding: 0).
+    num_rows: rows on this side.
+  """
+
+  rows: np.ndarray
+  segment_row: np.ndarray
+  cols: np.ndarray
+  counts: np.ndarray
+  num_rows: int
+
+  def arrays(self):
+    return self.rows, self.segment_row, self.cols, self.counts
+
+
+def make_row_chunks(
+  rows: np.ndarray,
+  cols: np.ndarray,
+  num_rows: int,
+  num_cols: int,
+  segment_length: int,
+  chunk_segments: int,
+  chunk_multiple: int = 1,
+) -> RowChunks:
+  """Aggregates repeated (row, col) pairs and packs rows whole into chunks.
+
+  Rows are packed in order, greedily: a row that does not fit the rest of a
+  chunk starts the next one, so a chunk wastes at most one row's segments.
+
+  Args:
+    rows: int[N] row index of each interaction.
+    cols: int[N] column index of each interaction.
+    num_rows: R.
+    num_cols: number of columns.
+    segment_length: L.
+    chunk_segments: C; raised to the longest row's segment count.
+    chunk_multiple: the number of chunks is padded to a multiple of this
+      (the devices the chunks are split over).
+  """
+  keys, repeats = np.unique(
+    rows.astype(np.int64) * num_cols + cols, return_counts=True
+  )
+  r, c = keys // num_cols, keys % num_cols
+  row_start = np.searchsorted(r, np.arange(num_rows + 1))
+  lengths = np.diff(row_start)
+  segs_per_row = -(-lengths // segment_length)  # ceil
+  width = max(chunk_segments, int(segs_per_row.max(initial=1)))
+  active = np.flatnonzero(segs_per_row)
+  active_segs = segs_per_row[active]
+  # Greedy packing is sequential; plain Python ints keep it at ~1 s for 10^6
+  # rows.
+  chunk_of, first_seg, slot = [], [], []
+  chunk, used, filled = 0, 0, 0
+  for n in active_segs.tolist():
+    if used + n > width:
+      chunk, used, filled = chunk + 1, 0, 0
+    chunk_of.append(chunk)
+    first_seg.append(used)
+    slot.append(filled)
+    used, filled = used + n, filled + 1
+  chunk_of = np.asarray(chunk_of, np.int64)
+  first_seg = np.asarray(first_seg, np.int64)
+  slot = np.asarray(slot, np.int64)
+  num_chunks = (chunk + 1) if len(active) else 1
+  num_chunks = -(-num_chunks // chunk_multiple) * chunk_multiple
+  shape = (num_chunks, width)
+  chunk_rows = np.full(shape, num_rows, dtype=np.int32)
+  chunk_rows[chunk_of, slot] = active
+  # Every segment of active row j: chunk_of[j], first_seg[j] + 0..n_j-1.
+  seg_owner = np.repeat(np.arange(len(active)), active_segs)
+  seg_index = first_seg[seg_owner] + (
+    np.arange(len(seg_owner))
+    - np.repeat(np.cumsum(active_segs) - active_segs, active_segs)
+  )
+  segment_row = np.full(shape, width - 1, dtype=np.int32)
+  segment_row[chunk_of[seg_owner], seg_index] = slot[seg_owner]
+  # Every interaction: its row's active index, then (segment, position).
+  owner = np.repeat(np.arange(len(active)), lengths[active])
+  pos_in_row = np.arange(len(r)) - row_start[r]
+  seg_cols = np.zeros((*shape, segment_length), dtype=np.int32)
+  seg_counts = np.zeros((*shape, segment_length), dtype=np.float32)
+  where = (
+    chunk_of[owner],
+    first_seg[owner] + pos_in_row // segment_length,
+    pos_in_row % segment_length,
+  )
+  seg_cols[where] = c
+  seg_counts[where] = repeats
+  return RowChunks(chunk_rows, segment_row, seg_cols, seg_counts, num_rows)
+
+
 def _scan_rows(fn, segs: Segments, out_init):
   """Sums ``fn(rows, cols, counts)`` per chunk into rows of ``out_init``."""
 
@@ -173,39 +301,44 @@ def _solve_cholesky(current, fixed, segs: Segments, cfg: ALSConfig):
   return jax.scipy.linalg.cho_solve((chol, True), b[:-1, :, None])[..., 0]
 
 
-def _solve_cg(current, fixed, segs: Segments, cfg: ALSConfig):
-  """Warm-started conjugate gradient for every row of one side."""
-  d = fixed.shape[1]
-  gram = fixed.T @ fixed + cfg.reg * jnp.eye(d, dtype=fixed.dtype)
-  sink = jnp.zeros((1, d), fixed.dtype)
+def _cg_chunk(fixed, gram, current, cfg: ALSConfig, chunk):
+  """Conjugate-gradient steps for the rows of one chunk.
 
-  def rows_times(p, with_rhs):
-    """Y^T (C_u - I) Y p_u per row (and Y^T C_u p_u when with_rhs)."""
-    p_ext = jnp.concatenate([p, sink])
+  Args:
+    fixed: float32[R', d] the other side's table.
+    gram: float32[d, d] its Gram matrix plus lambda I.
+    current: float32[R + 1, d] this side's table with a zero sink row (the
+      warm start).
+    cfg: hyper-parameters.
+    chunk: one chunk of a RowChunks' arrays (rows [C], segment_row [C],
+      cols [C, L], counts [C, L]).
 
-    def partial_sums(rows, cols, counts):
-      y = fixed[cols]
-      extra = cfg.alpha * counts
-      y_dot_p = jnp.einsum("cld,cd->cl", y, p_ext[rows])
-      ap = jnp.einsum("cl,cld->cd", extra * y_dot_p, y)
-      if not with_rhs:
-        return (ap,)
-      observed = (counts > 0).astype(y.dtype)
-      b = jnp.einsum("cl,cld->cd", (1.0 + extra) * observed, y)
-      return ap, b
+  Returns:
+    float32[C, d] the new vectors of the chunk's row slots.
+  """
+  rows, segment_row, cols, counts = chunk
+  width = rows.shape[0]
+  y = fixed[cols]  # [C, L, d]: gathered once, read by every step below
+  extra = cfg.alpha * counts  # c_ui - 1, zero on padding
 
-    init = (jnp.zeros_like(p_ext),) * (2 if with_rhs else 1)
-    return [t[:-1] for t in _scan_rows(partial_sums, segs, init)]
+  def per_row(v):  # [C, d] per segment -> [C, d] per local row slot
+    return jax.ops.segment_sum(
+      v, segment_row, num_segments=width, indices_are_sorted=True
+    )
 
-  x = current
-  ax, b = rows_times(x, with_rhs=True)
-  r = b - (x @ gram + ax)
+  def times_a(p):  # (Y^T Y + lambda I + Y^T (C_u - I) Y) p, per row slot
+    y_dot_p = jnp.einsum("cld,cd->cl", y, p[segment_row])
+    return per_row(jnp.einsum("cl,cld->cd", extra * y_dot_p, y)) + p @ gram
+
+  observed = (counts > 0).astype(y.dtype)
+  b = per_row(jnp.einsum("cl,cld->cd", (1.0 + extra) * observed, y))
+  x = current[rows]
+  r = b - times_a(x)
   p = r
   rs = jnp.sum(r * r, axis=-1, keepdims=True)
   tiny = jnp.finfo(x.dtype).tiny
   for _ in range(cfg.cg_steps):
-    (ap,) = rows_times(p, with_rhs=False)
-    ap = ap + p @ gram
+    ap = times_a(p)
     step = rs / jnp.maximum(jnp.sum(p * ap, axis=-1, keepdims=True), tiny)
     x = x + step * p
     r = r - step * ap
@@ -213,6 +346,39 @@ def _solve_cg(current, fixed, segs: Segments, cfg: ALSConfig):
     p = r + (rs_new / jnp.maximum(rs, tiny)) * p
     rs = rs_new
   return x
+
+
+def _solve_cg(current, fixed, chunks: RowChunks, cfg: ALSConfig, mesh=None):
+  """Warm-started conjugate gradient for every row of one side, chunk by
+  chunk; with a mesh, each device solves the chunks it holds."""
+  d = fixed.shape[1]
+  gram = fixed.T @ fixed + cfg.reg * jnp.eye(d, dtype=fixed.dtype)
+  current_ext = jnp.concatenate([current, jnp.zeros((1, d), current.dtype)])
+
+  def solve_chunks(rows, segment_row, cols, counts, fixed, gram, current_ext):
+    return jax.lax.map(
+      functools.partial(_cg_chunk, fixed, gram, current_ext, cfg),
+      (rows, segment_row, cols, counts),
+    )
+
+  if mesh is not None:
+    split = jax.sharding.PartitionSpec(_row_axes(mesh))
+    whole = jax.sharding.PartitionSpec()
+    solve_chunks = jax.shard_map(
+      solve_chunks,
+      mesh=mesh,
+      in_specs=(split,) * 4 + (whole,) * 3,
+      out_specs=split,
+    )
+  solved = solve_chunks(*chunks.arrays(), fixed, gram, current_ext)
+  # Every active row sits in exactly one slot; padding slots write zeros
+  # into the sink row, which is dropped.
+  out = (
+    jnp.zeros_like(current_ext)
+    .at[chunks.rows.reshape(-1)]
+    .set(solved.reshape(-1, d))
+  )
+  return out[:-1]
 
 
 # The progress hook of the fit in flight: the jitted loop reports each sweep
@@ -225,12 +391,21 @@ def _report_sweep(sweep):
     _progress_hook(int(sweep) + 1)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "num_users", "num_items"))
-def _fit(x, y, user_segs, item_segs, *, cfg, num_users, num_items):
-  """All sweeps as one program. x: float32[U, d], y: float32[I, d]."""
-  solve = _solve_cholesky if cfg.solver == "cholesky" else _solve_cg
-  users = Segments(*user_segs, num_users)
-  items = Segments(*item_segs, num_items)
+@functools.partial(
+  jax.jit, static_argnames=("cfg", "num_users", "num_items", "mesh")
+)
+def _fit(x, y, user_rows, item_rows, *, cfg, num_users, num_items, mesh):
+  """All sweeps as one program. x: float32[U, d], y: float32[I, d];
+  user_rows / item_rows: the arrays of each side's Segments (cholesky) or
+  RowChunks (cg)."""
+  if cfg.solver == "cholesky":
+    users = Segments(*user_rows, num_users)
+    items = Segments(*item_rows, num_items)
+    solve = _solve_cholesky
+  else:
+    users = RowChunks(*user_rows, num_users)
+    items = RowChunks(*item_rows, num_items)
+    solve = functools.partial(_solve_cg, mesh=mesh)
 
   def sweep(i, xy):
     x, y = xy
@@ -240,6 +415,15 @@ def _fit(x, y, user_segs, item_segs, *, cfg, num_users, num_items):
     return x, y
 
   return jax.lax.fori_loop(0, cfg.sweeps, sweep, (x, y))
+
+
+def _row_axes(mesh: jax.sharding.Mesh) -> tuple[str, ...]:
+  """The mesh axes the ``cf_rows`` rule splits rows over."""
+  spec = mesh_lib.logical_to_sharding(("cf_rows",), mesh).spec
+  axes = spec[0] if len(spec) else None
+  if axes is None:
+    return ()
+  return axes if isinstance(axes, tuple) else (axes,)
 
 
 def _row_shards(sharding: jax.sharding.NamedSharding) -> int:
@@ -305,9 +489,21 @@ def train_als(
   # interactions, stay exactly zero and are cut off at the end.
   padded_users = -(-num_users // multiple) * multiple
   padded_items = -(-num_items // multiple) * multiple
-  seg_args = (config.segment_length, config.chunk_segments)
-  user_segs = make_segments(users, items, padded_users, padded_items, *seg_args)
-  item_segs = make_segments(items, users, padded_items, padded_users, *seg_args)
+  if config.solver == "cholesky":
+    pack = functools.partial(
+      make_segments,
+      segment_length=config.segment_length,
+      chunk_segments=config.chunk_segments,
+    )
+  else:
+    pack = functools.partial(
+      make_row_chunks,
+      segment_length=config.cg_segment_length,
+      chunk_segments=config.cg_chunk_segments,
+      chunk_multiple=multiple,
+    )
+  user_rows = pack(users, items, padded_users, padded_items)
+  item_rows = pack(items, users, padded_items, padded_users)
   x = _initial_factors(config, 0, users, padded_users)
   y = _initial_factors(config, 1, items, padded_items)
   if rows_sharding is not None:
@@ -320,11 +516,12 @@ def train_als(
     x, y = _fit(
       x,
       y,
-      (user_segs.rows, user_segs.cols, user_segs.counts),
-      (item_segs.rows, item_segs.cols, item_segs.counts),
+      user_rows.arrays(),
+      item_rows.arrays(),
       cfg=config,
       num_users=padded_users,
       num_items=padded_items,
+      mesh=mesh if config.solver == "cg" else None,
     )
     table = np.concatenate(
       [np.asarray(x)[:num_users], np.asarray(y)[:num_items]], axis=0
