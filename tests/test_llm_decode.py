@@ -8,8 +8,11 @@ import numpy as np
 import pytest
 
 from ilm_jax.decode.beam_search import beam_search
+from ilm_jax.decode.prefill import decode_step, prefill
 from ilm_jax.decode.sampling import generate, top_p_filter
 from ilm_jax.models.llm import Decoder, LlmConfig
+from ilm_jax.models.llm.config import GLOBAL, LOCAL
+from ilm_jax.models.llm.kv_cache import init_cache, shared_prefix
 
 VOCAB = 16
 CONFIG = LlmConfig(
@@ -258,3 +261,103 @@ def test_constrained_beam_search_prunes_to_valid_prefixes(params):
   valid = {tuple(v) for v in VALID.tolist()}
   assert {tuple(t) for t in beams.tokens.reshape(-1, 3).tolist()} <= valid
   assert np.all(np.diff(np.asarray(beams.scores), axis=1) <= 0)
+
+
+def _right_padded_embeddings(params):
+  tokens = np.zeros((len(PROMPTS), WIDTH), np.int32)
+  mask = np.zeros((len(PROMPTS), WIDTH), bool)
+  for row, prompt in enumerate(PROMPTS):
+    tokens[row, : len(prompt)] = prompt
+    mask[row, : len(prompt)] = True
+  embedded = DECODER.apply(
+    {"params": params}, jnp.asarray(tokens), method=Decoder.embed
+  )
+  return embedded, jnp.asarray(mask)
+
+
+def test_wide_beam_search_with_end_token_equals_exhaustive_scoring(params):
+  """Beams that end after one token keep their score and slot: with W = V,
+  two steps are exhaustive over {(eos,)} and every (a, b) with a != eos.
+  The prompts are soft (embeddings), right-padded."""
+  embedded, mask = _right_padded_embeddings(params)
+  # The end token: the likeliest first token of both prompts together, so
+  # that ended beams do make the top W.
+  first = [
+    _sequence_logprobs(params, p, [(t,) for t in range(VOCAB)]) for p in PROMPTS
+  ]
+  eos = max(range(VOCAB), key=lambda t: sum(f[(t,)] for f in first))
+  beams = beam_search(
+    DECODER,
+    params,
+    prompt_embeddings=embedded,
+    prompt_mask=mask,
+    num_beams=VOCAB,
+    max_new_tokens=2,
+    eos_ids=(eos,),
+  )
+  for row, prompt in enumerate(PROMPTS):
+    pairs = [
+      p for p in itertools.product(range(VOCAB), repeat=2) if p[0] != eos
+    ]
+    scored = _sequence_logprobs(params, prompt, pairs)
+    scored[(eos, CONFIG.pad_id)] = first[row][(eos,)]
+    best = sorted(scored, key=scored.get, reverse=True)[:VOCAB]
+    assert (eos, CONFIG.pad_id) in best  # the test covers an ended beam
+    got = [tuple(t) for t in beams.tokens[row].tolist()]
+    assert got == best
+    np.testing.assert_allclose(
+      beams.scores[row], [scored[p] for p in best], atol=1e-4
+    )
+    lengths = [1 if p[0] == eos else 2 for p in best]
+    assert beams.lengths[row].tolist() == lengths
+
+
+# Gemma-like: local (sliding-window) and global layers, soft-capped
+# attention, q/k norms: every mask and logit path of a shared prefix.
+LOCAL_CONFIG = LlmConfig(
+  vocab_size=VOCAB,
+  embed_dim=32,
+  mlp_dim=48,
+  num_layers=2,
+  num_heads=4,
+  num_kv_heads=2,
+  head_dim=8,
+  qk_norm=True,
+  attn_softcap=5.0,
+  layer_types=(LOCAL, GLOBAL),
+  sliding_window=3,
+  eos_ids=(15,),
+  pad_id=0,
+)
+
+
+@pytest.mark.parametrize(
+  "config", [CONFIG, LOCAL_CONFIG], ids=["llama", "local"]
+)
+def test_shared_prefix_decoding_equals_copied_prompt_cache(config):
+  """Rows reading their prompt through a SharedPrefix get the logits of rows
+  that hold a copy of the prompt's cache, step after step."""
+  decoder = Decoder(config)
+  tokens, mask = _left_padded()
+  variables = jax.jit(decoder.init)(jax.random.key(2), tokens)
+  params = jax.tree.map(lambda p: p * 4.0, variables["params"])
+  group, steps = 3, 4
+  batch = tokens.shape[0]
+  logits, prompt = prefill(decoder, params, tokens, None, mask, WIDTH + steps)
+  rows = jnp.repeat(jnp.arange(batch), group)
+  copied = jax.tree.map(lambda x: x[rows] if x.ndim else x, prompt)
+  _, short = prefill(decoder, params, tokens, None, mask, WIDTH)
+  prefix = shared_prefix(short)
+  own = init_cache(config, batch * group, steps).replace(
+    next_positions=short.next_positions[rows]
+  )
+  step = jax.jit(decode_step, static_argnums=0)
+  rng = np.random.default_rng(0)
+  for t in range(steps):
+    next_tokens = jnp.asarray(rng.integers(1, VOCAB, batch * group), jnp.int32)
+    # A row that ended feeds padding from then on.
+    is_real = jnp.asarray(np.arange(batch * group) % group != t % group)
+    want, copied = step(decoder, params, next_tokens, is_real, copied)
+    got, own = step(decoder, params, next_tokens, is_real, own, prefix)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  assert logits.shape == (batch, VOCAB)

@@ -1,9 +1,15 @@
 """Batched beam search with a hook that restricts each beam's next tokens.
 
-The prompt is prefilled once per row, its cache copied to the row's W beams,
-and then every step extends each beam by one token, keeping the W best of
-the W x V candidates by summed log-probability. A finished beam (it emitted
-an end token) keeps its score and only "extends" by padding.
+The prompt is prefilled once per row and then every step extends each beam
+by one token, keeping the W best of the W x V candidates by summed
+log-probability. A finished beam (it emitted an end token) keeps its score
+and only "extends" by padding.
+
+The prompt's cache is kept once per row, shared by the row's W beams
+(``kv_cache.SharedPrefix``); each beam's own cache holds only its generated
+tokens. So reordering beams after a step gathers N slots per beam rather
+than the prompt's L + N, and attention reads each prompt's keys and values
+once per row rather than once per beam.
 
 Constraints: ``allowed_fn(generated, step, data)`` receives int32[B, W, N],
 the tokens each beam has generated so far (``pad_id`` beyond ``step``), the
@@ -25,7 +31,7 @@ from flax import struct
 
 from ilm_jax.decode.prefill import decode_step, prefill
 from ilm_jax.models.llm.decoder import Decoder
-from ilm_jax.models.llm.kv_cache import KVCache
+from ilm_jax.models.llm.kv_cache import KVCache, init_cache, shared_prefix
 
 AllowedFn = Callable[[jax.Array, jax.Array, object], jax.Array]
 
@@ -93,16 +99,23 @@ def _beam_search(
   prompt = prompt_tokens if prompt_tokens is not None else prompt_embeddings
   batch, length = prompt.shape[:2]
   width, steps = num_beams, max_new_tokens
-  logits, cache = prefill(
+  logits, prompt_cache = prefill(
     decoder,
     params,
     prompt_tokens,
     prompt_embeddings,
     prompt_mask,
-    cache_size=length + steps,
+    cache_size=length,
   )
-  # Every beam of a row starts as a copy of the row's prompt.
-  cache = _select_rows(cache, jnp.repeat(jnp.arange(batch), width))
+  prefix = shared_prefix(prompt_cache)
+  # Each beam's own cache: its N generated tokens, positioned after its
+  # row's prompt.
+  cache = init_cache(
+    decoder.config, batch * width, steps, prompt_cache.keys[0].dtype
+  )
+  cache = cache.replace(
+    next_positions=jnp.repeat(prompt_cache.next_positions, width)
+  )
   vocab = logits.shape[-1]
   eos = jnp.asarray(eos_ids, jnp.int32)
   # Identical beams would fill the top-W with duplicates: all but one start
@@ -149,12 +162,28 @@ def _beam_search(
     done = was_done | jnp.isin(token, eos)
     rows = (jnp.arange(batch)[:, None] * width + parent).reshape(-1)
     cache = _select_rows(s["cache"], rows)
-    logits, cache = decode_step(
-      decoder, params, token.reshape(-1), ~was_done.reshape(-1), cache
-    )
+
+    def advance(cache):
+      logits, cache = decode_step(
+        decoder,
+        params,
+        token.reshape(-1),
+        ~was_done.reshape(-1),
+        cache,
+        prefix,
+      )
+      return logits.reshape(batch, width, vocab), cache
+
+    def stop(cache):
+      return s["logits"], cache
+
+    # After the last step, or once every beam ended, nothing reads the next
+    # logits: skip the forward (a real branch on CPU and accelerators).
+    more = (s["step"] + 1 < steps) & ~jnp.all(done)
+    logits, cache = jax.lax.cond(more, advance, stop, cache)
     return dict(
       step=s["step"] + 1,
-      logits=logits.reshape(batch, width, vocab),
+      logits=logits,
       cache=cache,
       scores=scores,
       done=done,

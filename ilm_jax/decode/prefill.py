@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from ilm_jax.models.llm.decoder import Decoder
-from ilm_jax.models.llm.kv_cache import KVCache, init_cache
+from ilm_jax.models.llm.kv_cache import KVCache, SharedPrefix, init_cache
 
 
 def last_real_index(mask: jax.Array) -> jax.Array:
@@ -71,6 +71,7 @@ def decode_step(
   tokens: jax.Array,
   is_real: jax.Array,
   cache: KVCache,
+  prefix: SharedPrefix | None = None,
 ) -> tuple[jax.Array, KVCache]:
   """Feeds one token per row.
 
@@ -81,6 +82,8 @@ def decode_step(
     is_real: bool[B]; False for rows that already finished (the token is
       padding that later tokens never attend to).
     cache: the cache so far.
+    prefix: a SharedPrefix of R = B / G prompts the rows continue (``cache``
+      then holds only their tokens after it), or None.
 
   Returns:
     (float32[B, V] next-token logits, updated cache).
@@ -90,5 +93,6 @@ def decode_step(
     tokens[:, None],
     input_mask=is_real[:, None],
     cache=cache,
+    prefix=prefix,
   )
   return out.logits[:, 0], out.cache

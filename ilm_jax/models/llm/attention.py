@@ -53,6 +53,8 @@ class Attention(nn.Module):
     mask: jax.Array,
     kv: tuple[jax.Array, jax.Array] | None = None,
     write_at: jax.Array | None = None,
+    prefix_kv: tuple[jax.Array, jax.Array] | None = None,
+    prefix_mask: jax.Array | None = None,
   ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
     """Attends from the T new tokens to themselves and the cached ones.
 
@@ -64,6 +66,10 @@ class Attention(nn.Module):
       kv: this layer's cached (keys, values), each float[B, K, S, head_dim],
         or None to attend only within ``x``.
       write_at: int32[], cache slot of the first new token.
+      prefix_kv: a SharedPrefix's (keys, values) of this layer, each
+        float[R, K, P, head_dim] with B = R x G: row ``r * G + j`` also
+        attends to prompt ``r``'s slots, ahead of its own ``kv``.
+      prefix_mask: bool[B, T, P], allowed (query, prefix slot) pairs.
 
     Returns:
       (float[B, T, D] attention output, updated (keys, values) or None).
@@ -134,8 +140,11 @@ class Attention(nn.Module):
     if cfg.attn_softcap is not None:
       logits = jnp.tanh(logits / cfg.attn_softcap) * cfg.attn_softcap
     logits = jnp.where(mask[:, None, None, :, :], logits, _MASKED_LOGIT)
-    probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-    out = jnp.einsum("bkgts,bksd->bkgtd", probs, values)
+    if prefix_kv is None:
+      probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+      out = jnp.einsum("bkgts,bksd->bkgtd", probs, values)
+    else:
+      out = self._with_prefix(grouped, logits, values, prefix_kv, prefix_mask)
     # Back to token-major [B, T, H * head_dim]: one small activation copy, so
     # that the output kernel is read as the plain [H * head_dim, D] matrix.
     out = jnp.transpose(out, (0, 3, 1, 2, 4)).reshape(b, t, h * hd)
@@ -144,3 +153,48 @@ class Attention(nn.Module):
     )
     out = out @ o_kernel.astype(self.dtype).reshape(h * hd, d)
     return out, new_kv
+
+  def _with_prefix(self, grouped, logits, values, prefix_kv, prefix_mask):
+    """Attention over a shared prefix's slots and the rows' own cache.
+
+    Args:
+      grouped: float[B, K, G', T, head_dim] queries (G' query heads per KV
+        head), B = R x G rows.
+      logits: float32[B, K, G', T, S] masked logits over the rows' own slots.
+      values: float[B, K, S, head_dim] the rows' own values.
+      prefix_kv: (keys, values), each float[R, K, P, head_dim].
+      prefix_mask: bool[B, T, P].
+
+    Returns:
+      float[B, K, G', T, head_dim], the softmax over both sets of slots.
+    """
+    cfg = self.config
+    prefix_k, prefix_v = (x.astype(self.dtype) for x in prefix_kv)
+    b, k, heads, t, hd = grouped.shape
+    rows, length = prefix_k.shape[0], prefix_k.shape[2]
+    group = b // rows
+    # [R, K, G x G' x T, head_dim]: the G rows of a prompt are extra query
+    # rows of one matmul per (prompt, KV head), so the prompt's keys and
+    # values are read once per prompt rather than once per row.
+    q = grouped.reshape(rows, group, k, heads, t, hd)
+    q = jnp.transpose(q, (0, 2, 1, 3, 4, 5))
+    prefix_logits = jnp.einsum(
+      "rkjgtd,rkpd->rkjgtp", q, prefix_k, preferred_element_type=jnp.float32
+    )
+    prefix_logits = prefix_logits * cfg.attention_scale
+    if cfg.attn_softcap is not None:
+      prefix_logits = jnp.tanh(prefix_logits / cfg.attn_softcap)
+      prefix_logits = prefix_logits * cfg.attn_softcap
+    mask = prefix_mask.reshape(rows, group, t, length)[:, None, :, None]
+    prefix_logits = jnp.where(mask, prefix_logits, _MASKED_LOGIT)
+    # One softmax over prefix and own slots; the rows' own logits (a few
+    # generated slots) move to the prefix's layout, not the other way.
+    own = logits.reshape(rows, group, k, heads, t, -1)
+    own = jnp.transpose(own, (0, 2, 1, 3, 4, 5))
+    both = jnp.concatenate([prefix_logits, own], axis=-1)
+    probs = jax.nn.softmax(both, axis=-1).astype(self.dtype)
+    out = jnp.einsum("rkjgtp,rkpd->rkjgtd", probs[..., :length], prefix_v)
+    own_v = values.reshape(rows, group, k, -1, hd)
+    out = out + jnp.einsum("rkjgts,rjksd->rkjgtd", probs[..., length:], own_v)
+    out = jnp.transpose(out, (0, 2, 1, 3, 4, 5))
+    return out.reshape(b, k, heads, t, hd)

@@ -57,13 +57,17 @@ class DecoderLayer(nn.Module):
     mask: jax.Array,
     kv: tuple[jax.Array, jax.Array] | None,
     write_at: jax.Array | None,
+    prefix_kv: tuple[jax.Array, jax.Array] | None = None,
+    prefix_mask: jax.Array | None = None,
   ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
     """See ``Attention.__call__``; x is the raw residual stream here."""
     cfg = self.config
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     norm = dict(eps=cfg.norm_eps, plus_one=cfg.norm_plus_one, **kw)
     h = RMSNorm(**norm, name="pre_attn_norm")(x)
-    h, kv = Attention(cfg, **kw, name="attn")(h, cos, sin, mask, kv, write_at)
+    h, kv = Attention(cfg, **kw, name="attn")(
+      h, cos, sin, mask, kv, write_at, prefix_kv, prefix_mask
+    )
     if cfg.sandwich_norms:
       h = RMSNorm(**norm, name="post_attn_norm")(h)
     x = x + h.astype(x.dtype)

@@ -131,6 +131,7 @@ class Decoder(nn.Module):
     logits_at: jax.Array | None = None,
     return_logits: bool = True,
     segment_ids: jax.Array | None = None,
+    prefix: kvc.SharedPrefix | None = None,
   ) -> DecoderOutput:
     """Runs the decoder over T new tokens.
 
@@ -152,6 +153,10 @@ class Decoder(nn.Module):
         segment s > 0 attend only to segment 0 and to their own segment
         (``kv_cache.context_without_cache``). Give ``positions`` with it so
         each continuation continues the shared prefix's positions.
+      prefix: a ``kv_cache.SharedPrefix`` of R prompts (with a cache of B =
+        R x G rows): rows ``r * G .. r * G + G - 1`` attend to prompt r's
+        slots ahead of their own cache, which then holds only what follows
+        the prompt (its ``next_positions`` continue the prompt's).
 
     Returns:
       A DecoderOutput (logits, final hidden states, updated cache).
@@ -177,6 +182,8 @@ class Decoder(nn.Module):
       positions = kvc.default_positions(input_mask, start)
     positions = positions.astype(jnp.int32)
     window = cfg.sliding_window if LOCAL in cfg.layer_types else None
+    if prefix is not None and cache is None:
+      raise ValueError("Decoder: a shared prefix needs a cache")
     if cache is None:
       ctx = kvc.context_without_cache(
         positions, input_mask, window, segment_ids
@@ -184,7 +191,9 @@ class Decoder(nn.Module):
     elif segment_ids is not None:
       raise ValueError("Decoder: segment_ids work without a cache only")
     else:
-      cache, ctx = kvc.advance_cache(cache, positions, input_mask, window)
+      cache, ctx = kvc.advance_cache(
+        cache, positions, input_mask, window, prefix
+      )
 
     global_angles = rope_angles(positions, cfg.rope, cfg.head_dim)
     local_angles = global_angles
@@ -198,7 +207,13 @@ class Decoder(nn.Module):
       cos, sin = local_angles if is_local else global_angles
       mask = ctx.local_mask if is_local else ctx.global_mask
       kv = None if cache is None else (cache.keys[i], cache.values[i])
-      x, kv = layer(x, cos, sin, mask, kv, ctx.write_at)
+      prefix_kv = prefix_mask = None
+      if prefix is not None:
+        prefix_kv = (prefix.keys[i], prefix.values[i])
+        prefix_mask = (
+          ctx.prefix_local_mask if is_local else ctx.prefix_global_mask
+        )
+      x, kv = layer(x, cos, sin, mask, kv, ctx.write_at, prefix_kv, prefix_mask)
       if kv is not None:
         new_keys.append(kv[0])
         new_values.append(kv[1])

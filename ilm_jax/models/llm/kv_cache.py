@@ -8,6 +8,11 @@ restricted to real tokens, and (for local layers) to a window measured in
 positions. This one rule serves left-padded prompts, right-padded prompts
 (the pad slots simply stay invalid while generation appends after them) and
 prompts made of input embeddings alike.
+
+A ``SharedPrefix`` is a prompt's filled cache read by several rows at once:
+beam search keeps the prompt's keys and values once per prompt and only the
+generated tokens' per beam, so neither the prompt's cache is copied per beam
+nor its slots are read once per beam by attention.
 """
 
 from __future__ import annotations
@@ -45,6 +50,46 @@ class KVCache:
     return self.slot_valid.shape[1]
 
 
+@struct.dataclass
+class SharedPrefix:
+  """Cached keys and values of R prompts, each read by G consecutive rows.
+
+  A decoder call of R x G rows with a prefix attends, from row ``r * G + j``,
+  to prompt ``r``'s slots here and then to its own cache: what it would see
+  if the prompt's slots were copied into each row's cache ahead of its own.
+
+  Attributes:
+    keys: per layer, float[R, num_kv_heads, P, head_dim] (after RoPE).
+    values: per layer, float[R, num_kv_heads, P, head_dim].
+    slot_valid: bool[R, P], the slot holds a real prompt token.
+    slot_positions: int32[R, P], RoPE position of each slot's token.
+  """
+
+  keys: tuple[jax.Array, ...]
+  values: tuple[jax.Array, ...]
+  slot_valid: jax.Array
+  slot_positions: jax.Array
+
+  @property
+  def rows(self) -> int:
+    return self.slot_valid.shape[0]
+
+
+def shared_prefix(cache: KVCache) -> SharedPrefix:
+  """The filled slots of a prompt cache as a prefix for several rows each.
+
+  Args:
+    cache: a cache after prefill; all its slots become the prefix, so
+      prefill it with ``size`` equal to the prompt length.
+  """
+  return SharedPrefix(
+    keys=cache.keys,
+    values=cache.values,
+    slot_valid=cache.slot_valid,
+    slot_positions=cache.slot_positions,
+  )
+
+
 def init_cache(
   config: LlmConfig, batch_size: int, size: int, dtype=jnp.float32
 ) -> KVCache:
@@ -79,11 +124,16 @@ class AttentionContext:
     global_mask: bool[B, T, S], allowed (query, key) pairs of global layers.
     local_mask: bool[B, T, S], the same restricted to the sliding window.
     write_at: int32[], cache slot of the first new token (0 without cache).
+    prefix_global_mask: bool[B, T, P], allowed (query, prefix slot) pairs of
+      global layers when a SharedPrefix is read, else None.
+    prefix_local_mask: bool[B, T, P], the same for local layers, or None.
   """
 
   global_mask: jax.Array
   local_mask: jax.Array
   write_at: jax.Array
+  prefix_global_mask: jax.Array | None = None
+  prefix_local_mask: jax.Array | None = None
 
 
 def default_positions(
@@ -143,11 +193,30 @@ def context_without_cache(
   return AttentionContext(global_mask, local_mask, jnp.zeros((), jnp.int32))
 
 
+def _prefix_masks(prefix: SharedPrefix, positions, window):
+  """(global, local) bool[B, T, P] masks of B = R x G query rows over the
+  prefix's slots: every valid slot precedes every new token."""
+  rows, num_new = positions.shape
+  group = rows // prefix.rows
+  # Repeating the small [R, P] bookkeeping per row is cheap; the keys and
+  # values themselves are never repeated.
+  valid = jnp.repeat(prefix.slot_valid, group, axis=0)
+  global_mask = jnp.broadcast_to(
+    valid[:, None, :], (rows, num_new, valid.shape[1])
+  )
+  if window is None:
+    return global_mask, global_mask
+  k_positions = jnp.repeat(prefix.slot_positions, group, axis=0)
+  distance = positions[:, :, None] - k_positions[:, None, :]
+  return global_mask, global_mask & (distance < window)
+
+
 def advance_cache(
   cache: KVCache,
   positions: jax.Array,
   input_mask: jax.Array,
   window: int | None,
+  prefix: SharedPrefix | None = None,
 ) -> tuple[KVCache, AttentionContext]:
   """Records T new tokens in the slot bookkeeping and builds their masks.
 
@@ -158,6 +227,8 @@ def advance_cache(
     positions: int32[B, T] of the new tokens.
     input_mask: bool[B, T], real new tokens.
     window: sliding window of local layers, or None.
+    prefix: a SharedPrefix of B / G prompts the rows also attend to (their
+      own cache then holds only what follows the prompt), or None.
 
   Returns:
     (cache with updated slot_valid / slot_positions / end / next_positions,
@@ -184,4 +255,13 @@ def advance_cache(
     end=at + num_new,
     next_positions=next_positions.astype(jnp.int32),
   )
-  return cache, AttentionContext(global_mask, local_mask, at)
+  prefix_global = prefix_local = None
+  if prefix is not None:
+    if positions.shape[0] % prefix.rows:
+      raise ValueError(
+        f"{positions.shape[0]} rows do not share {prefix.rows} prefixes"
+      )
+    prefix_global, prefix_local = _prefix_masks(prefix, positions, window)
+  return cache, AttentionContext(
+    global_mask, local_mask, at, prefix_global, prefix_local
+  )
