@@ -67,9 +67,34 @@ single-token labels (letters, the CPU recipes) each naive forward is the
 prompt alone, N times over; identifiers give every candidate its own
 tokens.
 
+With --generate, the constrained beam search of item evaluation is compared
+instead (nothing else runs): ``stage2.eval.batch_size`` users' sequential
+test prompts, ``stage2.eval.num_beams`` beams that may only spell the
+catalogue's identifiers (the trie of ``stage2.build_trie``). Ours: the
+evaluation's ``generative.rank_items`` whole: prompts collated, their
+embeddings (Q-Former included), cut to the longest prompt (rounded up to
+``generative.TRIM_MULTIPLE``), ``beam_search`` (each prompt prefilled once
+with the identifiers' common start, e.g. ``item_``, its cache shared by its
+beams) and the ranked items.
+Theirs: transformers' ``generate(num_beams=W, num_return_sequences=W,
+prefix_allowed_tokens_fn=<the same trie>, do_sample=False,
+length_penalty=0.0, early_stopping=False)`` on the same LLM weights, given
+our spliced prompt embeddings (computed once, outside its timing) as
+left-padded ``inputs_embeds`` with their attention mask, and the same
+ranked items read from its beams. Length penalty 0 scores beams by summed
+log-probability, as ours; early_stopping=False stops only when no running
+beam can still beat a finished one, which is exact at that penalty. Both
+must return the same top item per prompt (asserted; an exact tie of scores
+may pick either), then each is timed (medians of --steps calls after a
+warm-up). Beam tokens/s counts B x W x N (N = the longest identifier) over
+a call's time; the last line is the ratio transformers' time / ours;
+writes ``bench_generate.json``.
+
   python launch/bench_stage2.py --config=configs/default.py \
       --workdir=workdir/bench_stage2
   python launch/bench_stage2.py --config=configs/default.py --rerank \
+      --workdir=workdir/bench_stage2
+  python launch/bench_stage2.py --config=configs/default.py --generate \
       --workdir=workdir/bench_stage2
   python launch/bench_stage2.py --config=configs/default.py:small \
       --config.stage2.llm=tiny --steps=1 --workdir=workdir/bench_stage2_smoke
@@ -106,6 +131,7 @@ from ilm_jax.data.stage2.sampling import (
   evaluation_prompts,
   text_evaluation_prompts,
 )
+from ilm_jax.decode.item_trie import ItemTrie, ranked_items
 from ilm_jax.eval import evaluations as E
 from ilm_jax.eval import generative
 from ilm_jax.eval.full_ranking import dot_product_scorer
@@ -148,8 +174,16 @@ _RERANK = flags.DEFINE_bool(
   "against transformers' one forward per candidate (bench_rerank.json).",
 )
 
+_GENERATE = flags.DEFINE_bool(
+  "generate",
+  False,
+  "Instead of training and generation, time our constrained beam search "
+  "against transformers' generate with the same trie (bench_generate.json).",
+)
+
 # Parity at the same weights, float32 (reductions differ): the first
-# step's loss, relative; re-ranking scores (log-likelihood sums), absolute.
+# step's loss, relative; re-ranking scores (log-likelihood sums), absolute;
+# beam scores likewise.
 _LOSS_RTOL = 1e-4
 _SCORE_ATOL = 1e-3
 
@@ -613,6 +647,219 @@ def _rerank_comparison(built: _Built, peak, threads) -> None:
   )
 
 
+def trie_prefix_fn(trie: ItemTrie):
+  """transformers' ``prefix_allowed_tokens_fn`` walking our trie.
+
+  ``fn(batch_id, generated)`` gets a beam's tokens so far (only generated
+  ones: the prompt is ``inputs_embeds``) and returns the tokens that keep
+  it on an identifier, as ``allowed_by_trie`` allows ours.
+  """
+  alphabet = np.flatnonzero(
+    trie.column_of_token < trie.transitions.shape[1] - 1
+  )
+  alphabet = alphabet[np.argsort(trie.column_of_token[alphabet])]
+  # Per node, its allowed token ids: the walk is then one table look-up per
+  # generated token.
+  allowed = [
+    alphabet[row[: len(alphabet)] >= 0].tolist() for row in trie.transitions
+  ]
+  columns = trie.column_of_token
+
+  def fn(batch_id, generated):
+    del batch_id
+    node = 0
+    for token in generated.tolist():
+      node = int(trie.transitions[node, columns[token]])
+      if node < 0:
+        return []
+    return allowed[node]
+
+  return fn
+
+
+def left_padded(x: np.ndarray, mask: np.ndarray):
+  """Right-padded float[B, L, D] prompts as transformers' batched generate
+  wants them: (float32[B, L', D] left-padded, int64[B, L'] attention mask),
+  L' the longest prompt."""
+  lengths = mask.sum(axis=1)
+  width = int(lengths.max())
+  out = torch.zeros(x.shape[0], width, x.shape[2])
+  attention = torch.zeros(x.shape[0], width, dtype=torch.long)
+  for r, n in enumerate(lengths):
+    out[r, width - n :] = torch.from_numpy(np.asarray(x[r][mask[r]]))
+    attention[r, width - n :] = 1
+  return out, attention
+
+
+def _top_items_agree(ours, theirs) -> list[bool]:
+  """Per prompt, whether both searches put the same item first, or items
+  whose scores (ours) tie within ``_SCORE_ATOL``.
+
+  Args:
+    ours, theirs: (int[B, W] ranked items, float[B, W] beam scores).
+  """
+  out = []
+  for (oi, os_), (ti, ts) in zip(zip(*ours), zip(*theirs)):
+    same = oi[0] == ti[0]
+    tied = abs(float(os_[0]) - float(ts[0])) < _SCORE_ATOL and (
+      ti[0] in oi.tolist()
+      and abs(float(os_[0]) - float(os_[oi.tolist().index(ti[0])]))
+      < _SCORE_ATOL
+    )
+    out.append(bool(same or tied))
+  return out
+
+
+def _generate_comparison(built: _Built, threads) -> None:
+  """Times one batch of constrained beam search both ways; writes
+  ``bench_generate.json`` (module docstring, --generate)."""
+  config, split, model, cf = built.config, built.split, built.model, built.cf
+  llm_config, llm_params = built.llm_config, built.llm_params
+  c = config.stage2
+  b, width = int(c.eval.batch_size), int(c.eval.num_beams)
+  buckets = tuple(c.length_buckets)
+  users = np.arange(b)
+  prompts = evaluation_prompts(
+    split, "test", False, users, P.SEQUENTIAL, c.max_history
+  )
+  trie = stage2.build_trie(built.encoder, llm_config.vocab_size)
+  steps = trie.max_length
+  chunk, batch = next(prompt_batches(built.encoder, prompts, b, buckets))
+  # Those of the first batch (one length bucket): ours then searches the
+  # very rows (padding repeats included) transformers is given.
+  prompts = [prompts[i] for i in chunk]
+  params = nn.unbox(built.boxed)
+  # The weights stay placed, as transformers' stay in its model.
+  llm_params = jax.device_put(llm_params)
+  mask = np.asarray(batch["input_mask"])
+  x = jax.jit(model.prompt_embeddings)(params, llm_params, cf, batch)
+  x, attention = left_padded(np.asarray(x), mask)
+  llm = R.llama_from_params(llm_config, llm_params)
+  allowed = trie_prefix_fn(trie)
+  eos = [int(i) for i in llm_config.eos_ids]
+  inputs = (model, params, llm_params, cf, built.encoder, prompts, trie)
+  common = dict(batch_size=b, buckets=buckets, num_beams=width)
+
+  def ours():
+    return generative.rank_items(*inputs, **common)
+
+  def generate(scores=False):
+    with torch.inference_mode():
+      return llm.generate(
+        inputs_embeds=x,
+        attention_mask=attention,
+        num_beams=width,
+        num_return_sequences=width,
+        max_new_tokens=steps,
+        prefix_allowed_tokens_fn=allowed,
+        do_sample=False,
+        length_penalty=0.0,
+        early_stopping=False,
+        eos_token_id=eos,
+        pad_token_id=llm_config.pad_id,
+        return_dict_in_generate=scores,
+        output_scores=scores,
+      )
+
+  def theirs():
+    tokens = generate().numpy().reshape(b, width, -1)
+    return ranked_items(trie, tokens)
+
+  first, _ = _timed_value(ours)
+  # The first batch's beams: every prompt here, padded rows included, as
+  # the rows given to transformers.
+  _, beams = next(generative.item_beams(*inputs, **common))
+  tokens, scores = np.asarray(beams.tokens), np.asarray(beams.scores)
+  ours_out = (ranked_items(trie, tokens), scores)
+  parity = {}
+  for n in threads:  # also transformers' warm-up at each thread count
+    torch.set_num_threads(n)
+    out = generate(scores=True)
+    their_tokens = out.sequences.numpy().reshape(b, width, -1)
+    their_scores = out.sequences_scores.numpy().reshape(b, width)
+    agree = _top_items_agree(
+      ours_out, (ranked_items(trie, their_tokens), their_scores)
+    )
+    overlap = [
+      len(set(o[o >= 0]) & set(t[t >= 0])) / width
+      for o, t in zip(ours_out[0], ranked_items(trie, their_tokens))
+    ]
+    parity[n] = {
+      "top_item_agrees": agree,
+      "max_top_score_diff": float(
+        np.abs(ours_out[1][:, 0] - their_scores[:, 0]).max()
+      ),
+      "list_overlap": float(np.mean(overlap)),
+    }
+  print(f"beam search parity (top item per prompt, scores): {parity}")
+  for n, p in parity.items():
+    assert all(p["top_item_agrees"]), (n, p)
+  times = {"ours": [], **{n: [] for n in threads}}
+  for _ in range(_STEPS.value):
+    times["ours"].append(_timed(ours))
+    for n in threads:
+      torch.set_num_threads(n)
+      times[n].append(_timed(theirs))
+  seconds = {k: statistics.median(v) for k, v in times.items()}
+  beam_tokens = b * width * steps
+  best = min(threads, key=seconds.get)
+  ratio = seconds[best] / seconds["ours"]
+  result = {
+    "config": {
+      "llm": c.llm,
+      "batch_size": b,
+      "num_beams": width,
+      "identifiers": int((trie.item_at_node >= 0).sum()),
+      "max_new_tokens": steps,
+      "prompt_bucket": int(mask.shape[1]),
+      "prompt_cut": generative.trimmed_length(mask),
+      "forced_tokens": len(trie.forced_prefix),
+      "prompt_lengths": mask.sum(axis=1).tolist(),
+      "beam_tokens": beam_tokens,
+    },
+    "ours": {
+      "first": first,
+      "batch": seconds["ours"],
+      "beam_tokens_per_s": beam_tokens / seconds["ours"],
+    },
+    "torch": {
+      n: {"batch": seconds[n], "beam_tokens_per_s": beam_tokens / seconds[n]}
+      for n in threads
+    },
+    "parity": parity,
+    "threads": {**_threads(threads), "xla_flags": os.environ.get("XLA_FLAGS")},
+    "versions": _versions(),
+    "seconds": times,
+    "ratio": ratio,
+    "ratio_torch_threads": best,
+  }
+  _write("bench_generate.json", result)
+  print(
+    f"constrained beam search, {b} prompts (bucket {mask.shape[1]}) x "
+    f"{width} beams over {result['config']['identifiers']} identifiers "
+    f"(up to {steps} tokens), {llm_config.name}"
+  )
+  print(
+    f"threads: ours = XLA CPU, {_threads(threads)['xla_cpu']} intra-op "
+    f"threads (XLA_FLAGS={os.environ.get('XLA_FLAGS')!r}); PyTorch = "
+    f"torch.set_num_threads(n), n in {threads}"
+  )
+  print(f"{'':22s} {'s/batch':>8s} {'beam tok/s':>10s}")
+  print(
+    f"{'ours (JAX)':22s} {seconds['ours']:8.3f} "
+    f"{beam_tokens / seconds['ours']:10.1f}"
+  )
+  for n in threads:
+    print(
+      f"{f'transformers n={n}':22s} {seconds[n]:8.3f} "
+      f"{beam_tokens / seconds[n]:10.1f}"
+    )
+  print(
+    "ratio transformers/ours (beam search batch time, > 1: ours faster): "
+    f"{ratio:.2f}x (PyTorch n={best})"
+  )
+
+
 def _train_and_generate(built: _Built, peak, thread_counts) -> None:
   """Times training (ours and the reference's), generation and scoring,
   projects the config's stage 2, writes ``bench_stage2.json``."""
@@ -801,17 +1048,24 @@ def main(argv):
   console.start(argv)
   if _STEPS.value < 1:
     raise app.UsageError("--steps must be at least 1 (after the first)")
-  if _RERANK.value and not _REFERENCE.value:
-    raise app.UsageError("--rerank needs the reference: drop --noreference")
+  if (_RERANK.value or _GENERATE.value) and not _REFERENCE.value:
+    raise app.UsageError(
+      "--rerank and --generate need the reference: drop --noreference"
+    )
+  if _RERANK.value and _GENERATE.value:
+    raise app.UsageError("--rerank and --generate: choose one")
   config = _CONFIG.value
   # Only time is measured: a random Q-Former of stage 1's shape (ILM-rand)
   # needs no stage-1 run in a workdir.
   config.stage2.init = "random"
   built = _build(config)
-  peak = mfu.measure_matmul_peak(jax.tree.leaves(built.llm_params)[0].dtype)
   threads = []
   if _REFERENCE.value:
     threads = list(dict.fromkeys(int(n) for n in _TORCH_THREADS.value))
+  if _GENERATE.value:
+    _generate_comparison(built, threads)
+    return
+  peak = mfu.measure_matmul_peak(jax.tree.leaves(built.llm_params)[0].dtype)
   if _RERANK.value:
     _rerank_comparison(built, peak, threads)
   else:

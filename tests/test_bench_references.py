@@ -5,6 +5,8 @@ weights (the benchmarks time it as "the same step"), and ``ilm_jax.mfu``
 must count what a hand count gives. No timing is asserted.
 """
 
+import json
+import subprocess
 import sys
 
 import jax
@@ -216,3 +218,38 @@ def test_matmul_peak_is_measured_on_this_device():
   got = mfu.utilisation(2e9, 1.0, peak)
   assert got["gflops"] == 2.0
   assert got["mfu"] == pytest.approx(2.0 / peak.gflops)
+
+
+def test_generate_mode_compares_beam_search_with_transformers(tmp_path):
+  """``bench_stage2.py --generate`` end to end on the tiny random LLM: both
+  searches ran, and returned the same top item for every prompt."""
+  out = subprocess.run(
+    [
+      sys.executable,
+      str(REPO_ROOT / "launch" / "bench_stage2.py"),
+      "--config=configs/default.py:small",
+      "--config.stage2.llm=tiny",
+      "--config.stage2.eval.batch_size=4",
+      "--config.stage2.eval.num_beams=3",
+      "--generate",
+      "--steps=1",
+      "--torch_threads=1",
+      f"--workdir={tmp_path}",
+    ],
+    cwd=REPO_ROOT,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    env={"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"},
+  )
+  assert out.returncode == 0, out.stderr[-3000:]
+  result = json.loads((tmp_path / "bench_generate.json").read_text())
+  assert result["config"]["batch_size"] == 4
+  assert result["config"]["num_beams"] == 3
+  assert result["config"]["identifiers"] > 100
+  assert result["ours"]["batch"] > 0 and result["torch"]["1"]["batch"] > 0
+  parity = result["parity"]["1"]
+  assert parity["top_item_agrees"] == [True] * 4
+  assert parity["max_top_score_diff"] < 1e-3
+  assert result["ratio"] > 0
+  assert out.stdout.strip().splitlines()[-1].startswith("ratio ")

@@ -81,7 +81,19 @@ def _exhaustive(decoder, params, prompt, seqs):
   return np.asarray(scores)
 
 
-def test_constrained_beams_equal_exhaustive_top_k(tiny):
+def test_forced_prefix_is_the_shared_start_of_identifiers():
+  trie = build_item_trie(_sequences(["item_12", "item_13", "item_2"]), 128)
+  assert trie.forced_prefix == tuple(TOK.encode("item_", add_bos=False))
+  trie = build_item_trie(_sequences(["item_12", "item_13"]), 128)
+  assert trie.forced_prefix == tuple(TOK.encode("item_1", add_bos=False))
+  # One identifier: the chain stops before the end token.
+  trie = build_item_trie(_sequences(["ab"]), 128)
+  assert trie.forced_prefix == tuple(TOK.encode("ab", add_bos=False))
+  assert build_item_trie(_sequences(["a", "b"]), 128).forced_prefix == ()
+
+
+@pytest.mark.parametrize("forced", [False, True], ids=["stepped", "forced"])
+def test_constrained_beams_equal_exhaustive_top_k(tiny, forced):
   decoder, params = tiny
   rng = np.random.default_rng(0)
   # Eight identifiers of different lengths: with 10 beams nothing is pruned,
@@ -108,6 +120,7 @@ def test_constrained_beams_equal_exhaustive_top_k(tiny):
     max_new_tokens=trie.max_length,
     allowed_fn=allowed_by_trie,
     constraint_data=trie.constraint_data,
+    forced_tokens=trie.forced_prefix if forced else (),
   )
   ranked = ranked_items(trie, np.asarray(beams.tokens))
   for r, p in enumerate(prompts):
@@ -142,3 +155,34 @@ def test_constrained_beams_only_spell_valid_identifiers(tiny):
     for toks, item in zip(row_tokens, row):
       n = len(seqs[item])
       assert list(toks[:n]) == seqs[item]
+
+
+def test_forced_prefix_gives_the_stepped_search_when_beams_prune(tiny):
+  """300 identifiers, 10 beams (pruning at every digit), soft and padded
+  prompts of different lengths: feeding "item_1" once per prompt returns
+  the beams, scores and lengths of stepping through it with W beams."""
+  decoder, params = tiny
+  seqs = _sequences([f"item_{c}" for c in np.arange(1001, 1301)])
+  trie = build_item_trie(seqs, 128)
+  assert trie.forced_prefix == tuple(TOK.encode("item_1", add_bos=False))
+  prompts = [TOK.encode("Recommend an item:"), TOK.encode("Next?")]
+  tokens = np.zeros((2, 20), np.int32)
+  mask = np.zeros((2, 20), bool)
+  for r, p in enumerate(prompts):
+    tokens[r, : len(p)], mask[r, : len(p)] = p, True
+  x = decoder.apply({"params": params}, jnp.asarray(tokens), method="embed")
+  kw = dict(
+    prompt_embeddings=x,
+    prompt_mask=jnp.asarray(mask),
+    num_beams=10,
+    max_new_tokens=trie.max_length,
+    allowed_fn=allowed_by_trie,
+    constraint_data=trie.constraint_data,
+  )
+  stepped = beam_search(decoder, params, **kw)
+  forced = beam_search(decoder, params, forced_tokens=trie.forced_prefix, **kw)
+  np.testing.assert_array_equal(forced.tokens, stepped.tokens)
+  np.testing.assert_array_equal(forced.lengths, stepped.lengths)
+  np.testing.assert_allclose(forced.scores, stepped.scores, atol=1e-4)
+  with pytest.raises(ValueError, match="forced_tokens"):
+    beam_search(decoder, params, forced_tokens=(EOS,), **kw)

@@ -18,6 +18,12 @@ jit as a traced argument, so a new catalogue does not recompile), and returns
 bool[B, W, V] (True = allowed) or a float[B, W, V] additive mask. It runs
 inside jit, so it must be written in jax ops; a prefix trie of item
 identifiers stored as arrays plugs in here.
+
+Forced tokens: when the constraint allows a single path for the first K
+tokens (every item identifier starts "item_"), ``forced_tokens`` feeds them
+once per prompt, right after it, instead of spending K steps of W beams on
+one live beam each; their log-probabilities (under the constraint) still
+count in every beam's score, so the result is the same.
 """
 
 from __future__ import annotations
@@ -79,6 +85,7 @@ def _select_rows(cache: KVCache, rows: jax.Array) -> KVCache:
     "pad_id",
     "allowed_fn",
     "length_penalty",
+    "forced_tokens",
   ),
 )
 def _beam_search(
@@ -95,23 +102,52 @@ def _beam_search(
   pad_id,
   allowed_fn,
   length_penalty,
+  forced_tokens,
 ):
   prompt = prompt_tokens if prompt_tokens is not None else prompt_embeddings
   batch, length = prompt.shape[:2]
   width, steps = num_beams, max_new_tokens
+  num_forced = len(forced_tokens)
   logits, prompt_cache = prefill(
     decoder,
     params,
     prompt_tokens,
     prompt_embeddings,
     prompt_mask,
-    cache_size=length,
+    cache_size=length + num_forced,
   )
+  tokens = jnp.full((batch, width, steps), pad_id, jnp.int32)
+  forced_score = jnp.zeros((batch,), jnp.float32)
+  if num_forced:
+    forced = jnp.broadcast_to(
+      jnp.asarray(forced_tokens, jnp.int32), (batch, num_forced)
+    )
+    out = decoder.apply(
+      {"params": params}, forced, cache=prompt_cache
+    )  # logits float32[B, K, V] after each forced token
+    prompt_cache = out.cache
+    # Logits before forced token i: the prompt's for i = 0, then those
+    # after forced token i - 1.
+    before = jnp.concatenate([logits[:, None], out.logits[:, :-1]], axis=1)
+    logprobs = jax.nn.log_softmax(before, axis=-1)
+    for i, token in enumerate(forced_tokens):
+      lp = logprobs[:, i]
+      if allowed_fn is not None:
+        lp = _apply_constraint(
+          lp[:, None],
+          allowed_fn(tokens[:, :1], jnp.asarray(i, jnp.int32), constraint_data),
+        )[:, 0]
+      forced_score = forced_score + lp[:, token]
+      tokens = tokens.at[:, :, i].set(token)
+    logits = out.logits[:, -1]
   prefix = shared_prefix(prompt_cache)
-  # Each beam's own cache: its N generated tokens, positioned after its
-  # row's prompt.
+  # Each beam's own cache: its generated tokens after the forced ones,
+  # positioned after its row's prompt.
   cache = init_cache(
-    decoder.config, batch * width, steps, prompt_cache.keys[0].dtype
+    decoder.config,
+    batch * width,
+    max(steps - num_forced, 1),
+    prompt_cache.keys[0].dtype,
   )
   cache = cache.replace(
     next_positions=jnp.repeat(prompt_cache.next_positions, width)
@@ -120,15 +156,15 @@ def _beam_search(
   eos = jnp.asarray(eos_ids, jnp.int32)
   # Identical beams would fill the top-W with duplicates: all but one start
   # at -inf, so the first step picks W distinct tokens of the row.
-  scores = jnp.where(jnp.arange(width) == 0, 0.0, -jnp.inf)
+  scores = jnp.where(jnp.arange(width) == 0, forced_score[:, None], -jnp.inf)
   state = dict(
-    step=jnp.zeros((), jnp.int32),
+    step=jnp.asarray(num_forced, jnp.int32),
     logits=jnp.repeat(logits, width, axis=0).reshape(batch, width, vocab),
     cache=cache,
-    scores=jnp.broadcast_to(scores, (batch, width)).astype(jnp.float32),
+    scores=scores.astype(jnp.float32),
     done=jnp.zeros((batch, width), bool),
-    tokens=jnp.full((batch, width, steps), pad_id, jnp.int32),
-    lengths=jnp.zeros((batch, width), jnp.int32),
+    tokens=tokens,
+    lengths=jnp.full((batch, width), num_forced, jnp.int32),
   )
 
   def not_finished(s):
@@ -221,6 +257,7 @@ def beam_search(
   length_penalty: float = 0.0,
   eos_ids: Sequence[int] | None = None,
   pad_id: int | None = None,
+  forced_tokens: Sequence[int] = (),
 ) -> Beams:
   """The ``num_beams`` best continuations of each prompt.
 
@@ -240,6 +277,10 @@ def beam_search(
       (0: raw summed log-probabilities).
     eos_ids: ids that end a beam (default: the config's ``eos_ids``).
     pad_id: fills a beam after its end (default: the config's ``pad_id``).
+    forced_tokens: K < N tokens every beam starts with (e.g.
+      ``ItemTrie.forced_prefix``), fed once per prompt; no end tokens. Give
+      them only where the constraint leaves no other choice: then the
+      result equals the search without them, fewer steps of W beams.
 
   Returns:
     Beams (tokens int32[B, W, N], scores float32[B, W], lengths int32[B, W]),
@@ -250,6 +291,13 @@ def beam_search(
   config = decoder.config
   if not 1 <= num_beams <= config.vocab_size:
     raise ValueError(f"beam_search: num_beams={num_beams} out of range")
+  eos_ids = tuple(config.eos_ids if eos_ids is None else eos_ids)
+  forced_tokens = tuple(int(t) for t in forced_tokens)
+  if len(forced_tokens) >= max_new_tokens or set(forced_tokens) & set(eos_ids):
+    raise ValueError(
+      f"beam_search: forced_tokens {forced_tokens} must be fewer than "
+      f"max_new_tokens={max_new_tokens} and hold no end token"
+    )
   return _beam_search(
     decoder,
     params,
@@ -259,8 +307,9 @@ def beam_search(
     constraint_data,
     num_beams=num_beams,
     max_new_tokens=max_new_tokens,
-    eos_ids=tuple(config.eos_ids if eos_ids is None else eos_ids),
+    eos_ids=eos_ids,
     pad_id=int(config.pad_id if pad_id is None else pad_id),
     allowed_fn=allowed_fn,
     length_penalty=float(length_penalty),
+    forced_tokens=forced_tokens,
   )

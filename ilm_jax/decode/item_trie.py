@@ -54,6 +54,25 @@ class ItemTrie:
     """(transitions, column_of_token): what ``allowed_by_trie`` reads."""
     return self.transitions, self.column_of_token
 
+  @property
+  def forced_prefix(self) -> tuple[int, ...]:
+    """Tokens every identifier starts with (e.g. ``item`` ``_``): the chain
+    of nodes from the root with a single child and no item ending there.
+    Beam search feeds them once per prompt (``forced_tokens``)."""
+    token_of_column = np.zeros(self.transitions.shape[1], np.int64)
+    alphabet = np.flatnonzero(self.column_of_token < len(token_of_column) - 1)
+    token_of_column[self.column_of_token[alphabet]] = alphabet
+    out, node = [], 0
+    while True:
+      children = np.flatnonzero(self.transitions[node] >= 0)
+      if len(children) != 1 or self.item_at_node[node] >= 0:
+        return tuple(out)
+      child = int(self.transitions[node, children[0]])
+      if self.item_at_node[child] >= 0:  # the token ends an identifier
+        return tuple(out)
+      out.append(int(token_of_column[children[0]]))
+      node = child
+
   def __call__(self, generated: jax.Array, step: jax.Array) -> jax.Array:
     """bool[B, W, V] allowed next tokens (``allowed_by_trie`` on this trie)."""
     return allowed_by_trie(generated, step, self.constraint_data)

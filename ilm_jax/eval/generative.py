@@ -30,6 +30,10 @@ from ilm_jax.eval.metrics import metrics_from_lists
 from ilm_jax.models.ilm import ItemLanguageModel
 
 DEFAULT_BEAMS = 10
+# Beam search prefills prompts cut to their batch's longest, rounded up to a
+# multiple of this: a short prompt in a long bucket costs its own length,
+# and the search compiles for a few lengths only.
+TRIM_MULTIPLE = 8
 
 
 @functools.lru_cache(maxsize=32)
@@ -116,6 +120,15 @@ def per_prompt(
   return out
 
 
+def trimmed_length(mask: np.ndarray) -> int:
+  """Columns of a right-padded bool[B, L] prompt mask that decoding keeps:
+  the longest prompt rounded up to ``TRIM_MULTIPLE``, at most L (all L
+  when a row is not right-padded)."""
+  longest = int(mask.sum(axis=1).max())
+  keep = min(-(-longest // TRIM_MULTIPLE) * TRIM_MULTIPLE, mask.shape[1])
+  return mask.shape[1] if mask[:, keep:].any() else keep
+
+
 def _embedded_batches(
   model,
   encoder_params,
@@ -126,13 +139,67 @@ def _embedded_batches(
   batch_size,
   buckets,
 ):
-  """Yields (prompt indices, float[B, L, D] embeddings, bool[B, L] mask)."""
+  """Yields (prompt indices, float[B, L', D] embeddings, bool[B, L'] mask),
+  the right-padded prompts cut to L', their longest rounded up to
+  ``TRIM_MULTIPLE`` (at most the bucket's L)."""
   embed = jitted(model.prompt_embeddings)
   for chunk, batch in prompt_batches(
     prompt_encoder, prompts, batch_size, buckets
   ):
     x = embed(encoder_params, llm_params, cf_table, batch)
-    yield chunk, x, batch["input_mask"]
+    mask = np.asarray(batch["input_mask"])
+    keep = trimmed_length(mask)
+    yield chunk, x[:, :keep], mask[:, :keep]
+
+
+def item_beams(
+  model: ItemLanguageModel,
+  encoder_params,
+  llm_params,
+  cf_table: np.ndarray,
+  prompt_encoder: PromptEncoder,
+  prompts,
+  trie: ItemTrie,
+  *,
+  batch_size: int,
+  buckets,
+  num_beams: int = DEFAULT_BEAMS,
+):
+  """Yields (prompt indices, Beams) of prompt batches, constrained by
+  ``trie`` (``rank_items``' search; the Beams hold padded rows too).
+
+  Each prompt is prefilled once, cut to its batch's longest prompt, and
+  its cache shared by its beams; the identifiers' common start
+  (``trie.forced_prefix``) is fed once per prompt.
+  """
+  # Placed once: host (numpy) weights would be copied into every call.
+  encoder_params, llm_params, cf_table = jax.device_put(
+    (encoder_params, llm_params, cf_table)
+  )
+  for chunk, x, mask in _embedded_batches(
+    model,
+    encoder_params,
+    llm_params,
+    cf_table,
+    prompt_encoder,
+    prompts,
+    batch_size,
+    buckets,
+  ):
+    yield (
+      chunk,
+      beam_search(
+        model.decoder,
+        llm_params,
+        prompt_embeddings=x,
+        prompt_mask=mask,
+        num_beams=num_beams,
+        max_new_tokens=trie.max_length,
+        allowed_fn=allowed_by_trie,
+        constraint_data=trie.constraint_data,
+        forced_tokens=trie.forced_prefix[: trie.max_length - 1],
+      ),
+    )
 
 
 def rank_items(
@@ -166,26 +233,18 @@ def rank_items(
     int32[N, W] item indices best first, -1 where a beam spelled no new item.
   """
   out = np.full((len(prompts), num_beams), -1, np.int32)
-  for chunk, x, mask in _embedded_batches(
+  for chunk, beams in item_beams(
     model,
     encoder_params,
     llm_params,
     cf_table,
     prompt_encoder,
     prompts,
-    batch_size,
-    buckets,
+    trie,
+    batch_size=batch_size,
+    buckets=buckets,
+    num_beams=num_beams,
   ):
-    beams = beam_search(
-      model.decoder,
-      llm_params,
-      prompt_embeddings=x,
-      prompt_mask=mask,
-      num_beams=num_beams,
-      max_new_tokens=trie.max_length,
-      allowed_fn=allowed_by_trie,
-      constraint_data=trie.constraint_data,
-    )
     ranked = ranked_items(trie, np.asarray(beams.tokens))
     out[chunk] = ranked[: len(chunk)]
   return out
