@@ -232,6 +232,65 @@ def test_restarting_a_finished_run_keeps_its_results(tmp_path):
   assert (tmp_path / "metrics.json").read_text() == history
 
 
+@pytest.mark.parametrize("evaluated", [False, True])
+def test_killed_after_the_final_checkpoint_keeps_the_training_window(
+  tmp_path, evaluated
+):
+  """A kill between the last checkpoint and the final record (during or
+  just after the final evaluation): the restart reports the training window
+  logged at the last step, and evaluates only if that had not finished."""
+  params, specs, frozen = _toy_setup()
+  evaluations = []
+
+  class KilledError(Exception):
+    pass
+
+  def eval_fn(params, step):
+    evaluations.append(step)
+    if evaluations == [10] and not evaluated:
+      raise KilledError  # during the final evaluation
+    return {"score": 1.0}
+
+  kw = dict(mesh=_mesh(), frozen=frozen, eval_fn=eval_fn)
+  reference = loop.train(
+    _toy_loss,
+    params,
+    specs,
+    ToyData(),
+    _config(),
+    tmp_path / "ref",
+    eval_fn=lambda p, s: {"score": 1.0},
+    mesh=_mesh(),
+    frozen=frozen,
+  )
+  workdir = tmp_path / "run"
+  if evaluated:
+    original = loop.MetricsLog.write_final
+
+    def killed_write_final(self, metrics):
+      raise KilledError  # after the final evaluation was logged
+
+    loop.MetricsLog.write_final = killed_write_final
+  try:
+    with pytest.raises(KilledError):
+      loop.train(_toy_loss, params, specs, ToyData(), _config(), workdir, **kw)
+  finally:
+    if evaluated:
+      loop.MetricsLog.write_final = original
+  again = loop.train(
+    _toy_loss, params, specs, ToyData(), _config(), workdir, **kw
+  )
+  assert again.start_step == 10
+  assert again.metrics == pytest.approx(reference.metrics)
+  assert {"loss", "mse", "grad_norm", "score"} <= set(again.metrics)
+  # The final evaluation ran again only when it had not finished, and is
+  # recorded once.
+  assert evaluations == ([10] if evaluated else [10, 10])
+  history = json.loads((workdir / "metrics.json").read_text())
+  assert [r["step"] for r in history["eval"]] == [10]
+  assert history["final"] == pytest.approx(reference.metrics)
+
+
 def test_non_finite_parameters_are_never_saved(tmp_path):
   # A NaN learning rate keeps the first loss and gradient finite but makes
   # every parameter NaN; a one-step run must not save or report that.

@@ -247,6 +247,25 @@ class TrainResult:
   start_step: int
 
 
+def _final_window(log: MetricsLog, num_steps: int) -> dict:
+  """The training window logged at the final step (without its step)."""
+  for record in reversed(log.history.get("train", [])):
+    if record["step"] == num_steps:
+      return {k: v for k, v in record.items() if k != "step"}
+  return {}
+
+
+def _final_evaluation(log, num_steps, in_loop, eval_fn, params) -> dict:
+  """The final evaluation: the one already logged at ``num_steps`` (after the
+  ``in_loop`` periodic one there), or run and logged now."""
+  done = [r for r in log.history.get("eval", []) if r["step"] == num_steps]
+  if len(done) > in_loop:
+    return {k: v for k, v in done[-1].items() if k != "step"}
+  metrics = eval_fn(params, num_steps)
+  log.write("eval", num_steps, metrics)
+  return dict(metrics)
+
+
 def train(
   loss_fn: LossFn,
   params,
@@ -337,11 +356,27 @@ def train(
     return TrainResult(
       state=state, metrics=dict(log.history["final"]), start_step=start
     )
+  eval_every = int(config.get("eval_every", 0))
+  if start >= num_steps:
+    # Killed after the last checkpoint but before the final record: the
+    # last training window is in the log (it is written before that
+    # checkpoint), and so is the final evaluation if it got that far.
+    try:
+      last_metrics = _final_window(log, num_steps)
+      if eval_fn is not None:
+        in_loop = int(eval_every > 0 and num_steps % eval_every == 0)
+        last_metrics.update(
+          _final_evaluation(log, num_steps, in_loop, eval_fn, state.params)
+        )
+      log.write_final(last_metrics)
+    finally:
+      manager.close()
+      log.close()
+    return TrainResult(state=state, metrics=last_metrics, start_step=start)
   frozen = trainer.place_frozen(frozen)
   last_metrics: dict[str, float] = {}
   window: list[dict] = []
   log_every = max(int(config.log_every), 1)
-  eval_every = int(config.get("eval_every", 0))
   bar = tqdm(
     total=num_steps,
     initial=start,
