@@ -8,23 +8,28 @@ from ilm_jax.drills import resume
 
 # A pipeline stand-in: each stage writes what ``resume.stage_reached`` looks
 # for, after a pause, and skips what an earlier run wrote; --config=forgetful
-# forgets stage 1's result when resumed (a resume that loses something).
+# forgets stage 1's result when resumed (a resume that loses something);
+# --config=fast_resume does no work at all once resumed (a restart that
+# finishes before later kill moments come).
 FAKE_TRAIN = """
 import json, pathlib, sys, time
 args = dict(a[2:].split("=", 1) for a in sys.argv[1:])
 w = pathlib.Path(args["workdir"])
 fresh = not (w / "stage1" / "metrics.json").exists()
+pause = 0.4
+if args["config"] == "fast_resume" and (w / "cf" / "cf_meta.json").exists():
+  pause = 0.0
 def stage(path, content):
   p = w / path
   if not p.exists():
-    time.sleep(0.4)
+    time.sleep(pause)
     p.parent.mkdir(parents=True, exist_ok=True)
     p.write_text(json.dumps(content))
 stage("cf/cf_meta.json", {})
 stage("eval/baselines.json", {})
 stage("stage1/metrics.json", {"final": {"loss": 1.0}})
 stage("stage2/metrics.json", {"final": {"loss": 2.0}})
-time.sleep(0.4)
+time.sleep(pause)
 loss = 1.0 if fresh or args["config"] != "forgetful" else None
 results = {"stage1": {"loss": loss}, "stage2": {"train_seconds": time.time()}}
 (w / "results.json").write_text(json.dumps(results))
@@ -47,6 +52,28 @@ def test_kill_drill_kills_across_stages_and_compares_results(tmp_path):
   report = json.loads((tmp_path / "kill" / "kill_drill.json").read_text())
   assert len({k["stage"] for k in report["kills"]}) >= 2
   assert not report["failures"]
+
+
+def test_kill_drill_draws_again_until_every_kill_has_landed(tmp_path):
+  """A restart that finishes before the later moments come kills nothing
+  there: those moments are drawn again on a fresh workdir, so the drill
+  still reports ``points`` real kills."""
+  launcher = _launcher(tmp_path, "fast_resume")
+  rows = resume.kill_drill(3, tmp_path / "kill", seed=0, launcher=launcher)
+  report = json.loads((tmp_path / "kill" / "kill_drill.json").read_text())
+  assert report["landed"] == 3 and report["rounds"] >= 2
+  assert any(k["stage"] == resume.FINISHED_FIRST for k in report["kills"])
+  assert sum(r.tried for r in rows) == 3
+  assert all(set(r.outcomes) == {"identical"} for r in rows)
+  assert (tmp_path / "kill" / "killed_2" / "results.json").exists()
+
+  # Out of rounds: the moments that never killed are reported as such.
+  rows = resume.kill_drill(
+    3, tmp_path / "once", seed=0, launcher=launcher, max_rounds=1
+  )
+  not_killed = [r for r in rows if "not_killed" in r.outcomes]
+  assert len(not_killed) == 1 and not_killed[0].defects == 0
+  assert sum(r.tried for r in rows) == 3
 
 
 def test_kill_drill_reports_a_resume_that_loses_results(tmp_path):

@@ -248,50 +248,16 @@ def _kill_moments(reference: dict, points: int, rng: random.Random):
   return out
 
 
-def kill_drill(
-  points: int = 20,
-  workdir: str | pathlib.Path = "workdir/drills/kill",
-  config_arg: str = SMALL,
-  seed: int = 0,
-  *,
-  progress: Callable[[int], None] | None = None,
-  launcher: Launcher | None = None,
-) -> list[DrillRow]:
-  """SIGKILLs the pipeline at ``points`` random moments, resumes, compares.
-
-  An uninterrupted reference run (``<workdir>/reference``, reused while the
-  code and ``config_arg`` are unchanged) gives the results and how long each
-  stage takes. Kill moments are drawn uniformly over its duration; each
-  attempt on ``<workdir>/killed`` waits until that workdir has reached the
-  moment's stage, waits the moment's offset into it, and sends SIGKILL to
-  the whole process group. A last attempt runs to the end; its
-  ``results.json`` is compared with the reference's, timings aside.
-
-  Args:
-    points: how many kills.
-    workdir: where the reference and the killed runs go.
-    config_arg: ``--config`` of ``launch/train.py``.
-    seed: draws the kill moments.
-    progress: called with 1 after each kill and after the last attempt.
-    launcher: how to start the pipeline (default: this repository).
+def _kill_round(launcher, killed, log_path, moments, progress):
+  """One workdir killed at ``moments`` in turn, then run to the end.
 
   Returns:
-    One row per stage that kills landed in (outcome ``identical`` or
-    ``results_differ`` for each kill there), plus ``restart`` rows when an
-    attempt failed on its own (``unrecovered``). Details (each kill's stage
-    and time, the differing fields) go to ``<workdir>/kill_drill.json``.
+    (kills: one dict per moment, failures, the differing fields of its final
+    results.json from the reference's, timings aside)
   """
-  launcher = launcher or Launcher(config_arg=config_arg)
-  workdir = pathlib.Path(workdir).absolute()
-  workdir.mkdir(parents=True, exist_ok=True)
-  reference = _reference(launcher, workdir / "reference")
-  killed = workdir / "killed"
   shutil.rmtree(killed, ignore_errors=True)
-  log_path = workdir / "killed.log"
-  log_path.unlink(missing_ok=True)
-  rng = random.Random(seed)
   kills, failures = [], []
-  for stage, offset in _kill_moments(reference, points, rng):
+  for stage, offset in moments:
     with open(log_path, "ab") as log:
       proc = launcher.start(killed, "all", log)
       reached = None
@@ -319,31 +285,95 @@ def kill_drill(
     progress(1)
   if code != 0:
     failures.append({"target": "final run", "exit": code})
-    diff = ["final run failed"]
-  else:
-    diff = differences(
-      without_timings(reference["results"]),
-      without_timings(files.read_json(killed / RESULTS)),
+    return kills, failures, ["final run failed"]
+  return kills, failures, None
+
+
+def kill_drill(
+  points: int = 20,
+  workdir: str | pathlib.Path = "workdir/drills/kill",
+  config_arg: str = SMALL,
+  seed: int = 0,
+  *,
+  progress: Callable[[int], None] | None = None,
+  launcher: Launcher | None = None,
+  max_rounds: int = 3,
+) -> list[DrillRow]:
+  """SIGKILLs the pipeline at ``points`` random moments, resumes, compares.
+
+  An uninterrupted reference run (``<workdir>/reference``, reused while the
+  code and ``config_arg`` are unchanged) gives the results and how long each
+  stage takes. Kill moments are drawn uniformly over its duration; each
+  attempt on ``<workdir>/killed`` waits until that workdir has reached the
+  moment's stage, waits the moment's offset into it, and sends SIGKILL to
+  the whole process group. A last attempt runs to the end; its
+  ``results.json`` is compared with the reference's, timings aside.
+
+  A resumed run skips what it restored, so it can finish before a late
+  moment comes; such moments kill nothing and are drawn again, in another
+  round on a fresh ``<workdir>/killed_<round>``, until ``points`` kills have
+  landed (at most ``max_rounds`` rounds).
+
+  Args:
+    points: how many kills.
+    workdir: where the reference and the killed runs go.
+    config_arg: ``--config`` of ``launch/train.py``.
+    seed: draws the kill moments.
+    progress: called with 1 after each attempt and after each last attempt.
+    launcher: how to start the pipeline (default: this repository).
+    max_rounds: rounds of kills at most.
+
+  Returns:
+    One row per stage that kills landed in (outcome ``identical`` or
+    ``results_differ``, judged by the final run of that kill's round), a
+    row of moments that killed nothing (``not_killed``) when rounds ran out
+    before ``points`` kills landed, plus ``restart`` rows when an attempt
+    failed on its own (``unrecovered``). Details (each kill's round, stage
+    and time, the differing fields) go to ``<workdir>/kill_drill.json``.
+  """
+  launcher = launcher or Launcher(config_arg=config_arg)
+  workdir = pathlib.Path(workdir).absolute()
+  workdir.mkdir(parents=True, exist_ok=True)
+  reference = _reference(launcher, workdir / "reference")
+  log_path = workdir / "killed.log"
+  log_path.unlink(missing_ok=True)
+  rng = random.Random(seed)
+  kills, failures, diffs = [], [], {}
+  outcomes = collections.defaultdict(collections.Counter)
+  landed, round_ = 0, 0
+  while landed < points and round_ < max_rounds:
+    round_ += 1
+    name = "killed" if round_ == 1 else f"killed_{round_}"
+    moments = _kill_moments(reference, points - landed, rng)
+    got, failed, diff = _kill_round(
+      launcher, workdir / name, log_path, moments, progress
     )
-  outcome = "results_differ" if diff else "identical"
-  by_stage = collections.Counter(k["stage"] for k in kills)
+    if diff is None:
+      diff = differences(
+        without_timings(reference["results"]),
+        without_timings(files.read_json(workdir / name / RESULTS)),
+      )
+    diffs[name] = diff[:50]
+    outcome = "results_differ" if diff else "identical"
+    for kill in got:
+      kill["round"] = round_
+      if kill["stage"] != FINISHED_FIRST:
+        landed += 1
+        outcomes[kill["stage"]][outcome] += 1
+    kills += got
+    failures += failed
   rows = []
   for stage in STAGES:
-    if by_stage[stage]:
+    if outcomes[stage]:
       case = "after results.json was written" if stage == "done" else stage
-      rows.append(
-        DrillRow(
-          "kill",
-          f"kill -9 during {case}",
-          collections.Counter({outcome: by_stage[stage]}),
-        )
-      )
-  if by_stage[FINISHED_FIRST]:
+      rows.append(DrillRow("kill", f"kill -9 during {case}", outcomes[stage]))
+  missing = points - landed
+  if missing > 0:
     rows.append(
       DrillRow(
         "kill",
-        "run finished before its kill moment",
-        collections.Counter({"not_killed": by_stage[FINISHED_FIRST]}),
+        "moments the run finished before (rounds ran out)",
+        collections.Counter({"not_killed": missing}),
       )
     )
   if failures:
@@ -359,9 +389,12 @@ def kill_drill(
     {
       "reference_seconds": reference["seconds"],
       "reference_stages": reference["stages"],
+      "points": points,
+      "landed": landed,
+      "rounds": round_,
       "kills": kills,
       "failures": failures,
-      "differences": diff[:50],
+      "differences": diffs,
       "log": str(log_path),
     },
   )
