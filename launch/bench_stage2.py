@@ -812,7 +812,7 @@ def _generate_comparison(built: _Built, threads) -> None:
       "identifiers": int((trie.item_at_node >= 0).sum()),
       "max_new_tokens": steps,
       "prompt_bucket": int(mask.shape[1]),
-      "prompt_cut": generative.trimmed_length(mask),
+      "prompt_cut": generative.trimmed_length(mask, len(trie.forced_prefix)),
       "forced_tokens": len(trie.forced_prefix),
       "prompt_lengths": mask.sum(axis=1).tolist(),
       "beam_tokens": beam_tokens,

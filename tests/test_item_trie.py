@@ -157,19 +157,23 @@ def test_constrained_beams_only_spell_valid_identifiers(tiny):
       assert list(toks[:n]) == seqs[item]
 
 
-def test_forced_prefix_gives_the_stepped_search_when_beams_prune(tiny):
+@pytest.mark.parametrize("width", [20, 40], ids=["appended", "in_padding"])
+def test_forced_prefix_gives_the_stepped_search_when_beams_prune(tiny, width):
   """300 identifiers, 10 beams (pruning at every digit), soft and padded
-  prompts of different lengths: feeding "item_1" once per prompt returns
-  the beams, scores and lengths of stepping through it with W beams."""
+  prompts of different lengths: feeding "item_1" once per prompt (after
+  the longest prompt, 19 tokens, in 20 columns: appended ones; in 40: the
+  padding) returns the beams, scores and lengths of stepping through it
+  with W beams."""
   decoder, params = tiny
   seqs = _sequences([f"item_{c}" for c in np.arange(1001, 1301)])
   trie = build_item_trie(seqs, 128)
   assert trie.forced_prefix == tuple(TOK.encode("item_1", add_bos=False))
   prompts = [TOK.encode("Recommend an item:"), TOK.encode("Next?")]
-  tokens = np.zeros((2, 20), np.int32)
-  mask = np.zeros((2, 20), bool)
+  tokens = np.zeros((2, width), np.int32)
+  mask = np.zeros((2, width), bool)
   for r, p in enumerate(prompts):
     tokens[r, : len(p)], mask[r, : len(p)] = p, True
+  assert 20 - 6 < max(len(p) for p in prompts) <= 40 - 6
   x = decoder.apply({"params": params}, jnp.asarray(tokens), method="embed")
   kw = dict(
     prompt_embeddings=x,

@@ -21,9 +21,10 @@ identifiers stored as arrays plugs in here.
 
 Forced tokens: when the constraint allows a single path for the first K
 tokens (every item identifier starts "item_"), ``forced_tokens`` feeds them
-once per prompt, right after it, instead of spending K steps of W beams on
-one live beam each; their log-probabilities (under the constraint) still
-count in every beam's score, so the result is the same.
+once per prompt, right after it (over its right padding where every row has
+room, else in K appended columns), in the prefill, instead of spending K
+steps of W beams on one live beam each; their log-probabilities (under the
+constraint) still count in every beam's score, so the result is the same.
 """
 
 from __future__ import annotations
@@ -33,9 +34,10 @@ from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
-from ilm_jax.decode.prefill import decode_step, prefill
+from ilm_jax.decode.prefill import decode_step, last_real_index
 from ilm_jax.models.llm.decoder import Decoder
 from ilm_jax.models.llm.kv_cache import KVCache, init_cache, shared_prefix
 
@@ -75,6 +77,67 @@ def _select_rows(cache: KVCache, rows: jax.Array) -> KVCache:
   )
 
 
+def _has_room(prompt_mask, k: int) -> bool:
+  """Whether every row of a concrete bool[B, T] mask has K padding slots
+  after its last real token (a traced mask: unknown, so False)."""
+  if prompt_mask is None or isinstance(prompt_mask, jax.core.Tracer):
+    return False
+  mask = np.asarray(prompt_mask, bool)
+  last = np.max(np.where(mask, np.arange(mask.shape[1]), -1), axis=1)
+  return bool(np.all(last + k < mask.shape[1]))
+
+
+def _with_forced(
+  decoder,
+  params,
+  prompt_tokens,
+  prompt_embeddings,
+  prompt_mask,
+  forced,
+  in_padding,
+):
+  """The prompts with K forced tokens right after each row's last real one.
+
+  One prefill then covers prompt and forced tokens (a separate call of K
+  tokens would run every layer on a few rows).
+
+  Args:
+    in_padding: every row has K padding slots after its last real token
+      (``_has_room``): the forced tokens go there; else K columns are
+      appended.
+
+  Returns:
+    (tokens int32[B, T'] or None, embeddings float[B, T', D] or None, mask
+    bool[B, T'], int32[B, K + 1] indices of the logits before each forced
+    token and after the last); T' = T, or T + K without room.
+  """
+  prompt = prompt_tokens if prompt_tokens is not None else prompt_embeddings
+  batch, length = prompt.shape[:2]
+  k = len(forced)
+  extra = 0 if in_padding else k
+  if prompt_mask is None:
+    prompt_mask = jnp.ones((batch, length), bool)
+  last = last_real_index(prompt_mask.astype(bool))
+  # [B, K] where the forced tokens go: after the last real token, over
+  # right padding or into the K appended columns.
+  at = last[:, None] + 1 + jnp.arange(k, dtype=jnp.int32)
+  rows = jnp.arange(batch)[:, None]
+  forced = jnp.broadcast_to(jnp.asarray(forced, jnp.int32), (batch, k))
+  mask = jnp.pad(prompt_mask.astype(bool), ((0, 0), (0, extra)))
+  mask = mask.at[rows, at].set(True)
+  if prompt_tokens is not None:
+    prompt_tokens = jnp.pad(prompt_tokens, ((0, 0), (0, extra)))
+    prompt_tokens = prompt_tokens.at[rows, at].set(forced)
+  else:
+    embedded = decoder.apply(
+      {"params": params}, forced, method=decoder.embed
+    ).astype(prompt_embeddings.dtype)
+    prompt_embeddings = jnp.pad(prompt_embeddings, ((0, 0), (0, extra), (0, 0)))
+    prompt_embeddings = prompt_embeddings.at[rows, at].set(embedded)
+  logits_at = jnp.concatenate([last[:, None], at], axis=1)
+  return prompt_tokens, prompt_embeddings, mask, logits_at
+
+
 @functools.partial(
   jax.jit,
   static_argnames=(
@@ -86,6 +149,7 @@ def _select_rows(cache: KVCache, rows: jax.Array) -> KVCache:
     "allowed_fn",
     "length_penalty",
     "forced_tokens",
+    "forced_in_padding",
   ),
 )
 def _beam_search(
@@ -103,43 +167,49 @@ def _beam_search(
   allowed_fn,
   length_penalty,
   forced_tokens,
+  forced_in_padding,
 ):
   prompt = prompt_tokens if prompt_tokens is not None else prompt_embeddings
   batch, length = prompt.shape[:2]
   width, steps = num_beams, max_new_tokens
   num_forced = len(forced_tokens)
-  logits, prompt_cache = prefill(
-    decoder,
-    params,
+  if num_forced:
+    prompt_tokens, prompt_embeddings, prompt_mask, logits_at = _with_forced(
+      decoder,
+      params,
+      prompt_tokens,
+      prompt_embeddings,
+      prompt_mask,
+      forced_tokens,
+      forced_in_padding,
+    )
+    length = prompt_mask.shape[1]
+  else:
+    if prompt_mask is None:
+      prompt_mask = jnp.ones((batch, length), bool)
+    logits_at = last_real_index(prompt_mask)[:, None]
+  out = decoder.apply(
+    {"params": params},
     prompt_tokens,
-    prompt_embeddings,
-    prompt_mask,
-    cache_size=length + num_forced,
-  )
+    embeddings=prompt_embeddings,
+    input_mask=prompt_mask,
+    cache=init_cache(decoder.config, batch, length, decoder.dtype),
+    logits_at=logits_at,
+  )  # logits float32[B, K + 1, V]: before each forced token, then after
+  prompt_cache = out.cache
   tokens = jnp.full((batch, width, steps), pad_id, jnp.int32)
   forced_score = jnp.zeros((batch,), jnp.float32)
-  if num_forced:
-    forced = jnp.broadcast_to(
-      jnp.asarray(forced_tokens, jnp.int32), (batch, num_forced)
-    )
-    out = decoder.apply(
-      {"params": params}, forced, cache=prompt_cache
-    )  # logits float32[B, K, V] after each forced token
-    prompt_cache = out.cache
-    # Logits before forced token i: the prompt's for i = 0, then those
-    # after forced token i - 1.
-    before = jnp.concatenate([logits[:, None], out.logits[:, :-1]], axis=1)
-    logprobs = jax.nn.log_softmax(before, axis=-1)
-    for i, token in enumerate(forced_tokens):
-      lp = logprobs[:, i]
-      if allowed_fn is not None:
-        lp = _apply_constraint(
-          lp[:, None],
-          allowed_fn(tokens[:, :1], jnp.asarray(i, jnp.int32), constraint_data),
-        )[:, 0]
-      forced_score = forced_score + lp[:, token]
-      tokens = tokens.at[:, :, i].set(token)
-    logits = out.logits[:, -1]
+  logprobs = jax.nn.log_softmax(out.logits[:, :num_forced], axis=-1)
+  for i, token in enumerate(forced_tokens):
+    lp = logprobs[:, i]
+    if allowed_fn is not None:
+      lp = _apply_constraint(
+        lp[:, None],
+        allowed_fn(tokens[:, :1], jnp.asarray(i, jnp.int32), constraint_data),
+      )[:, 0]
+    forced_score = forced_score + lp[:, token]
+    tokens = tokens.at[:, :, i].set(token)
+  logits = out.logits[:, -1]
   prefix = shared_prefix(prompt_cache)
   # Each beam's own cache: its generated tokens after the forced ones,
   # positioned after its row's prompt.
@@ -312,4 +382,5 @@ def beam_search(
     allowed_fn=allowed_fn,
     length_penalty=float(length_penalty),
     forced_tokens=forced_tokens,
+    forced_in_padding=_has_room(prompt_mask, len(forced_tokens)),
   )

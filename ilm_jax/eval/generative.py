@@ -120,11 +120,12 @@ def per_prompt(
   return out
 
 
-def trimmed_length(mask: np.ndarray) -> int:
+def trimmed_length(mask: np.ndarray, room: int = 0) -> int:
   """Columns of a right-padded bool[B, L] prompt mask that decoding keeps:
-  the longest prompt rounded up to ``TRIM_MULTIPLE``, at most L (all L
-  when a row is not right-padded)."""
-  longest = int(mask.sum(axis=1).max())
+  the longest prompt plus ``room`` (for the tokens beam search feeds after
+  it), rounded up to ``TRIM_MULTIPLE``, at most L (all L when a row is not
+  right-padded)."""
+  longest = int(mask.sum(axis=1).max()) + room
   keep = min(-(-longest // TRIM_MULTIPLE) * TRIM_MULTIPLE, mask.shape[1])
   return mask.shape[1] if mask[:, keep:].any() else keep
 
@@ -138,17 +139,17 @@ def _embedded_batches(
   prompts,
   batch_size,
   buckets,
+  room=0,
 ):
   """Yields (prompt indices, float[B, L', D] embeddings, bool[B, L'] mask),
-  the right-padded prompts cut to L', their longest rounded up to
-  ``TRIM_MULTIPLE`` (at most the bucket's L)."""
+  the right-padded prompts cut to L' (``trimmed_length``)."""
   embed = jitted(model.prompt_embeddings)
   for chunk, batch in prompt_batches(
     prompt_encoder, prompts, batch_size, buckets
   ):
     x = embed(encoder_params, llm_params, cf_table, batch)
     mask = np.asarray(batch["input_mask"])
-    keep = trimmed_length(mask)
+    keep = trimmed_length(mask, room)
     yield chunk, x[:, :keep], mask[:, :keep]
 
 
@@ -168,14 +169,15 @@ def item_beams(
   """Yields (prompt indices, Beams) of prompt batches, constrained by
   ``trie`` (``rank_items``' search; the Beams hold padded rows too).
 
-  Each prompt is prefilled once, cut to its batch's longest prompt, and
-  its cache shared by its beams; the identifiers' common start
-  (``trie.forced_prefix``) is fed once per prompt.
+  Each prompt is prefilled once with the identifiers' common start
+  (``trie.forced_prefix``) after it, cut to its batch's longest prompt
+  plus that start, and its cache shared by its beams.
   """
   # Placed once: host (numpy) weights would be copied into every call.
   encoder_params, llm_params, cf_table = jax.device_put(
     (encoder_params, llm_params, cf_table)
   )
+  forced = trie.forced_prefix[: trie.max_length - 1]
   for chunk, x, mask in _embedded_batches(
     model,
     encoder_params,
@@ -185,6 +187,7 @@ def item_beams(
     prompts,
     batch_size,
     buckets,
+    room=len(forced),
   ):
     yield (
       chunk,
@@ -197,7 +200,7 @@ def item_beams(
         max_new_tokens=trie.max_length,
         allowed_fn=allowed_by_trie,
         constraint_data=trie.constraint_data,
-        forced_tokens=trie.forced_prefix[: trie.max_length - 1],
+        forced_tokens=forced,
       ),
     )
 
