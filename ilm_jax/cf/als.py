@@ -118,6 +118,22 @@ class Segments:
     return self.rows, self.cols, self.counts
 
 
+def _row_major_pairs(rows, cols, num_rows, num_cols, segment_length):
+  """Distinct (row, col) pairs sorted by row, with repeat counts.
+
+  Returns:
+    (row int64[P], col int64[P], count float32[P], row_start int64[R + 1]
+    where each row's pairs begin, segments per row int64[R])
+  """
+  keys, repeats = np.unique(
+    rows.astype(np.int64) * num_cols + cols, return_counts=True
+  )
+  r, c = keys // num_cols, keys % num_cols
+  row_start = np.searchsorted(r, np.arange(num_rows + 1))
+  segs_per_row = -(-np.diff(row_start) // segment_length)  # ceil
+  return r, c, repeats.astype(np.float32), row_start, segs_per_row
+
+
 def make_segments(
   rows: np.ndarray,
   cols: np.ndarray,
@@ -136,12 +152,9 @@ def make_segments(
     segment_length: L.
     chunk_segments: C; the number of segments is padded to a multiple of C.
   """
-  keys = np.unique(rows.astype(np.int64) * num_cols + cols, return_counts=True)
-  r, c = keys[0] // num_cols, keys[0] % num_cols
-  counts = keys[1].astype(np.float32)
-  row_start = np.searchsorted(r, np.arange(num_rows + 1))
-  lengths = np.diff(row_start)
-  segs_per_row = -(-lengths // segment_length)  # ceil
+  r, c, counts, row_start, segs_per_row = _row_major_pairs(
+    rows, cols, num_rows, num_cols, segment_length
+  )
   num_segments = int(segs_per_row.sum())
   total = max(1, -(-num_segments // chunk_segments)) * chunk_segments
   seg_row = np.full(total, num_rows, dtype=np.int32)
@@ -215,13 +228,10 @@ def make_row_chunks(
     chunk_multiple: the number of chunks is padded to a multiple of this
       (the devices the chunks are split over).
   """
-  keys, repeats = np.unique(
-    rows.astype(np.int64) * num_cols + cols, return_counts=True
+  r, c, repeats, row_start, segs_per_row = _row_major_pairs(
+    rows, cols, num_rows, num_cols, segment_length
   )
-  r, c = keys // num_cols, keys % num_cols
-  row_start = np.searchsorted(r, np.arange(num_rows + 1))
   lengths = np.diff(row_start)
-  segs_per_row = -(-lengths // segment_length)  # ceil
   width = max(chunk_segments, int(segs_per_row.max(initial=1)))
   active = np.flatnonzero(segs_per_row)
   active_segs = segs_per_row[active]
