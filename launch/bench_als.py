@@ -205,16 +205,10 @@ def _dataset_table(mesh, peak):
   rows = {}
   for solver in _SOLVERS.value:
     cfg = _config(solver, _SWEEPS.value)
-    # The exact path runs on one device: XLA:CPU's partitioned batched
-    # Cholesky stalls in a cross-device all-reduce on a multi-device CPU
-    # mesh at d >= 32 (the chunk-local CG needs no collective there).
+    # train_als keeps the exact solver on one device of a CPU mesh (see
+    # als._stalls_beside_lapack); the conjugate gradient is split over all.
     cold, warm, table = _fit_ours(
-      users,
-      items,
-      split.num_users,
-      split.num_items,
-      cfg,
-      mesh if solver == "cg" else None,
+      users, items, split.num_users, split.num_items, cfg, mesh
     )
     flops = mfu.als_fit_flops(
       nonzeros,

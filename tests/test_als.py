@@ -5,7 +5,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ilm_jax.cf.als import ALSConfig, _solve_cg, make_row_chunks, train_als
+from ilm_jax.cf.als import (
+  ALSConfig,
+  RowChunks,
+  _solve_side,
+  make_row_chunks,
+  train_als,
+)
 from ilm_jax.sharding.mesh import make_mesh
 
 
@@ -152,7 +158,7 @@ def test_chunk_local_cg_equals_per_row_conjugate_gradient():
   current = rng.normal(size=(40, 5)).astype(np.float32)
   chunks = make_row_chunks(rows, cols, 40, 25, 4, 2)
   got = np.asarray(
-    _solve_cg(jnp.asarray(current), jnp.asarray(fixed), chunks, cfg)
+    _solve_side(jnp.asarray(current), jnp.asarray(fixed), chunks, cfg)
   )
   dense = np.zeros((40, 25))
   np.add.at(dense, (rows, cols), 1.0)
@@ -184,3 +190,59 @@ def test_sharded_cg_equals_single_device(shape):
   np.testing.assert_allclose(
     single.embeddings, sharded.embeddings, rtol=1e-4, atol=1e-5
   )
+
+
+def _half_sweep_inputs(num_rows, num_cols, dim, seed):
+  rows, cols = _random_interactions(num_rows, num_cols, 12 * num_rows, seed)
+  rng = np.random.default_rng(seed)
+  fixed = rng.normal(size=(num_cols, dim)).astype(np.float32)
+  return rows, cols, fixed
+
+
+def test_chunk_local_exact_solver_equals_per_row_normal_equations():
+  rows, cols, fixed = _half_sweep_inputs(40, 25, 5, seed=9)
+  cfg = ALSConfig(dim=5, reg=0.5, alpha=3.0)
+  chunks = make_row_chunks(rows, cols, 40, 25, 4, 2)
+  got = np.asarray(
+    _solve_side(jnp.zeros((40, 5)), jnp.asarray(fixed), chunks, cfg)
+  )
+  dense = np.zeros((40, 25))
+  np.add.at(dense, (rows, cols), 1.0)
+  gram = fixed.T.astype(np.float64) @ fixed + cfg.reg * np.eye(5)
+  for u in range(40):
+    a = gram + fixed.T @ (cfg.alpha * dense[u][:, None] * fixed)
+    b = fixed.T @ ((1 + cfg.alpha * dense[u]) * (dense[u] > 0))
+    np.testing.assert_allclose(got[u], np.linalg.solve(a, b), atol=1e-4)
+
+
+@pytest.mark.parametrize("solver", ["cholesky", "cg"])
+def test_chunks_split_over_devices_solve_like_one_device(solver):
+  """The shard_map split itself, for both solvers (train_als keeps the exact
+  solver on one device of a CPU mesh, so this is where its split runs)."""
+  rows, cols, fixed = _half_sweep_inputs(64, 30, 8, seed=10)
+  fixed = jnp.asarray(fixed)
+  cfg = ALSConfig(dim=8, solver=solver, chunk_segments=4, cg_chunk_segments=4)
+  length = cfg.segment_length if solver == "cholesky" else cfg.cg_segment_length
+  current = jnp.asarray(np.random.default_rng(11).normal(size=(64, 8)))
+  current = current.astype(jnp.float32)
+  mesh = make_mesh((4, 2, 1))
+  single = _solve_side(
+    current, fixed, make_row_chunks(rows, cols, 64, 30, length, 4), cfg
+  )
+  split = make_row_chunks(rows, cols, 64, 30, length, 4, chunk_multiple=8)
+  sharded = jax.jit(
+    lambda arrays: _solve_side(
+      current, fixed, RowChunks(*arrays, 64), cfg, mesh=mesh
+    )
+  )(split.arrays())
+  np.testing.assert_allclose(single, sharded, rtol=1e-4, atol=1e-5)
+
+
+def test_exact_solver_on_a_cpu_mesh_finishes_at_full_width():
+  """d = 64 on 8 CPU devices: split over them, XLA:CPU's fit never returned."""
+  rng = np.random.default_rng(12)
+  users, items = rng.integers(0, 64, 800), rng.integers(0, 56, 800)
+  cfg = ALSConfig(dim=64, sweeps=2)
+  single, _ = train_als(users, items, 64, 56, cfg)
+  sharded, _ = train_als(users, items, 64, 56, cfg, mesh=make_mesh((8, 1, 1)))
+  np.testing.assert_array_equal(single.embeddings, sharded.embeddings)

@@ -10,25 +10,22 @@ consumed item ``i`` (0 elsewhere, where ``p_ui = 0`` and ``c_ui = 1``). The
 O(nnz d^2 + n d^3) and never touches the dense matrix.
 
 Layout: each row's interactions are cut into fixed-length *segments* (a long
-row spans several), and segments are processed in fixed-size chunks by
-``lax.scan``; per-segment partial sums are added into their row. Every array
-has one static shape, so the whole fit (all sweeps, both sides) is a single
-jitted program compiled once, and padding wastes less than one segment per
-row. The factor tables are laid out by rows over the mesh's data axes
-(``cf_rows``) so a large catalogue is split across devices.
+row spans several) and rows are packed whole into fixed-size *chunks* (no row
+spans two), processed one after another by ``lax.map``. Every array has one
+static shape, so the whole fit (all sweeps, both sides) is a single jitted
+program compiled once, and padding wastes less than one segment per row and
+one row per chunk. A chunk gathers its rows' partner vectors once and
+everything its rows' solves need is then local, so chunks are independent:
+with a mesh they are split over the devices of the ``cf_rows`` axes
+(``shard_map``), each device solving its own rows against a replicated copy of
+the other side's table, and a catalogue of 10^6 rows never materialises more
+than one chunk's block per device.
 
 Two solvers: "cholesky" forms and solves each row's d x d normal equations
 exactly; "cg" takes a few conjugate-gradient steps warm-started from the
 previous sweep, as the ``implicit`` library does by default, which costs
-O(nnz d) per step instead of O(nnz d^2).
-
-The conjugate-gradient solver runs *chunk-locally*: rows are packed whole into
-chunks (no row spans two), so a chunk gathers its rows' partner vectors once
-and takes every CG step on them while they are still in cache, and chunks are
-independent of each other. With a mesh, chunks are split over the devices of
-the ``cf_rows`` axes (``shard_map``), each device solving its own rows against
-a replicated copy of the other side's table; a catalogue of 10^6 rows never
-materialises more than one chunk's block per device.
+O(nnz d) per step instead of O(nnz d^2), all of them on the chunk's gathered
+vectors while they are still in cache.
 """
 
 from __future__ import annotations
@@ -98,26 +95,6 @@ class ALSConfig:
       raise ValueError(f"segment and chunk sizes must be positive: {self}")
 
 
-@dataclasses.dataclass(frozen=True)
-class Segments:
-  """One side's interactions, cut into fixed-shape segments.
-
-  Attributes:
-    rows: int32[T, C] row of each segment (padding: ``num_rows``, a sink).
-    cols: int32[T, C, L] interacted columns (padding: column 0).
-    counts: float32[T, C, L] interaction counts r_ui (padding: 0).
-    num_rows: rows on this side.
-  """
-
-  rows: np.ndarray
-  cols: np.ndarray
-  counts: np.ndarray
-  num_rows: int
-
-  def arrays(self):
-    return self.rows, self.cols, self.counts
-
-
 def _row_major_pairs(rows, cols, num_rows, num_cols, segment_length):
   """Distinct (row, col) pairs sorted by row, with repeat counts.
 
@@ -132,49 +109,6 @@ def _row_major_pairs(rows, cols, num_rows, num_cols, segment_length):
   row_start = np.searchsorted(r, np.arange(num_rows + 1))
   segs_per_row = -(-np.diff(row_start) // segment_length)  # ceil
   return r, c, repeats.astype(np.float32), row_start, segs_per_row
-
-
-def make_segments(
-  rows: np.ndarray,
-  cols: np.ndarray,
-  num_rows: int,
-  num_cols: int,
-  segment_length: int,
-  chunk_segments: int,
-) -> Segments:
-  """Aggregates repeated (row, col) pairs into counts and cuts rows up.
-
-  Args:
-    rows: int[N] row index of each interaction.
-    cols: int[N] column index of each interaction.
-    num_rows: R.
-    num_cols: number of columns.
-    segment_length: L.
-    chunk_segments: C; the number of segments is padded to a multiple of C.
-  """
-  r, c, counts, row_start, segs_per_row = _row_major_pairs(
-    rows, cols, num_rows, num_cols, segment_length
-  )
-  num_segments = int(segs_per_row.sum())
-  total = max(1, -(-num_segments // chunk_segments)) * chunk_segments
-  seg_row = np.full(total, num_rows, dtype=np.int32)
-  seg_row[:num_segments] = np.repeat(np.arange(num_rows), segs_per_row)
-  # Position of every interaction inside its row -> (segment, slot).
-  pos_in_row = np.arange(len(r)) - row_start[r]
-  first_seg = np.concatenate([[0], np.cumsum(segs_per_row)[:-1]])
-  seg = first_seg[r] + pos_in_row // segment_length
-  slot = pos_in_row % segment_length
-  seg_cols = np.zeros((total, segment_length), dtype=np.int32)
-  seg_counts = np.zeros((total, segment_length), dtype=np.float32)
-  seg_cols[seg, slot] = c
-  seg_counts[seg, slot] = counts
-  shape = (total // chunk_segments, chunk_segments)
-  return Segments(
-    seg_row.reshape(shape),
-    seg_cols.reshape(*shape, segment_length),
-    seg_counts.reshape(*shape, segment_length),
-    num_rows,
-  )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -277,38 +211,43 @@ def make_row_chunks(
   return RowChunks(chunk_rows, segment_row, seg_cols, seg_counts, num_rows)
 
 
-def _scan_rows(fn, segs: Segments, out_init):
-  """Sums ``fn(rows, cols, counts)`` per chunk into rows of ``out_init``."""
+def _chunk_terms(fixed, cfg: ALSConfig, chunk):
+  """What every solver reads of one chunk.
 
-  def body(acc, chunk):
-    rows, cols, counts = chunk
-    return jax.tree.map(
-      lambda a, part: a.at[rows].add(part), acc, fn(rows, cols, counts)
-    ), None
+  Args:
+    fixed: float32[R', d] the other side's table.
+    cfg: hyper-parameters.
+    chunk: one chunk of a RowChunks' arrays (rows [C], segment_row [C],
+      cols [C, L], counts [C, L]).
 
-  acc, _ = jax.lax.scan(body, out_init, (segs.rows, segs.cols, segs.counts))
-  return acc
+  Returns:
+    (y float32[C, L, d] the gathered partner vectors, extra float32[C, L] the
+    confidences minus one (zero on padding), per_row: sums float[C, ...] per
+    segment into float[C, ...] per local row slot, b float32[C, d] the
+    right-hand sides Y^T C_u p_u).
+  """
+  _, segment_row, cols, counts = chunk
+  y = fixed[cols]  # [C, L, d]: gathered once per chunk
+  extra = cfg.alpha * counts  # c_ui - 1, zero on padding
+
+  def per_row(v):
+    return jax.ops.segment_sum(
+      v, segment_row, num_segments=cols.shape[0], indices_are_sorted=True
+    )
+
+  observed = (counts > 0).astype(y.dtype)
+  b = per_row(jnp.einsum("cl,cld->cd", (1.0 + extra) * observed, y))
+  return y, extra, per_row, b
 
 
-def _solve_cholesky(current, fixed, segs: Segments, cfg: ALSConfig):
-  """Exact solution for every row of one side. current: float32[R, d]."""
+def _cholesky_chunk(fixed, gram, current, cfg: ALSConfig, chunk):
+  """Exact solution for the rows of one chunk: float32[C, d] (arguments as
+  ``_cg_chunk``'s; the warm start is not needed)."""
   del current
-  d = fixed.shape[1]
-  gram = fixed.T @ fixed + cfg.reg * jnp.eye(d, dtype=fixed.dtype)
-
-  def partial_sums(rows, cols, counts):
-    y = fixed[cols]  # [C, L, d]
-    extra = cfg.alpha * counts  # c_ui - 1, zero on padding
-    observed = (counts > 0).astype(y.dtype)
-    a = jnp.einsum("cld,cle->cde", y * extra[..., None], y)
-    b = jnp.einsum("cl,cld->cd", (1.0 + extra) * observed, y)
-    return a, b
-
-  r = segs.num_rows + 1  # + sink row for padding segments
-  zeros = (jnp.zeros((r, d, d), fixed.dtype), jnp.zeros((r, d), fixed.dtype))
-  a, b = _scan_rows(partial_sums, segs, zeros)
-  chol = jnp.linalg.cholesky(a[:-1] + gram)
-  return jax.scipy.linalg.cho_solve((chol, True), b[:-1, :, None])[..., 0]
+  y, extra, per_row, b = _chunk_terms(fixed, cfg, chunk)
+  a = per_row(jnp.einsum("cld,cle->cde", y * extra[..., None], y)) + gram
+  chol = jnp.linalg.cholesky(a)
+  return jax.scipy.linalg.cho_solve((chol, True), b[..., None])[..., 0]
 
 
 def _cg_chunk(fixed, gram, current, cfg: ALSConfig, chunk):
@@ -326,22 +265,13 @@ def _cg_chunk(fixed, gram, current, cfg: ALSConfig, chunk):
   Returns:
     float32[C, d] the new vectors of the chunk's row slots.
   """
-  rows, segment_row, cols, counts = chunk
-  width = rows.shape[0]
-  y = fixed[cols]  # [C, L, d]: gathered once, read by every step below
-  extra = cfg.alpha * counts  # c_ui - 1, zero on padding
-
-  def per_row(v):  # [C, d] per segment -> [C, d] per local row slot
-    return jax.ops.segment_sum(
-      v, segment_row, num_segments=width, indices_are_sorted=True
-    )
+  rows, segment_row = chunk[:2]
+  y, extra, per_row, b = _chunk_terms(fixed, cfg, chunk)
 
   def times_a(p):  # (Y^T Y + lambda I + Y^T (C_u - I) Y) p, per row slot
     y_dot_p = jnp.einsum("cld,cd->cl", y, p[segment_row])
     return per_row(jnp.einsum("cl,cld->cd", extra * y_dot_p, y)) + p @ gram
 
-  observed = (counts > 0).astype(y.dtype)
-  b = per_row(jnp.einsum("cl,cld->cd", (1.0 + extra) * observed, y))
   x = current[rows]
   r = b - times_a(x)
   p = r
@@ -358,20 +288,25 @@ def _cg_chunk(fixed, gram, current, cfg: ALSConfig, chunk):
   return x
 
 
-def _solve_cg(current, fixed, chunks: RowChunks, cfg: ALSConfig, mesh=None):
-  """Warm-started conjugate gradient for every row of one side, chunk by
-  chunk; with a mesh, each device solves the chunks it holds."""
+def _solve_side(current, fixed, chunks: RowChunks, cfg: ALSConfig, mesh=None):
+  """Solves every row of one side chunk by chunk (exactly or by warm-started
+  conjugate gradient, as ``cfg.solver`` says); with a mesh, each device
+  solves the chunks it holds. current: float32[R, d]."""
   d = fixed.shape[1]
   gram = fixed.T @ fixed + cfg.reg * jnp.eye(d, dtype=fixed.dtype)
   current_ext = jnp.concatenate([current, jnp.zeros((1, d), current.dtype)])
+  solve_chunk = _cholesky_chunk if cfg.solver == "cholesky" else _cg_chunk
 
   def solve_chunks(rows, segment_row, cols, counts, fixed, gram, current_ext):
     return jax.lax.map(
-      functools.partial(_cg_chunk, fixed, gram, current_ext, cfg),
+      functools.partial(solve_chunk, fixed, gram, current_ext, cfg),
       (rows, segment_row, cols, counts),
     )
 
   if mesh is not None:
+    # Chunks are independent, so each device solves its own with no
+    # communication (left to the partitioner, XLA:CPU's batched Cholesky
+    # waited forever on a cross-device reduction).
     split = jax.sharding.PartitionSpec(_row_axes(mesh))
     whole = jax.sharding.PartitionSpec()
     solve_chunks = jax.shard_map(
@@ -406,16 +341,10 @@ def _report_sweep(sweep):
 )
 def _fit(x, y, user_rows, item_rows, *, cfg, num_users, num_items, mesh):
   """All sweeps as one program. x: float32[U, d], y: float32[I, d];
-  user_rows / item_rows: the arrays of each side's Segments (cholesky) or
-  RowChunks (cg)."""
-  if cfg.solver == "cholesky":
-    users = Segments(*user_rows, num_users)
-    items = Segments(*item_rows, num_items)
-    solve = _solve_cholesky
-  else:
-    users = RowChunks(*user_rows, num_users)
-    items = RowChunks(*item_rows, num_items)
-    solve = functools.partial(_solve_cg, mesh=mesh)
+  user_rows / item_rows: the arrays of each side's RowChunks."""
+  users = RowChunks(*user_rows, num_users)
+  items = RowChunks(*item_rows, num_items)
+  solve = functools.partial(_solve_side, mesh=mesh)
 
   def sweep(i, xy):
     x, y = xy
@@ -443,6 +372,18 @@ def _row_shards(sharding: jax.sharding.NamedSharding) -> int:
     return 1
   axes = axes if isinstance(axes, tuple) else (axes,)
   return int(np.prod([sharding.mesh.shape[a] for a in axes]))
+
+
+def _stalls_beside_lapack(mesh: jax.sharding.Mesh) -> bool:
+  """Whether the exact solver must not be split over this mesh.
+
+  XLA:CPU runs each of a mesh's CPU devices on a host thread and meets them
+  at every collective; beside the batched LAPACK Cholesky some devices never
+  reach the rendezvous (seen with d = 64 on 8 CPU devices over 2 cores: the
+  fit waits forever). CPU meshes are simulated devices sharing one memory,
+  so solving there on one device loses nothing; accelerators split chunks.
+  """
+  return mesh.devices.size > 1 and mesh.devices.flat[0].platform == "cpu"
 
 
 def _initial_factors(config: ALSConfig, side: int, rows, num_rows):
@@ -490,6 +431,9 @@ def train_als(
   if items.min() < 0 or items.max() >= num_items:
     raise ValueError(f"item index out of range [0, {num_items})")
   start = time.perf_counter()
+  exact = config.solver == "cholesky"
+  if exact and mesh is not None and _stalls_beside_lapack(mesh):
+    mesh = None
   rows_sharding = None
   multiple = 1
   if mesh is not None:
@@ -499,19 +443,12 @@ def train_als(
   # interactions, stay exactly zero and are cut off at the end.
   padded_users = -(-num_users // multiple) * multiple
   padded_items = -(-num_items // multiple) * multiple
-  if config.solver == "cholesky":
-    pack = functools.partial(
-      make_segments,
-      segment_length=config.segment_length,
-      chunk_segments=config.chunk_segments,
-    )
-  else:
-    pack = functools.partial(
-      make_row_chunks,
-      segment_length=config.cg_segment_length,
-      chunk_segments=config.cg_chunk_segments,
-      chunk_multiple=multiple,
-    )
+  pack = functools.partial(
+    make_row_chunks,
+    segment_length=config.segment_length if exact else config.cg_segment_length,
+    chunk_segments=config.chunk_segments if exact else config.cg_chunk_segments,
+    chunk_multiple=multiple,
+  )
   user_rows = pack(users, items, padded_users, padded_items)
   item_rows = pack(items, users, padded_items, padded_users)
   x = _initial_factors(config, 0, users, padded_users)
@@ -531,7 +468,7 @@ def train_als(
       cfg=config,
       num_users=padded_users,
       num_items=padded_items,
-      mesh=mesh if config.solver == "cg" else None,
+      mesh=mesh,
     )
     table = np.concatenate(
       [np.asarray(x)[:num_users], np.asarray(y)[:num_items]], axis=0
