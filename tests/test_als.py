@@ -126,7 +126,9 @@ def _random_interactions(num_rows, num_cols, n, seed):
 def test_row_chunks_hold_every_row_whole_in_one_chunk(multiple):
   rows, cols = _random_interactions(30, 50, 700, seed=5)
   chunks = make_row_chunks(rows, cols, 30, 50, 4, 3, chunk_multiple=multiple)
-  num_chunks, width = chunks.rows.shape
+  num_chunks, width = chunks.segment_row.shape
+  assert chunks.rows.shape[0] == num_chunks
+  assert chunks.rows.shape[1] <= width
   assert num_chunks % multiple == 0
   # Width grows to the longest row's segment count.
   longest = max(len(set(cols[rows == r])) for r in range(30))
@@ -147,6 +149,18 @@ def test_row_chunks_hold_every_row_whole_in_one_chunk(multiple):
       want_cols, want_counts = np.unique(cols[rows == row], return_counts=True)
       np.testing.assert_array_equal(np.sort(got), want_cols)
       np.testing.assert_array_equal(counts[np.argsort(got)], want_counts)
+
+
+def test_row_slots_follow_the_rows_a_chunk_holds():
+  """Rows of ten segments: a chunk of 64 segments holds six of them, so it
+  gets a few row slots, not 64 (each slot costs the exact solver a d x d
+  factorisation)."""
+  rows = np.repeat(np.arange(1000), 40)
+  cols = np.tile(np.arange(40), 1000)
+  chunks = make_row_chunks(rows, cols, 1000, 40, 4, 64)
+  assert chunks.segment_row.shape[1] == 64
+  assert chunks.rows.size < 1.5 * 1000
+  assert sorted(chunks.rows[chunks.rows < 1000].tolist()) == list(range(1000))
 
 
 def test_chunk_local_cg_equals_per_row_conjugate_gradient():
