@@ -107,6 +107,8 @@ _RULES = {
   "stage2.variant": _one_of("ilm", "mlp", "text"),
   "stage2.init": _one_of("stage1", "random"),
   "stage2.llm_dtype": _one_of("auto", "float32", "bfloat16"),
+  "stage2.llm_activations": _one_of("auto", "float32", "bfloat16"),
+  "stage2.remat": _one_of("none", "block", "dots"),
   "stage2.examples_per_task": POSITIVE_INT,
   "stage2.min_ranking_fraction": (
     lambda v: _number(v) and 0 <= v < 1,

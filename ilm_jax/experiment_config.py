@@ -219,6 +219,15 @@ def stage2_config() -> ml_collections.ConfigDict:
   c.llm = "smollm2"
   # Its parameters' dtype: "auto" = bfloat16 on TPU/GPU, float32 on CPU.
   c.llm_dtype = "auto"
+  # Its activations' compute dtype: "auto" = the parameters' dtype (so
+  # bfloat16 weights compute in bfloat16 on TPU/GPU), "float32", "bfloat16".
+  # Norms, the attention softmax and logits stay float32 either way.
+  c.llm_activations = "auto"
+  # What the backward pass through the frozen LLM (to the soft tokens)
+  # recomputes instead of keeping: "none", "block" (each layer keeps only
+  # its input) or "dots" (each layer keeps its projections' outputs). Saves
+  # activation memory at the cost of time; results are unchanged.
+  c.remat = "none"
   c.tasks = P.ALL_TASKS  # multitask mixture (re-ranking tasks included)
   c.examples_per_task = 2000  # training prompts per task (sampled)
   # Ranking tasks (item answers: generation and re-ranking) make up at least

@@ -58,6 +58,18 @@ _MESHES = flags.DEFINE_list(
 _DTYPE = flags.DEFINE_enum(
   "llm_dtype", "bfloat16", ["bfloat16", "float32"], "Frozen LLM dtype."
 )
+_ACTIVATIONS = flags.DEFINE_enum(
+  "llm_activations",
+  "auto",
+  ["auto", "bfloat16", "float32"],
+  "Its activations' dtype (auto: --llm_dtype), as stage2.llm_activations.",
+)
+_REMAT = flags.DEFINE_enum(
+  "remat",
+  None,
+  ["none", "block", "dots"],
+  "What the backward pass recomputes, as stage2.remat (default: the config's).",
+)
 
 
 def main(argv):
@@ -70,10 +82,15 @@ def main(argv):
     raise app.UsageError(str(e)) from None
   dtype = {"bfloat16": ml_dtypes.bfloat16, "float32": np.float32}[_DTYPE.value]
   s2 = config.stage2
+  s2.llm_dtype = _DTYPE.value
+  s2.llm_activations = _ACTIVATIONS.value
+  if _REMAT.value is not None:
+    s2.remat = _REMAT.value
   print(
     f"stage 2 of {_CONFIG.value}: global batch {s2.batch_size} x "
     f"{max(s2.length_buckets)} tokens, {s2.variant} encoder, frozen LLM in "
-    f"{_DTYPE.value}; GiB per device"
+    f"{_DTYPE.value}, activations {s2.llm_activations}, remat {s2.remat}; "
+    "GiB per device"
   )
   print(memory.markdown(memory.rows(config, _LLMS.value, meshes, dtype)))
 

@@ -99,6 +99,16 @@ def parameter_dtype(name: str):
   return np.dtype(dtypes[name])
 
 
+def activation_dtype(name: str, llm_dtype):
+  """The compute dtype ``stage2.llm_activations`` names: "auto" = the
+  parameters' (``llm_dtype``, a ``stage2.llm_dtype`` name or a dtype)."""
+  if name != "auto":
+    return parameter_dtype(name)
+  if isinstance(llm_dtype, str):
+    return parameter_dtype(llm_dtype)
+  return np.dtype(llm_dtype)
+
+
 def is_converted(source: str) -> bool:
   """Whether ``source`` is a directory written by convert_checkpoint.py."""
   return (pathlib.Path(source) / orbax_io.CONFIG_FILE).is_file()

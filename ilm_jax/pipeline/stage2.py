@@ -39,6 +39,7 @@ from jax.sharding import PartitionSpec
 
 from ilm_jax import files
 from ilm_jax.cf.table import TABLE_FILE
+from ilm_jax.convert import frozen_llm
 from ilm_jax.convert.frozen_llm import load_stage2_llm
 from ilm_jax.data import load_split
 from ilm_jax.data import prompts as P
@@ -100,6 +101,13 @@ def _overlay(boxed, saved, where: str):
   )
 
 
+def llm_activation_dtype(c) -> np.dtype:
+  """The frozen LLM's compute dtype under ``stage2`` config ``c``."""
+  return frozen_llm.activation_dtype(
+    c.get("llm_activations", "auto"), c.get("llm_dtype", "float32")
+  )
+
+
 def build_model(
   config, workdir, num_users, cf_dim, llm_config, seed=0, token_rms=1.0
 ):
@@ -140,7 +148,11 @@ def build_model(
       "variant has none"
     )
   model = ItemLanguageModel(
-    Decoder(llm_config),
+    Decoder(
+      llm_config,
+      dtype=llm_activation_dtype(c),
+      remat=c.get("remat", "none"),
+    ),
     encoder,
     num_users,
     float(c.retrieval_weight),
@@ -239,6 +251,8 @@ def _ranking_repeats(tasks: list[str], fraction: float, seed: int):
 
 # Stage-2 fields that only choose what to evaluate after training.
 _EVALUATION_ONLY = ("eval", "evaluations")
+# How the step runs, not what it computes (a resumed run may change it).
+_EXECUTION_ONLY = ("remat",)
 # (Training lists always come from the inner ALS, whatever evaluates.)
 _RERANK_EVALUATION_ONLY = ("max_users", "batch_size", "retriever")
 
@@ -251,8 +265,12 @@ def _provenance(config, workdir, initial_params) -> dict:
   recipe = {
     k: v
     for k, v in c.to_dict().items()
-    if k not in (*_EVALUATION_ONLY, "train", "rerank")
+    if k not in (*_EVALUATION_ONLY, *_EXECUTION_ONLY, "train", "rerank")
   }
+  if recipe.get("llm_activations") == "auto":
+    # Follows llm_dtype, already recorded (and workdirs written before the
+    # field existed resume).
+    del recipe["llm_activations"]
   recipe["rerank"] = {
     k: v
     for k, v in c.rerank.to_dict().items()

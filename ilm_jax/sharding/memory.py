@@ -20,7 +20,7 @@ import optax
 from flax import linen as nn
 from jax.sharding import AbstractMesh, NamedSharding, PartitionSpec
 
-from ilm_jax.convert import orbax_io
+from ilm_jax.convert import frozen_llm, orbax_io
 from ilm_jax.models.ilm import SoftTokenEncoder
 from ilm_jax.models.llm.config import preset
 from ilm_jax.models.llm.decoder import Decoder
@@ -165,8 +165,15 @@ def rows(config, llm_names, meshes, llm_dtype) -> list[dict]:
     param_count = sum(
       int(np.prod(x.shape)) for x in jax.tree.leaves(nn.unbox(trainable))
     )
+    decoder = Decoder(
+      llm,
+      dtype=frozen_llm.activation_dtype(
+        s2.get("llm_activations", "auto"), llm_dtype
+      ),
+      remat=s2.get("remat", "none"),
+    )
     acts = activation_bytes(
-      Decoder(llm), nn.unbox(abstract_llm), batch, length, s2.max_answer_tokens
+      decoder, nn.unbox(abstract_llm), batch, length, s2.max_answer_tokens
     )
     for mesh_name, recipe in meshes:
       mesh = AbstractMesh(recipe.shape, MESH_AXES)

@@ -29,6 +29,14 @@ from ilm_jax.models.llm.config import LOCAL, LlmConfig
 from ilm_jax.models.llm.norm import RMSNorm
 from ilm_jax.models.llm.rope import rope_angles
 
+# Rematerialisation policies by name (``Decoder.remat``): what a layer keeps
+# for the backward pass, None = nothing but its input.
+REMAT = {
+  "none": None,
+  "block": None,
+  "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
 
 @struct.dataclass
 class DecoderOutput:
@@ -55,15 +63,28 @@ class Decoder(nn.Module):
     dtype: compute dtype (float32 or bfloat16); norms, attention softmax and
       logits are always float32.
     param_dtype: dtype the parameters are created in by ``init``.
+    remat: what the backward pass recomputes instead of keeping (one of
+      ``REMAT``): "none"; "block", every layer's activations (only its input
+      is kept); "dots", all but its projections' outputs (matmuls without batch
+      dimensions; attention is recomputed). Results are the same;
+      memory and time differ.
   """
 
   config: LlmConfig
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
+  remat: str = "none"
 
   def setup(self):
     cfg = self.config
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    if self.remat not in REMAT:
+      raise ValueError(
+        f"Decoder: remat {self.remat!r}: choose one of {', '.join(REMAT)}"
+      )
+    layer = DecoderLayer
+    if self.remat != "none":
+      layer = nn.remat(DecoderLayer, policy=REMAT[self.remat])
     self.embedding = self.param(
       "embedding",
       nn.with_logical_partitioning(
@@ -72,7 +93,7 @@ class Decoder(nn.Module):
       (cfg.vocab_size, cfg.embed_dim),
       self.param_dtype,
     )
-    self.layers = [DecoderLayer(cfg, **kw) for _ in range(cfg.num_layers)]
+    self.layers = [layer(cfg, **kw) for _ in range(cfg.num_layers)]
     self.final_norm = RMSNorm(
       eps=cfg.norm_eps, plus_one=cfg.norm_plus_one, **kw
     )
