@@ -167,7 +167,11 @@ def test_two_processes_train_like_one(tmp_path):
   # Same global batches on the same global mesh: the same losses. (The
   # reductions across processes may round differently, which can flip an
   # argmax or a top-10 cut between near-tied scores of the tiny random
-  # model: accuracies and recalls are compared to within a few examples.)
+  # model: accuracies and recalls are compared to within a few examples.
+  # Adam moves every parameter by about the learning rate whatever its
+  # gradient's size, so a near-zero gradient whose rounding differs moves
+  # its parameter differently: after a few steps the gradient norm differs
+  # in the fourth digit, the losses in the sixth.)
   histories = [
     files.read_json(w / "stage1" / "metrics.json") for w in (single, multi)
   ]
@@ -178,8 +182,9 @@ def test_two_processes_train_like_one(tmp_path):
       for key in a:
         ranked = key.endswith("_acc") or "_recall_at_" in key
         tolerance = {"atol": 1 / 8} if ranked else {}
+        rtol = 1e-3 if key == "grad_norm" else 1e-4
         np.testing.assert_allclose(
-          b[key], a[key], rtol=1e-4, err_msg=key, **tolerance
+          b[key], a[key], rtol=rtol, err_msg=key, **tolerance
         )
   losses = [[r["loss"] for r in h["train"]] for h in histories]
   np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)
