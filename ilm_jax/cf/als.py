@@ -313,8 +313,7 @@ def _solve_side(current, fixed, chunks: RowChunks, cfg: ALSConfig, mesh=None):
 
   if mesh is not None:
     # Chunks are independent, so each device solves its own with no
-    # communication (left to the partitioner, XLA:CPU's batched Cholesky
-    # waited forever on a cross-device reduction).
+    # communication (train_als keeps the exact solver off CPU meshes).
     split = jax.sharding.PartitionSpec(_row_axes(mesh))
     whole = jax.sharding.PartitionSpec()
     solve_chunks = jax.shard_map(
