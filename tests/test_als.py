@@ -151,6 +151,18 @@ def test_row_slots_follow_the_rows_a_chunk_holds():
   assert sorted(chunks.rows[chunks.rows < 1000].tolist()) == list(range(1000))
 
 
+def _normal_equations(fixed, rows, cols, num_rows, cfg):
+  """Per row, in float64: (A = Y^T C_u Y + lambda I, b = Y^T C_u p_u, whether
+  the row has interactions), straight from the dense count matrix."""
+  dense = np.zeros((num_rows, fixed.shape[0]))
+  np.add.at(dense, (rows, cols), 1.0)
+  gram = fixed.T.astype(np.float64) @ fixed + cfg.reg * np.eye(fixed.shape[1])
+  for counts in dense:
+    a = gram + fixed.T @ (cfg.alpha * counts[:, None] * fixed)
+    b = fixed.T @ ((1 + cfg.alpha * counts) * (counts > 0))
+    yield a, b, counts.any()
+
+
 def test_chunk_local_cg_equals_per_row_conjugate_gradient():
   """One half-sweep of the solver against a plain per-row CG in numpy."""
   rows, cols = _random_interactions(40, 25, 600, seed=6)
@@ -162,14 +174,11 @@ def test_chunk_local_cg_equals_per_row_conjugate_gradient():
   got = np.asarray(
     _solve_side(jnp.asarray(current), jnp.asarray(fixed), chunks, cfg)
   )
-  dense = np.zeros((40, 25))
-  np.add.at(dense, (rows, cols), 1.0)
-  gram = fixed.T.astype(np.float64) @ fixed + cfg.reg * np.eye(5)
-  for u in range(40):
-    a = gram + fixed.T @ (cfg.alpha * dense[u][:, None] * fixed)
-    b = fixed.T @ ((1 + cfg.alpha * dense[u]) * (dense[u] > 0))
+  for u, (a, b, observed) in enumerate(
+    _normal_equations(fixed, rows, cols, 40, cfg)
+  ):
     x = current[u].astype(np.float64)
-    if not dense[u].any():  # a row without interactions is solved to 0
+    if not observed:  # a row without interactions is solved to 0
       np.testing.assert_array_equal(got[u], 0.0)
       continue
     r = b - a @ x
@@ -208,12 +217,7 @@ def test_chunk_local_exact_solver_equals_per_row_normal_equations():
   got = np.asarray(
     _solve_side(jnp.zeros((40, 5)), jnp.asarray(fixed), chunks, cfg)
   )
-  dense = np.zeros((40, 25))
-  np.add.at(dense, (rows, cols), 1.0)
-  gram = fixed.T.astype(np.float64) @ fixed + cfg.reg * np.eye(5)
-  for u in range(40):
-    a = gram + fixed.T @ (cfg.alpha * dense[u][:, None] * fixed)
-    b = fixed.T @ ((1 + cfg.alpha * dense[u]) * (dense[u] > 0))
+  for u, (a, b, _) in enumerate(_normal_equations(fixed, rows, cols, 40, cfg)):
     np.testing.assert_allclose(got[u], np.linalg.solve(a, b), atol=1e-4)
 
 
