@@ -118,7 +118,7 @@ from absl import app, flags
 from flax import linen as nn
 from ml_collections import config_flags
 
-from ilm_jax import console, files, mfu
+from ilm_jax import console, files, mfu, step_profile
 from ilm_jax.convert.frozen_llm import load_stage2_llm
 from ilm_jax.data import load_split
 from ilm_jax.data import prompts as P
@@ -179,6 +179,24 @@ _GENERATE = flags.DEFINE_bool(
   False,
   "Instead of training and generation, time our constrained beam search "
   "against transformers' generate with the same trie (bench_generate.json).",
+)
+
+_PROFILE = flags.DEFINE_bool(
+  "profile",
+  False,
+  "Instead of everything else, trace --steps training steps per bucket and "
+  "split their wall time into matmuls, other ops and idle, by scope "
+  "(forward / backward; frozen LLM, encoder, rest): where the step's time "
+  "goes beside its MFU (bench_stage2_profile.json).",
+)
+
+# Op scopes of the stage-2 step (``step_profile.scope``): the frozen LLM's
+# ops (and copies of its weights), the trainable encoder's, the rest (loss
+# head, splice, optimiser).
+_PARTS = (
+  ("frozen LLM", "Decoder"),
+  ("encoder", "SoftTokenEncoder"),
+  ("frozen LLM", "llm"),  # XLA's copies of frozen['llm'] weights
 )
 
 # Parity at the same weights, float32 (reductions differ): the first
@@ -860,16 +878,23 @@ def _generate_comparison(built: _Built, threads) -> None:
   )
 
 
-def _train_and_generate(built: _Built, peak, thread_counts) -> None:
-  """Times training (ours and the reference's), generation and scoring,
-  projects the config's stage 2, writes ``bench_stage2.json``."""
+@dataclasses.dataclass(frozen=True)
+class _Training:
+  """The config's stage-2 training as ``launch/train.py`` sets it up."""
+
+  trainer: loop.Trainer
+  frozen: dict
+  host_params: dict
+  groups: dict
+  share: dict
+
+
+def _training(built: _Built) -> _Training:
+  """Trainer, placed frozen tree, initial encoder params and ``--steps`` + 1
+  batches of each (bucket, kind) group with its share of the examples."""
   config, split, index = built.config, built.split, built.index
-  llm_config, llm_params, cf = built.llm_config, built.llm_params, built.cf
   model, boxed, encoder = built.model, built.boxed, built.encoder
   c = config.stage2
-  evaluations = E.parse(c.evaluations)  # the projection counts them
-  buckets = tuple(c.length_buckets)
-  trie = stage2.build_trie(encoder, llm_config.vocab_size)
   ks = tuple(config.eval.ks)
   rerank_train, _ = rerank.training_prompts(
     c, split, als_config(config), ks, config.seed
@@ -882,7 +907,7 @@ def _train_and_generate(built: _Built, peak, thread_counts) -> None:
   data = BucketBatches(
     records,
     c.batch_size,
-    buckets,
+    tuple(c.length_buckets),
     c.max_answer_tokens,
     encoder.pad_id,
     num_users=split.num_users if c.retrieval_weight > 0 else None,
@@ -894,8 +919,80 @@ def _train_and_generate(built: _Built, peak, thread_counts) -> None:
   trainer = loop.Trainer(
     model.loss, c.train, nn.unbox(boxed), nn.get_partition_spec(boxed)
   )
-  host_params = jax.tree.map(np.asarray, nn.unbox(boxed))
-  frozen = trainer.place_frozen({"llm": llm_params, "cf": cf})
+  return _Training(
+    trainer,
+    trainer.place_frozen({"llm": built.llm_params, "cf": built.cf}),
+    jax.tree.map(np.asarray, nn.unbox(boxed)),
+    _group_batches(data, _STEPS.value),
+    share,
+  )
+
+
+def _profile_training(built: _Built, peak) -> None:
+  """Where each bucket's training step spends its wall time
+  (``ilm_jax.step_profile``); writes ``bench_stage2_profile.json``."""
+  setup = _training(built)
+  trainer, qcfg = setup.trainer, built.model.encoder.qformer_config
+  _print_setting(peak, [])
+  out = {}
+  for name, batches in setup.groups.items():
+    state = trainer.init_state(setup.host_params)
+    placed = trainer.place_batch(batches[0])
+    state, _ = jax.block_until_ready(trainer.step(state, setup.frozen, placed))
+    text = trainer.compiled_text(state, setup.frozen, placed)
+
+    def step(placed=placed):
+      nonlocal state
+      state, metrics = trainer.step(state, setup.frozen, placed)
+      return metrics["loss"]
+
+    b = step_profile.profile_calls(step, text, _STEPS.value, _PARTS)
+    flops = _step_flops(built.llm_config, qcfg, batches[0])
+    matmul = b.of_kind(step_profile.MATMUL)
+    out[name] = {
+      "wall": b.wall,
+      "flops": flops,
+      "mfu": mfu.utilisation(flops, b.wall, peak)["mfu"],
+      "matmul_seconds": matmul,
+      # The rate while some matmul runs: model FLOPs are matmul FLOPs.
+      "matmul_time_mfu": mfu.utilisation(flops, matmul, peak)["mfu"],
+      "rows": b.rows(),
+    }
+    print(
+      f"profile {name}: {b.wall:.3f} s per step ({_STEPS.value} traced), "
+      f"MFU {out[name]['mfu']:.1%}; matmuls run {matmul:.3f} s "
+      f"({matmul / b.wall:.1%}) at {out[name]['matmul_time_mfu']:.1%} of peak"
+    )
+    for row in b.rows():
+      print(
+        f"  {row['kind']:7s} {row['scope']:22s} {row['seconds']:8.3f} s "
+        f"{row['share']:6.1%}"
+      )
+  _write(
+    "bench_stage2_profile.json",
+    {
+      "buckets": out,
+      "matmul_peak": dataclasses.asdict(peak),
+      "threads": _threads([]),
+      "versions": _versions(),
+      "devices": [str(d) for d in jax.devices()][:1] + [len(jax.devices())],
+    },
+  )
+
+
+def _train_and_generate(built: _Built, peak, thread_counts) -> None:
+  """Times training (ours and the reference's), generation and scoring,
+  projects the config's stage 2, writes ``bench_stage2.json``."""
+  config, split = built.config, built.split
+  llm_config, llm_params, cf = built.llm_config, built.llm_params, built.cf
+  model, encoder = built.model, built.encoder
+  c = config.stage2
+  evaluations = E.parse(c.evaluations)  # the projection counts them
+  buckets = tuple(c.length_buckets)
+  trie = stage2.build_trie(encoder, llm_config.vocab_size)
+  setup = _training(built)
+  trainer, frozen, host_params = setup.trainer, setup.frozen, setup.host_params
+  share = setup.share
   reference = None
   if thread_counts:
     _check_reference(c)
@@ -914,7 +1011,7 @@ def _train_and_generate(built: _Built, peak, thread_counts) -> None:
       model.answer_weighting,
       c.train,
     )
-  groups = _group_batches(data, _STEPS.value)
+  groups = setup.groups
   timed = _time_training(
     trainer, frozen, host_params, groups, reference, thread_counts
   )
@@ -1052,8 +1149,8 @@ def main(argv):
     raise app.UsageError(
       "--rerank and --generate need the reference: drop --noreference"
     )
-  if _RERANK.value and _GENERATE.value:
-    raise app.UsageError("--rerank and --generate: choose one")
+  if sum((_RERANK.value, _GENERATE.value, _PROFILE.value)) > 1:
+    raise app.UsageError("--rerank, --generate and --profile: choose one")
   config = _CONFIG.value
   # Only time is measured: a random Q-Former of stage 1's shape (ILM-rand)
   # needs no stage-1 run in a workdir.
@@ -1066,7 +1163,9 @@ def main(argv):
     _generate_comparison(built, threads)
     return
   peak = mfu.measure_matmul_peak(jax.tree.leaves(built.llm_params)[0].dtype)
-  if _RERANK.value:
+  if _PROFILE.value:
+    _profile_training(built, peak)
+  elif _RERANK.value:
     _rerank_comparison(built, peak, threads)
   else:
     _train_and_generate(built, peak, threads)

@@ -224,6 +224,14 @@ class Trainer:
       donate_argnums=(0,),
     )
 
+  def compiled_text(self, state: TrainState, frozen, batch) -> str:
+    """The optimised HLO text of the step on these placed inputs (what
+    ``step`` runs; ``ilm_jax.step_profile`` reads it)."""
+    with self._context():
+      if self._step_fn is None:
+        self._step_fn = self._build(state, frozen, batch)
+      return self._step_fn.lower(state, frozen, batch).compile().as_text()
+
   def step(self, state: TrainState, frozen, batch) -> tuple[TrainState, dict]:
     """One update on a placed batch (see ``place_batch``)."""
     with self._context():
