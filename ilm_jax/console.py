@@ -14,7 +14,7 @@ import sys
 
 from absl import app, flags, logging
 
-from ilm_jax import distributed
+from ilm_jax import distributed, host_memory
 
 
 def quiet_by_default() -> None:
@@ -39,14 +39,37 @@ def define_compilation_cache() -> flags.FlagHolder:
   return holder
 
 
-def start(argv, compilation_cache: str = "") -> None:
+def define_host_memory() -> flags.FlagHolder:
+  """The ``--host_memory`` flag of entry points that train or time XLA
+  steps (``ilm_jax.host_memory``), listed by the calling script's
+  ``--help``."""
+  holder = flags.DEFINE_enum(
+    "host_memory",
+    host_memory.AUTO,
+    host_memory.CHOICES,
+    "Freed host memory: 'retain' keeps it mapped for the next step (no "
+    "page faults on XLA:CPU's per-step buffers; the process keeps its peak "
+    "resident size), 'release' leaves glibc's defaults, 'auto' retains on "
+    "CPU-only runs.",
+  )
+  flags.FLAGS.register_flag_by_module(sys.argv[0], flags.FLAGS["host_memory"])
+  return holder
+
+
+def start(
+  argv, compilation_cache: str = "", memory_policy: str = host_memory.RELEASE
+) -> None:
   """The first lines of every entry point's ``main``: no stray arguments,
-  quiet library logs, the multi-host job joined when its flags ask
+  quiet library logs, the host-memory policy (``define_host_memory``, before
+  JAX starts its threads), the multi-host job joined when its flags ask
   (``distributed.define_flags``), and the compilation cache when one is
   given."""
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   quiet_by_default()
+  if host_memory.wanted(memory_policy):
+    retained = host_memory.retain_freed_memory()
+    logging.info("host memory: freed blocks retained: %s", retained)
   # Before anything touches a device: jax.distributed must come first.
   distributed.initialize_from_flags()
   if compilation_cache:

@@ -61,6 +61,7 @@ _WORKDIR = flags.DEFINE_string(
   "Where each dataset's comparison (<workdir>/<dataset>) and the report go.",
 )
 _CACHE = console.define_compilation_cache()
+_HOST_MEMORY = console.define_host_memory()
 distributed.define_flags()
 
 
@@ -99,7 +100,7 @@ def hardware() -> dict:
 
 
 def main(argv):
-  console.start(argv, _CACHE.value)
+  console.start(argv, _CACHE.value, _HOST_MEMORY.value)
   unknown = set(_DATASETS.value) - set(DATASETS)
   if unknown:
     raise app.UsageError(

@@ -55,8 +55,11 @@ def _timed(fn) -> float:
   return time.perf_counter() - start
 
 
+_HOST_MEMORY = console.define_host_memory()
+
+
 def main(argv):
-  console.start(argv)
+  console.start(argv, memory_policy=_HOST_MEMORY.value)
   import torch
 
   config, numpy_params, _ = load_gguf(smollm2_gguf_path())

@@ -92,6 +92,7 @@ _EVAL_SPLIT = flags.DEFINE_enum(
   "eval_split", "test", ["valid", "test"], "Histories scored in evaluation."
 )
 _WORKDIR = flags.DEFINE_string("workdir", "workdir/bench_sasrec", "Output dir.")
+_HOST_MEMORY = console.define_host_memory()
 
 # Parity tolerances (float32, the same weights): catalogue scores and loss.
 _SCORE_ATOL = 1e-4
@@ -273,7 +274,7 @@ def _median_ms(times: list[float], per: int = 1) -> float:
 
 
 def main(argv):
-  console.start(argv)
+  console.start(argv, memory_policy=_HOST_MEMORY.value)
   config = _CONFIG.value
   scfg = config.sasrec
   train = scfg.train

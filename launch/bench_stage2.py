@@ -189,6 +189,7 @@ _PROFILE = flags.DEFINE_bool(
   "(forward / backward; frozen LLM, encoder, rest): where the step's time "
   "goes beside its MFU (bench_stage2_profile.json).",
 )
+_HOST_MEMORY = console.define_host_memory()
 
 # Op scopes of the stage-2 step (``step_profile.scope``): the frozen LLM's
 # ops (and copies of its weights), the trainable encoder's, the rest (loss
@@ -1142,7 +1143,7 @@ def _train_and_generate(built: _Built, peak, thread_counts) -> None:
 
 
 def main(argv):
-  console.start(argv)
+  console.start(argv, memory_policy=_HOST_MEMORY.value)
   if _STEPS.value < 1:
     raise app.UsageError("--steps must be at least 1 (after the first)")
   if (_RERANK.value or _GENERATE.value) and not _REFERENCE.value:

@@ -37,11 +37,12 @@ _WORKDIR = flags.DEFINE_string(
   "workdir", "workdir/sasrec", "Where SASRec writes (and resumes from)."
 )
 _CACHE = console.define_compilation_cache()
+_HOST_MEMORY = console.define_host_memory()
 distributed.define_flags()
 
 
 def main(argv):
-  console.start(argv, _CACHE.value)
+  console.start(argv, _CACHE.value, _HOST_MEMORY.value)
   config = _CONFIG.value
   start = time.perf_counter()
   with workdir_lock.hold(_WORKDIR.value):  # one run per workdir

@@ -34,6 +34,7 @@ _WORKDIR = flags.DEFINE_string(
   "workdir", "workdir/default", "Where stages write (and resume from)."
 )
 _CACHE = console.define_compilation_cache()
+_HOST_MEMORY = console.define_host_memory()
 distributed.define_flags()
 _STAGE = flags.DEFINE_enum(
   "stage",
@@ -46,7 +47,7 @@ _STAGE = flags.DEFINE_enum(
 
 
 def main(argv):
-  console.start(argv, _CACHE.value)
+  console.start(argv, _CACHE.value, _HOST_MEMORY.value)
   config = _CONFIG.value
   results = pipeline.run(config, _WORKDIR.value, _STAGE.value)
   if not distributed.is_primary():
