@@ -96,7 +96,7 @@ def instructions(hlo_text: str) -> dict[str, Instruction]:
 
   def computes_matmul(computation: str) -> bool:
     if computation not in memo:
-      memo[computation] = False  # cycles cannot occur; guards recursion
+      memo[computation] = False  # provisional, while its body is read
       memo[computation] = any(
         _is_matmul(opcode, rest) for _, opcode, rest in bodies[computation]
       )
@@ -238,12 +238,10 @@ def _state(running, known, parts) -> tuple[str, str]:
   if not running:
     return IDLE, ""
   ordered = sorted(running.values(), key=lambda e: e.start_ns)
-  for kind, wanted in ((MATMUL, True), (OTHER, False)):
-    for e in ordered:
-      ins = known[e.name]
-      if ins.matmul == wanted:
-        return kind, scope(ins.op_name, parts)
-  raise AssertionError("unreachable")
+  matmuls = [e for e in ordered if known[e.name].matmul]
+  first = (matmuls or ordered)[0]
+  kind = MATMUL if matmuls else OTHER
+  return kind, scope(known[first.name].op_name, parts)
 
 
 def profile_calls(
