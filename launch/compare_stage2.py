@@ -60,11 +60,12 @@ _REPORT_ONLY = flags.DEFINE_bool(
   False,
   "Train nothing: rebuild the table from the variants' results.json files.",
 )
+_HOST_MEMORY = console.define_host_memory()
 distributed.define_flags()
 
 
 def main(argv):
-  console.start(argv)
+  console.start(argv, memory_policy=_HOST_MEMORY.value)
   with workdir_lock.hold(_WORKDIR.value):  # one run per workdir
     out = stage2_comparison.compare(
       _CONFIG.value,

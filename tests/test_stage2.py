@@ -226,6 +226,18 @@ def test_run_end_to_end_on_tiny_llm(tmp_path, variant):
     for key in ("HR@5", "HR@10", "NDCG@5", "NDCG@10"):
       for kind in ("filtered", "unfiltered"):
         assert 0.0 <= metrics[f"{kind}/{key}"] <= 1.0
+    # What the identifiers show: agreement per prefix length against
+    # chance, how many items were named, and a few users' lists.
+    found = entry["identifiers"]
+    assert found["prefix_agreement"]
+    for level in found["prefix_agreement"]:
+      assert 0.0 <= level["agreement"] <= 1.0 and 0.0 < level["chance"] < 1.0
+    assert 1 <= found["distinct_top1"] <= found["distinct_listed"]
+    assert len(found["examples"]) == min(4, config.stage2.eval.keep_examples)
+    assert all(
+      len(e["generated"]) == config.stage2.eval.num_beams
+      for e in found["examples"]
+    )
   for task in (P.DESCRIPTION, P.PROFILE):
     entry = evaluations[f"text:{task}:-:unseen"]
     assert entry["split"] == "-"
@@ -253,6 +265,7 @@ def test_run_end_to_end_on_tiny_llm(tmp_path, variant):
     "sequential/valid/unseen"
     in (tmp_path / "stage2" / "results.md").read_text()
   )
+  assert "digit by digit" in (tmp_path / "stage2" / "results.md").read_text()
   assert (tmp_path / "stage2" / "results.png").stat().st_size > 0
   # a rerun resumes from the final checkpoint instead of training again,
   # reading the training examples written the first time

@@ -24,7 +24,7 @@ from ilm_jax.data.stage2.sampling import (
   text_evaluation_prompts,
 )
 from ilm_jax.eval import evaluations as E
-from ilm_jax.eval import generative, retrieval
+from ilm_jax.eval import generative, identifier_agreement, retrieval
 from ilm_jax.eval.evaluations import Evaluation
 from ilm_jax.eval.trained_ilm import TrainedIlm
 
@@ -81,6 +81,15 @@ def _generate(c, split, ilm, evaluation, users, held_out, items, seed):
   metrics["seconds"] = time.time() - start
   metrics["users"] = len(users)
   entry = evaluation.entry(metrics=metrics)
+  index = ilm.prompt_encoder.item_index
+  entry["identifiers"] = identifier_agreement.summary(
+    ranked,
+    targets,
+    seen_items,
+    index.codes,
+    index.identifiers,
+    c.eval.keep_examples,
+  )
   if items is not None:
     start = time.time()
     queries = retrieval.prompt_queries(*ilm.inputs, prompts, **common)

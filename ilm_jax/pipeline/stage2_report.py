@@ -83,6 +83,28 @@ def ranking_rows(results: dict) -> dict[str, dict[str, float]]:
   return rows
 
 
+def agreement_rows(results: dict) -> dict[str, dict[str, float]]:
+  """``generate`` evaluations' identifier agreement
+  (``eval.identifier_agreement``): one row per evaluation and prefix
+  length, the share of users whose top identifier starts as the held-out
+  item's (with its SE) beside chance, and how many distinct items the
+  evaluation's first choices and whole lists hold."""
+  rows = {}
+  for entry in E.result_entries(results, E.GENERATE):
+    found = entry.get("identifiers")
+    if not found:
+      continue
+    label = Evaluation.of_entry(entry).label
+    for level in found["prefix_agreement"]:
+      row = {}
+      _with_se(row, "top-1 agrees", level, "agreement")
+      row["chance"] = level["chance"]
+      row["distinct top-1"] = found["distinct_top1"]
+      row["distinct listed"] = found["distinct_listed"]
+      rows[f"{label}, first {level['digits']} digits"] = row
+  return rows
+
+
 def _mean_se(std: float, n: int) -> float:
   """SE of a mean from the population std (ddof=0) of ``n`` values."""
   return float(std / math.sqrt(n - 1)) if n > 1 else 0.0
@@ -224,6 +246,15 @@ def tables(results: dict, name: str) -> str:
         ranking,
         f"{name}: stage 2 ({variant}, {budget}), item ranking by "
         "constrained beam search (filtered unless said)",
+      )
+    )
+  agreement = agreement_rows(results)
+  if agreement:
+    out.append(
+      markdown_table(
+        agreement,
+        f"{name}: the top generated identifier against the held-out "
+        "item's, digit by digit",
       )
     )
   text = text_rows(results)
