@@ -23,6 +23,24 @@ def test_agreement_per_prefix_length_against_chance():
   # Chance: "10" covers 3 of 4 codes, "11" 1 of 4; "100" 2, "110" 1.
   assert two["chance"] == pytest.approx((3 / 4 + 1 / 4) / 2)
   assert three["chance"] == pytest.approx((2 / 4 + 1 / 4) / 2)
+  assert "popularity_chance" not in two and "last_item" not in two
+
+
+def test_references_weight_chance_by_popularity_and_copy_the_latest_item():
+  popularity = np.array([1.0, 1.0, 0.0, 2.0])  # 1100 holds half the weight
+  two, three = A.prefix_agreement(
+    np.array([1, 2]),
+    np.array([0, 3]),
+    CODES,
+    popularity,
+    last_items=np.array([2, -1]),
+  )
+  # "10" weighs 2 of 4, "11" 2 of 4; "100" 2 of 4, "110" 2 of 4.
+  assert two["popularity_chance"] == pytest.approx(0.5)
+  assert three["popularity_chance"] == pytest.approx(0.5)
+  # User 0's latest item 1010 shares "10" (not "100") with 1000; user 1 has
+  # no history.
+  assert (two["last_item"], three["last_item"]) == (0.5, 0.0)
 
 
 def test_an_empty_beam_agrees_with_nothing():
@@ -54,6 +72,8 @@ def test_summary_counts_distinct_items_and_names_examples():
     }
   ]
   assert [lv["agreement"] for lv in found["prefix_agreement"]] == [0.5, 0.5]
+  # The latest history items (1001, 1000) share 3 and all 4 digits.
+  assert [lv["last_item"] for lv in found["prefix_agreement"]] == [0.5, 0.5]
 
 
 def test_report_lists_agreement_beside_chance():

@@ -38,7 +38,11 @@ def _shared_prefix(a: str, b: str) -> int:
 
 
 def prefix_agreement(
-  top_items: np.ndarray, targets: np.ndarray, codes: np.ndarray
+  top_items: np.ndarray,
+  targets: np.ndarray,
+  codes: np.ndarray,
+  popularity: np.ndarray | None = None,
+  last_items: np.ndarray | None = None,
 ) -> list[dict[str, float]]:
   """Agreement of the top generated code with the held-out one, per length.
 
@@ -48,11 +52,17 @@ def prefix_agreement(
     targets: int[U], each user's held-out item.
     codes: int[I], every catalogue item's identifier number
       (``ItemIndex.codes``).
+    popularity: optional float[I], training interactions per item: adds
+      ``popularity_chance``, the agreement of an item drawn in proportion
+      to them.
+    last_items: optional int[U], each user's latest history item (-1 =
+      none): adds ``last_item``, the agreement of naming it again (a model
+      that copies the history's latest prefix reaches this).
 
   Returns:
     One dict per informative prefix length, shortest first: ``digits`` (n),
     ``agreement`` (share of users; with its binomial standard error under
-    ``agreement_se``) and ``chance``.
+    ``agreement_se``), ``chance`` and the optional references.
   """
   top_items = np.asarray(top_items, np.int64)
   targets = np.asarray(targets, np.int64)
@@ -65,34 +75,51 @@ def prefix_agreement(
     return []
   catalogue = _digits(codes)
   longest = max(len(c) for c in catalogue)
-  shared = np.array(
-    [
-      _shared_prefix(catalogue[t], catalogue[i]) if i >= 0 else 0
-      for i, t in zip(top_items, targets)
-    ]
-  )
+
+  def shared_with_targets(items):
+    return np.array(
+      [
+        _shared_prefix(catalogue[t], catalogue[i]) if i >= 0 else 0
+        for i, t in zip(np.asarray(items, np.int64), targets)
+      ]
+    )
+
+  shared = shared_with_targets(top_items)
+  copied = None if last_items is None else shared_with_targets(last_items)
   out = []
   for n in range(1, longest):
     # Chance per user: how much of the catalogue shares its target's prefix.
-    counts: dict[str, int] = {}
-    for code in catalogue:
-      counts[code[:n]] = counts.get(code[:n], 0) + 1
-    chance = np.array([counts[catalogue[t][:n]] for t in targets]) / len(
-      catalogue
-    )
+    uniform = _share_of_prefix(catalogue, n, np.ones(len(catalogue)))
+    chance = np.array([uniform[catalogue[t][:n]] for t in targets])
     if np.all(chance == 1.0):
       continue  # every code starts so: uninformative
     hit = (shared >= n).astype(np.float64)
     p = float(hit.mean())
-    out.append(
-      {
-        "digits": n,
-        "agreement": p,
-        "agreement" + SE_SUFFIX: float(np.sqrt(p * (1 - p) / len(hit))),
-        "chance": float(chance.mean()),
-      }
-    )
+    level = {
+      "digits": n,
+      "agreement": p,
+      "agreement" + SE_SUFFIX: float(np.sqrt(p * (1 - p) / len(hit))),
+      "chance": float(chance.mean()),
+    }
+    if popularity is not None:
+      weighted = _share_of_prefix(catalogue, n, popularity)
+      level["popularity_chance"] = float(
+        np.mean([weighted[catalogue[t][:n]] for t in targets])
+      )
+    if copied is not None:
+      level["last_item"] = float(np.mean(copied >= n))
+    out.append(level)
   return out
+
+
+def _share_of_prefix(catalogue: list[str], n: int, weights) -> dict:
+  """{first n digits: share of ``weights`` on the codes starting so}."""
+  weights = np.asarray(weights, np.float64)
+  total = float(weights.sum())
+  shares: dict[str, float] = {}
+  for code, w in zip(catalogue, weights):
+    shares[code[:n]] = shares.get(code[:n], 0.0) + w / total
+  return shares
 
 
 def summary(
@@ -101,6 +128,7 @@ def summary(
   histories,
   codes: np.ndarray,
   identifiers,
+  popularity: np.ndarray | None = None,
   keep_examples: int = 5,
   history_shown: int = 5,
 ) -> dict:
@@ -112,6 +140,8 @@ def summary(
     histories: per user, the items before the held-out one, oldest first.
     codes: int[I] identifier numbers of the catalogue.
     identifiers: the catalogue's identifier strings (``ItemIndex``).
+    popularity: optional float[I] training interactions per item
+      (``prefix_agreement``).
     keep_examples: users whose lists are kept as examples.
     history_shown: latest history items shown in an example.
 
@@ -127,8 +157,11 @@ def summary(
     return [identifiers[int(i)] for i in items if int(i) >= 0]
 
   listed = ranked[ranked >= 0]
+  last = np.array([int(h[-1]) if len(h) else -1 for h in histories])
   return {
-    "prefix_agreement": prefix_agreement(ranked[:, 0], targets, codes),
+    "prefix_agreement": prefix_agreement(
+      ranked[:, 0], targets, codes, popularity, last
+    ),
     "distinct_top1": int(len(np.unique(ranked[:, 0][ranked[:, 0] >= 0]))),
     "distinct_listed": int(len(np.unique(listed))),
     "examples": [

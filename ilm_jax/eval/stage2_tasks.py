@@ -88,6 +88,9 @@ def _generate(c, split, ilm, evaluation, users, held_out, items, seed):
     seen_items,
     index.codes,
     index.identifiers,
+    np.bincount(
+      np.concatenate(split.train_sequences), minlength=split.num_items
+    ),
     c.eval.keep_examples,
   )
   if items is not None:

@@ -87,7 +87,8 @@ def agreement_rows(results: dict) -> dict[str, dict[str, float]]:
   """``generate`` evaluations' identifier agreement
   (``eval.identifier_agreement``): one row per evaluation and prefix
   length, the share of users whose top identifier starts as the held-out
-  item's (with its SE) beside chance, and how many distinct items the
+  item's (with its SE) beside chance (uniform, popularity-weighted) and
+  beside naming the latest history item again, and how many distinct items the
   evaluation's first choices and whole lists hold."""
   rows = {}
   for entry in E.result_entries(results, E.GENERATE):
@@ -99,6 +100,12 @@ def agreement_rows(results: dict) -> dict[str, dict[str, float]]:
       row = {}
       _with_se(row, "top-1 agrees", level, "agreement")
       row["chance"] = level["chance"]
+      for key, name in (
+        ("popularity_chance", "popularity-weighted"),
+        ("last_item", "latest history item"),
+      ):
+        if key in level:
+          row[name] = level[key]
       row["distinct top-1"] = found["distinct_top1"]
       row["distinct listed"] = found["distinct_listed"]
       rows[f"{label}, first {level['digits']} digits"] = row
