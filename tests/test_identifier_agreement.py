@@ -43,6 +43,16 @@ def test_references_weight_chance_by_popularity_and_copy_the_latest_item():
   assert (two["last_item"], three["last_item"]) == (0.5, 0.0)
 
 
+def test_a_digit_every_code_shares_is_left_out_in_a_large_catalogue():
+  # 1,349 codes starting with "1": shares summed over many items must still
+  # count as the whole catalogue.
+  codes = 1_000_000 + np.arange(1349) * 701
+  levels = A.prefix_agreement(
+    np.arange(5), np.arange(5) + 1, codes, popularity=np.arange(1349) + 1.0
+  )
+  assert levels[0]["digits"] == 2
+
+
 def test_an_empty_beam_agrees_with_nothing():
   levels = A.prefix_agreement(np.array([-1]), np.array([0]), CODES)
   assert all(lv["agreement"] == 0.0 for lv in levels)

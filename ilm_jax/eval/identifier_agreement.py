@@ -91,7 +91,7 @@ def prefix_agreement(
     # Chance per user: how much of the catalogue shares its target's prefix.
     uniform = _share_of_prefix(catalogue, n, np.ones(len(catalogue)))
     chance = np.array([uniform[catalogue[t][:n]] for t in targets])
-    if np.all(chance == 1.0):
+    if np.allclose(chance, 1.0, rtol=0.0, atol=1e-9):
       continue  # every code starts so: uninformative
     hit = (shared >= n).astype(np.float64)
     p = float(hit.mean())
