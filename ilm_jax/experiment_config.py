@@ -102,6 +102,10 @@ def dataset_config() -> ml_collections.ConfigDict:
   # Item ids: "random" | "sequential" (leaks: next item = last id + 1 often)
   # | "collaborative" (hierarchical k-means of the CF table; OpenP5-C idea).
   c.indexing = "random"
+  # "collaborative": a tree of equal-size clusters (codes of 1 + ceil(log10
+  # items) digits) or, False, plain k-means (as every run before this field;
+  # a saved config without it restores that way).
+  c.balanced_tree = True
   c.max_users = -1  # keep only the first N users (-1 = all); CPU runs
   return c
 

@@ -76,6 +76,7 @@ def test_tiny_cpu_form_writes_the_report(tmp_path):
   # Collaborative identifiers and the accelerator recipe's evaluations,
   # under the overridden budget.
   assert run["budget"]["indexing"] == "collaborative"
+  assert run["budget"]["balanced_tree"] is True
   assert run["budget"]["steps"] == 2
   assert {"text", "als (all users)", "sasrec (all users)"} <= set(run["rows"])
   assert "HR@10" in run["rows"]["text"]

@@ -84,3 +84,43 @@ def test_make_index_needs_the_cf_vectors_and_names_the_schemes():
   vectors = np.random.default_rng(0).normal(size=(split.num_items, 4))
   index = make_index(split, "collaborative", 0, vectors)
   assert len(index.identifiers) == split.num_items
+
+
+def _skewed_vectors(n=1349, dim=8, seed=0):
+  """CF-like vectors: a dense core and a long, sparse tail."""
+  rng = np.random.default_rng(seed)
+  scale = np.where(rng.random(n) < 0.8, 0.1, 3.0)[:, None]
+  return rng.normal(size=(n, dim)) * scale
+
+
+@pytest.mark.parametrize("n", [360, 1000, 1349])
+def test_balanced_tree_codes_are_as_short_as_the_catalogue_allows(n):
+  vectors = _skewed_vectors(n)
+  balanced = collaborative_indexing(vectors, seed=2, balanced=True).codes
+  plain = collaborative_indexing(vectors, seed=2).codes
+  digits = {len(str(c)) for c in balanced}
+  # "1", then ceil(log10 n) digits of path and place in the leaf.
+  assert digits == {1 + int(np.ceil(np.log10(n)))}
+  assert len(set(balanced.tolist())) == n
+  # Plain k-means on the skewed vectors grows a deeper branch.
+  assert len(str(plain[0])) > len(str(balanced[0]))
+  parents = {}
+  for code in (str(c) for c in balanced):
+    parents.setdefault(code[:-1], []).append(code)
+  assert max(len(v) for v in parents.values()) <= BRANCHES
+
+
+def test_balanced_tree_keeps_groups_that_fit_its_clusters():
+  vectors, group = _clustered_vectors(groups=10, per_group=30)
+  codes = [str(c) for c in collaborative_indexing(vectors, balanced=True).codes]
+  # Ten groups of 30 into ten clusters of at most 30: one first digit each.
+  first = {}
+  for code, g in zip(codes, group):
+    first.setdefault(g, set()).add(code[1])
+  assert all(len(digits) == 1 for digits in first.values())
+  assert len({d for digits in first.values() for d in digits}) == 10
+
+
+def test_identical_vectors_get_distinct_balanced_codes():
+  codes = collaborative_indexing(np.zeros((37, 4)), balanced=True).codes
+  assert len(set(codes.tolist())) == 37

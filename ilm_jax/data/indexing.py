@@ -91,8 +91,8 @@ def sequential_indexing(split: LeaveOneOutSplit) -> ItemIndex:
 BRANCHES = 10  # children per tree node: one decimal digit per level
 
 
-def _kmeans(vectors: np.ndarray, k: int, rng, iterations: int = 20):
-  """Labels int[N] of Lloyd's k-means (k-means++ seeding) on float[N, D]."""
+def _seeds(vectors: np.ndarray, k: int, rng) -> np.ndarray:
+  """float[k, D] k-means++ starting centres drawn from float[N, D]."""
   n = len(vectors)
   centers = [vectors[rng.integers(n)]]
   for _ in range(1, k):
@@ -102,7 +102,13 @@ def _kmeans(vectors: np.ndarray, k: int, rng, iterations: int = 20):
     total = d2.sum()
     pick = rng.choice(n, p=d2 / total) if total > 0 else rng.integers(n)
     centers.append(vectors[pick])
-  centers = np.asarray(centers)
+  return np.asarray(centers)
+
+
+def _kmeans(vectors: np.ndarray, k: int, rng, iterations: int = 20):
+  """Labels int[N] of Lloyd's k-means (k-means++ seeding) on float[N, D]."""
+  n = len(vectors)
+  centers = _seeds(vectors, k, rng)
   labels = np.zeros(n, np.int64)
   for _ in range(iterations):
     d2 = ((vectors[:, None, :] - centers[None]) ** 2).sum(-1)
@@ -114,24 +120,62 @@ def _kmeans(vectors: np.ndarray, k: int, rng, iterations: int = 20):
   return labels
 
 
-def _paths(vectors: np.ndarray, items: np.ndarray, rng, prefix: str, out):
+def _balanced_kmeans(vectors: np.ndarray, k: int, rng, iterations: int = 20):
+  """Labels int[N] of k-means whose clusters hold at most ceil(N / k) each.
+
+  Lloyd's iterations with a capacity-bound assignment step: (point, centre)
+  pairs are taken nearest first and a point joins the first centre that
+  still has room. Equal sizes keep the tree, and so every identifier, as
+  shallow as the catalogue allows (ceil(log10 N) digits of path), where
+  plain k-means on skewed CF vectors grows deep branches that every other
+  code is zero-padded to.
+  """
+  n = len(vectors)
+  capacity = -(-n // k)
+  centers = _seeds(vectors, k, rng)
+  labels = np.zeros(n, np.int64)
+  for _ in range(iterations):
+    d2 = ((vectors[:, None, :] - centers[None]) ** 2).sum(-1)
+    labels = np.full(n, -1, np.int64)
+    room = np.full(k, capacity)
+    for flat in np.argsort(d2, axis=None, kind="stable"):
+      point, center = divmod(int(flat), k)
+      if labels[point] < 0 and room[center] > 0:
+        labels[point] = center
+        room[center] -= 1
+    for c in range(k):
+      members = vectors[labels == c]
+      if len(members):
+        centers[c] = members.mean(0)
+  return labels
+
+
+def _paths(
+  vectors: np.ndarray,
+  items: np.ndarray,
+  rng,
+  prefix: str,
+  out,
+  balanced: bool = False,
+):
   """Fills ``out[item] = (path digits, place in leaf)`` below ``prefix``."""
   if len(items) <= BRANCHES:
     for place, item in enumerate(items):
       out[int(item)] = (prefix, place)
     return
-  labels = _kmeans(vectors[items], BRANCHES, rng)
+  cluster = _balanced_kmeans if balanced else _kmeans
+  labels = cluster(vectors[items], BRANCHES, rng)
   if len(np.unique(labels)) == 1:
     # Identical vectors cannot be told apart by distance: split evenly.
     labels = np.arange(len(items)) * BRANCHES // len(items)
   for child in range(BRANCHES):
     members = items[labels == child]
     if len(members):
-      _paths(vectors, members, rng, prefix + str(child), out)
+      _paths(vectors, members, rng, prefix + str(child), out, balanced)
 
 
 def collaborative_indexing(
-  item_vectors: np.ndarray, seed: int = 0
+  item_vectors: np.ndarray, seed: int = 0, balanced: bool = False
 ) -> ItemIndex:
   """Codes whose digits follow a hierarchical k-means of the CF vectors.
 
@@ -139,6 +183,9 @@ def collaborative_indexing(
     item_vectors: float[I, D], each item's CF embedding (fitted on training
       interactions only, so the tree holds nothing of held-out items).
     seed: seeds the clustering.
+    balanced: clusters of at most a tenth of their node each
+      (``_balanced_kmeans``): codes of 1 + ceil(log10 I) digits, rather than
+      as deep as plain k-means' deepest branch.
 
   Returns:
     An ItemIndex whose codes all have the same number of digits: ``1``, the
@@ -149,7 +196,14 @@ def collaborative_indexing(
   if vectors.ndim != 2 or not np.isfinite(vectors).all():
     raise ValueError("item_vectors must be a finite float[I, D] array")
   out: dict[int, tuple[str, int]] = {}
-  _paths(vectors, np.arange(len(vectors)), np.random.default_rng(seed), "", out)
+  _paths(
+    vectors,
+    np.arange(len(vectors)),
+    np.random.default_rng(seed),
+    "",
+    out,
+    balanced,
+  )
   depth = max(len(path) for path, _ in out.values())
   codes = np.empty(len(vectors), np.int64)
   for item, (path, place) in out.items():
@@ -165,9 +219,11 @@ def make_index(
   scheme: str,
   seed: int = 0,
   item_vectors: np.ndarray | None = None,
+  balanced: bool = False,
 ) -> ItemIndex:
   """The ItemIndex of ``scheme`` (``item_vectors``: the CF table's items,
-  needed by "collaborative")."""
+  needed by "collaborative"; ``balanced``: its tree's clusters of equal
+  size, ``collaborative_indexing``)."""
   if scheme == "random":
     return random_indexing(split.num_items, seed)
   if scheme == "sequential":
@@ -178,5 +234,5 @@ def make_index(
         "collaborative indexing needs the CF table's item vectors "
         f"(float[{split.num_items}, d])"
       )
-    return collaborative_indexing(item_vectors, seed)
+    return collaborative_indexing(item_vectors, seed, balanced)
   raise ValueError(f"indexing must be one of {SCHEMES}, got {scheme!r}")

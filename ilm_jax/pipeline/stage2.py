@@ -304,7 +304,11 @@ def run(
   split = load_split(config.dataset)
   table = cf_table(config, workdir, split)
   index = make_index(
-    split, config.dataset.indexing, config.seed, np.asarray(table.items)
+    split,
+    config.dataset.indexing,
+    config.seed,
+    np.asarray(table.items),
+    config.dataset.get("balanced_tree", False),
   )
   mesh = make_mesh(tuple(config.mesh.shape))
   # A converted checkpoint is restored straight into its shards on the mesh.

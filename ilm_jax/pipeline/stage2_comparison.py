@@ -291,6 +291,7 @@ def compare(
     "learning_rate": float(c.train.learning_rate),
     "max_history": int(c.max_history),
     "indexing": config.dataset.indexing,
+    "balanced_tree": bool(config.dataset.get("balanced_tree", False)),
     "examples_per_task": int(c.examples_per_task),
     "eval_users": int(c.eval.max_users),
     "text_prompts": int(c.eval.max_text_prompts),

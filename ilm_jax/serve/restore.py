@@ -156,7 +156,11 @@ def restore(workdir, stage_dir: str = stage2.STAGE_DIR) -> Restored:
   )
   _check_params(nn.unbox(boxed), saved_params, str(checkpoints))
   index = make_index(
-    split, config.dataset.indexing, config.seed, np.asarray(table.items)
+    split,
+    config.dataset.indexing,
+    config.seed,
+    np.asarray(table.items),
+    config.dataset.get("balanced_tree", False),
   )
   prompt_encoder = PromptEncoder(
     tokenizer,
