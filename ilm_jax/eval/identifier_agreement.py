@@ -9,9 +9,12 @@ compared with the held-out item's, and for every prefix length n the share of
 users whose two codes agree on their first n digits is reported beside
 chance: the share a catalogue item drawn uniformly would reach (for each
 user, the fraction of the catalogue sharing the held-out code's first n
-digits, averaged over users). Prefix lengths every code shares (the leading
-digit of equal-length codes) say nothing and are left out, as is the whole
-code (that is HR@1).
+digits, averaged over users), the same for an item drawn in proportion to
+its training interactions, and the agreement of the user's latest history
+item (a model that only copies the history's latest prefix reaches that).
+The top identifier is the one generated, seen items included (HR/NDCG filter
+those). Prefix lengths every code shares (the leading digit of equal-length
+codes) say nothing and are left out, as is the whole code (that is HR@1).
 
 Random identifiers carry no collaborative structure, so there agreement
 above chance can only come from popularity (popular items sharing digits).
