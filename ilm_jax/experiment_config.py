@@ -273,6 +273,10 @@ def stage2_config() -> ml_collections.ConfigDict:
   c.train.checkpoint_every = 500
   c.eval = ml_collections.ConfigDict()
   c.eval.num_beams = 10  # beams = length of the ranked list
+  # The search never spells an item the user has seen, so each list holds
+  # num_beams unseen items, as the full-ranking baselines' lists do (False:
+  # seen items take beams and are dropped afterwards, as before this field).
+  c.eval.exclude_seen = True
   c.eval.max_users = -1  # held-out users evaluated (-1 = all)
   c.eval.batch_size = 32  # prompts per beam-search call
   c.eval.max_text_prompts = 200  # items / users per text task (-1 = all)

@@ -12,6 +12,8 @@ from ilm_jax.decode.item_trie import (
   allowed_by_trie,
   build_item_trie,
   ranked_items,
+  stacked_without,
+  without_items,
 )
 from ilm_jax.models.llm import Decoder
 
@@ -155,6 +157,57 @@ def test_constrained_beams_only_spell_valid_identifiers(tiny):
     for toks, item in zip(row_tokens, row):
       n = len(seqs[item])
       assert list(toks[:n]) == seqs[item]
+
+
+def test_each_prompt_searches_without_its_own_items(tiny):
+  decoder, params = tiny
+  codes = np.arange(1001, 1031)
+  seqs = _sequences([f"item_{c}" for c in codes])
+  trie = build_item_trie(seqs, 128)
+  prompt = jnp.asarray([TOK.encode("Recommend an item:")] * 3)
+  search = dict(
+    num_beams=10, max_new_tokens=trie.max_length, allowed_fn=allowed_by_trie
+  )
+  free = ranked_items(
+    trie,
+    np.asarray(
+      beam_search(
+        decoder, params, prompt, constraint_data=trie.constraint_data, **search
+      ).tokens
+    ),
+  )
+  # Prompt 0 may not name the free search's top 5, prompt 1 its items 1-20
+  # (leaving exactly ten), prompt 2 anything but items 0-2.
+  exclude = [free[0, :5], np.arange(1, 21), np.arange(3, 30)]
+  stacked = stacked_without(trie, exclude)
+  assert stacked.shape == (3,) + trie.transitions.shape
+  beams = beam_search(
+    decoder,
+    params,
+    prompt,
+    constraint_data=(stacked, trie.column_of_token),
+    **search,
+  )
+  ranked = ranked_items(trie, np.asarray(beams.tokens))
+  for row, banned in zip(ranked, exclude):
+    assert not set(row.tolist()) & set(np.asarray(banned).tolist())
+  # Same prompt, so the rest keeps the free search's order: the pruned list
+  # continues it past the banned items.
+  np.testing.assert_array_equal(ranked[0, :5], free[0, 5:])
+  assert set(ranked[1].tolist()) == {0, *range(21, 30)}
+  assert sorted(ranked[2][ranked[2] >= 0].tolist()) == [0, 1, 2]
+  assert (ranked[2, 3:] == -1).all()
+  # A batch of one pruned table equals the single pruned trie's constraint.
+  one = without_items(trie, exclude[1])
+  generated = jnp.asarray(beams.tokens)[1:2, :, :4]
+  np.testing.assert_array_equal(
+    np.asarray(
+      allowed_by_trie(
+        generated, jnp.int32(4), (stacked[1:2], trie.column_of_token)
+      )
+    ),
+    np.asarray(allowed_by_trie(generated, jnp.int32(4), one.constraint_data)),
+  )
 
 
 @pytest.mark.parametrize("width", [20, 40], ids=["appended", "in_padding"])

@@ -238,6 +238,14 @@ def test_run_end_to_end_on_tiny_llm(tmp_path, variant):
       len(e["generated"]) == config.stage2.eval.num_beams
       for e in found["examples"]
     )
+    # The search skips what the user has seen: no list names a history
+    # item, so dropping seen items afterwards changes nothing.
+    assert entry["exclude_seen"] is True
+    assert not any(
+      set(e["generated"]) & set(e["history"]) for e in found["examples"]
+    )
+    for key in ("HR@10", "NDCG@10"):
+      assert metrics[f"filtered/{key}"] == metrics[f"unfiltered/{key}"]
   for task in (P.DESCRIPTION, P.PROFILE):
     entry = evaluations[f"text:{task}:-:unseen"]
     assert entry["split"] == "-"

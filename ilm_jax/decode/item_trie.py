@@ -95,20 +95,32 @@ class ItemTrie:
     return -1
 
 
+def _next_rows(transitions: jax.Array, node: jax.Array) -> jax.Array:
+  """int32[B, W, A + 1] transition rows of each beam's node: one table
+  int32[num_nodes, A + 1] for every prompt, or one per prompt
+  int32[B, num_nodes, A + 1] (``stacked_without``)."""
+  if transitions.ndim == 2:
+    return transitions[node]
+  prompts = jnp.arange(node.shape[0]).reshape((-1,) + (1,) * (node.ndim - 1))
+  return transitions[prompts, node]
+
+
 def walk_trie(generated: jax.Array, step: jax.Array, data) -> jax.Array:
   """int32[B, W] node each beam's first ``step`` tokens lead to (-1: off).
 
   Args:
     generated: int32[B, W, N] tokens generated so far.
     step: int32[] how many of them count.
-    data: ``ItemTrie.constraint_data``.
+    data: ``ItemTrie.constraint_data``, or the same with a table of
+      transitions per prompt (``stacked_without``).
   """
   transitions, columns = (jnp.asarray(x) for x in data)
   vocab = columns.shape[0]
 
   def advance(t, node):
     token = jnp.clip(generated[..., t], 0, vocab - 1)
-    nxt = transitions[jnp.maximum(node, 0), columns[token]]
+    nxt = _next_rows(transitions, jnp.maximum(node, 0))
+    nxt = jnp.take_along_axis(nxt, columns[token][..., None], axis=-1)[..., 0]
     return jnp.where((t < step) & (node >= 0), nxt, node)
 
   start = jnp.zeros(generated.shape[:-1], jnp.int32)
@@ -129,7 +141,7 @@ def allowed_by_trie(generated: jax.Array, step: jax.Array, data) -> jax.Array:
   """
   transitions, columns = (jnp.asarray(x) for x in data)
   node = walk_trie(generated, step, data)
-  rows = transitions[jnp.maximum(node, 0)]  # [B, W, A + 1]
+  rows = _next_rows(transitions, jnp.maximum(node, 0))  # [B, W, A + 1]
   allowed = jnp.take(rows, columns, axis=-1) >= 0  # [B, W, V]
   return allowed & (node >= 0)[..., None]
 
@@ -230,15 +242,33 @@ def without_items(trie: ItemTrie, items) -> ItemTrie:
   drop[items[(items >= 0) & (items < len(drop))]] = True
   at = trie.item_at_node
   alive = (at >= 0) & ~drop[np.maximum(at, 0)]
-  # A child always has a larger index than its parent (nodes are appended
-  # as identifiers are inserted), so one backward pass settles every node.
-  for node in range(trie.num_nodes - 1, -1, -1):
-    children = trie.transitions[node]
-    if not alive[node]:
-      alive[node] = bool(alive[children[children >= 0]].any())
+  # Deepest level first: a node lives if an item ends there or a child lives.
+  for nodes in reversed(_levels(trie.transitions)):
+    children = trie.transitions[nodes]
+    living = (children >= 0) & alive[np.maximum(children, 0)]
+    alive[nodes] |= living.any(axis=1)
   transitions = np.where(
     (trie.transitions >= 0) & alive[np.maximum(trie.transitions, 0)],
     trie.transitions,
     NO_NODE,
   ).astype(np.int32)
   return dataclasses.replace(trie, transitions=transitions)
+
+
+def _levels(transitions: np.ndarray) -> list[np.ndarray]:
+  """Node indices by depth, the root's level first."""
+  levels = [np.zeros(1, np.int64)]
+  while True:
+    children = transitions[levels[-1]]
+    children = children[children >= 0]
+    if not len(children):
+      return levels
+    levels.append(np.unique(children))
+
+
+def stacked_without(trie: ItemTrie, item_sets) -> np.ndarray:
+  """int32[B, num_nodes, A + 1]: prompt b's transitions without
+  ``item_sets[b]`` (``without_items``), for one batched search in which each
+  prompt names only items its user has not seen; with ``trie.column_of_token``
+  it is constraint data for ``allowed_by_trie``."""
+  return np.stack([without_items(trie, s).transitions for s in item_sets])

@@ -23,7 +23,12 @@ import tqdm
 from ilm_jax.data.stage2.collate import bucket_of, collate
 from ilm_jax.data.stage2.encoding import PromptEncoder, encode_fitting
 from ilm_jax.decode.beam_search import beam_search
-from ilm_jax.decode.item_trie import ItemTrie, allowed_by_trie, ranked_items
+from ilm_jax.decode.item_trie import (
+  ItemTrie,
+  allowed_by_trie,
+  ranked_items,
+  stacked_without,
+)
 from ilm_jax.decode.sampling import generate
 from ilm_jax.eval import semantic
 from ilm_jax.eval.metrics import metrics_from_lists
@@ -165,13 +170,16 @@ def item_beams(
   batch_size: int,
   buckets,
   num_beams: int = DEFAULT_BEAMS,
+  exclude=None,
 ):
   """Yields (prompt indices, Beams) of prompt batches, constrained by
   ``trie`` (``rank_items``' search; the Beams hold padded rows too).
 
   Each prompt is prefilled once with the identifiers' common start
   (``trie.forced_prefix``) after it, cut to its batch's longest prompt
-  plus that start, and its cache shared by its beams.
+  plus that start, and its cache shared by its beams. With ``exclude``
+  (per prompt, items it must not name) each prompt searches its own pruned
+  trie (``stacked_without``).
   """
   # Placed once: host (numpy) weights would be copied into every call.
   encoder_params, llm_params, cf_table = jax.device_put(
@@ -189,6 +197,11 @@ def item_beams(
     buckets,
     room=len(forced),
   ):
+    constraint = trie.constraint_data
+    if exclude is not None:
+      sets = [exclude[i] for i in chunk]
+      sets += [()] * (x.shape[0] - len(sets))  # padded rows
+      constraint = (stacked_without(trie, sets), trie.column_of_token)
     yield (
       chunk,
       beam_search(
@@ -199,7 +212,7 @@ def item_beams(
         num_beams=num_beams,
         max_new_tokens=trie.max_length,
         allowed_fn=allowed_by_trie,
-        constraint_data=trie.constraint_data,
+        constraint_data=constraint,
         forced_tokens=forced,
       ),
     )
@@ -217,6 +230,7 @@ def rank_items(
   batch_size: int,
   buckets,
   num_beams: int = DEFAULT_BEAMS,
+  exclude=None,
 ) -> np.ndarray:
   """Ranked item lists of prompts by constrained beam search.
 
@@ -231,6 +245,9 @@ def rank_items(
     batch_size: prompts per beam-search call.
     buckets: prompt length buckets.
     num_beams: W.
+    exclude: optional, per prompt, items the search may not spell (the
+      user's seen items: then every list holds W unseen items, as a full
+      ranking that removes seen items does).
 
   Returns:
     int32[N, W] item indices best first, -1 where a beam spelled no new item.
@@ -247,6 +264,7 @@ def rank_items(
     batch_size=batch_size,
     buckets=buckets,
     num_beams=num_beams,
+    exclude=exclude,
   ):
     ranked = ranked_items(trie, np.asarray(beams.tokens))
     out[chunk] = ranked[: len(chunk)]
