@@ -57,3 +57,29 @@ def test_stage1_provenance_follows_the_cf_table_and_recipe(tmp_path):
   assert stage1._provenance(config, tmp_path) == second
   config.stage1.batch_size = 64
   assert stage1._provenance(config, tmp_path)["stage1"]["batch_size"] == 64
+
+
+def test_runs_recorded_before_balanced_trees_resume_on_the_plain_tree(tmp_path):
+  workdir = _workdir(tmp_path)
+  params = {"adapter": {"kernel": np.ones((2, 3), np.float32)}}
+  config = get_config("ml-latest-small")
+  config.dataset.indexing = "collaborative"
+  config.dataset.balanced_tree = False
+  plain = provenance.normalised(stage2._provenance(config, workdir, params))
+  # What such a run recorded: its dataset config had no such field.
+  assert "balanced_tree" not in plain["dataset"]
+  config.dataset.balanced_tree = True
+  balanced = provenance.normalised(stage2._provenance(config, workdir, params))
+  assert provenance.differences(plain, balanced) == [
+    "dataset.balanced_tree: '<absent>' -> True"
+  ]
+  # Without collaborative identifiers, or in stages that name no items,
+  # the field changes nothing.
+  config.dataset.indexing = "random"
+  assert provenance.normalised(
+    stage2._provenance(config, workdir, params)
+  ) == provenance.normalised(
+    {**plain, "dataset": {**plain["dataset"], "indexing": "random"}}
+  )
+  fields = provenance.dataset_fields(config.dataset.to_dict())
+  assert "balanced_tree" not in fields

@@ -19,6 +19,7 @@ from ilm_jax.cf import table as table_lib
 from ilm_jax.cf.als import ALSConfig, train_als
 from ilm_jax.data import LeaveOneOutSplit, load_split
 from ilm_jax.sharding.mesh import make_mesh
+from ilm_jax.train import provenance
 
 CF_DIR = "cf"
 
@@ -42,7 +43,7 @@ def _provenance(config: ml_collections.ConfigDict) -> dict:
     json.dumps(
       {
         "cf": config.cf.to_dict(),
-        "dataset": config.dataset.to_dict(),
+        "dataset": provenance.dataset_fields(config.dataset.to_dict()),
         "seed": config.seed,
       }
     )

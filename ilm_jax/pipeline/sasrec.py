@@ -277,7 +277,7 @@ def _provenance(
   """What a SASRec state depends on: its data, shape, loss and optimiser."""
   fields = {k: v for k, v in scfg.to_dict().items() if k != "train"}
   return {
-    "dataset": config.dataset.to_dict(),
+    "dataset": provenance.dataset_fields(config.dataset.to_dict()),
     "sasrec": {**fields, "train": provenance.without_bookkeeping(scfg.train)},
   }
 

@@ -268,7 +268,7 @@ def _provenance(config, workdir: pathlib.Path) -> dict:
   optimiser settings and the CF table it read (by content)."""
   s1 = config.stage1
   return {
-    "dataset": config.dataset.to_dict(),
+    "dataset": provenance.dataset_fields(config.dataset.to_dict()),
     "qformer": config.qformer.to_dict(),
     "stage1": {
       "losses": s1.losses,

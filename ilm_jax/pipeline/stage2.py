@@ -278,7 +278,9 @@ def _provenance(config, workdir, initial_params) -> dict:
   }
   recipe["train"] = provenance.without_bookkeeping(c.train)
   return {
-    "dataset": config.dataset.to_dict(),
+    "dataset": provenance.dataset_fields(
+      config.dataset.to_dict(), identifiers=True
+    ),
     "stage2": recipe,
     "cf_table": provenance.file_digest(
       files.path(workdir) / CF_DIR / TABLE_FILE

@@ -63,6 +63,21 @@ def without_bookkeeping(loop_config: Mapping) -> dict:
   return {k: v for k, v in dict(loop_config).items() if k not in BOOKKEEPING}
 
 
+def dataset_fields(dataset: Mapping, identifiers: bool = False) -> dict:
+  """The dataset config's fields a stage's state depends on.
+
+  ``balanced_tree`` shapes only collaborative identifiers, which only stage
+  2 uses (``identifiers``); there it is kept only where it departs from the
+  plain k-means tree that every run recorded before the field had, so those
+  runs resume.
+  """
+  out = dict(dataset)
+  balanced = out.pop("balanced_tree", False)
+  if identifiers and out.get("indexing") == "collaborative" and balanced:
+    out["balanced_tree"] = True
+  return out
+
+
 def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
   if isinstance(value, Mapping):
     out = {}
