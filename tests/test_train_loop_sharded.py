@@ -85,4 +85,15 @@ def test_sharded_step_equals_single_device_step():
   (p1, m1), (p8, m8) = results
   for name in ("loss", "itc_loss", "itm_loss", "itg_loss", "ii_loss"):
     assert m8[name] == pytest.approx(m1[name], abs=1e-5), name
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), p1, p8)
+  # The gradients agree (a wrong reduction over devices would scale them).
+  assert m8["grad_norm"] == pytest.approx(m1["grad_norm"], rel=1e-4)
+  # Adam's first update is about lr * sign(gradient), so where a gradient is
+  # near zero float32 noise (sharded sums, another CPU's vector width) moves
+  # it by a fraction of lr; a wrong update would be off by up to 2 * lr.
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(
+      a, b, atol=0.2 * config.learning_rate
+    ),
+    p1,
+    p8,
+  )
