@@ -138,11 +138,15 @@ def _balanced_kmeans(vectors: np.ndarray, k: int, rng, iterations: int = 20):
     d2 = ((vectors[:, None, :] - centers[None]) ** 2).sum(-1)
     labels = np.full(n, -1, np.int64)
     room = np.full(k, capacity)
+    placed = 0
     for flat in np.argsort(d2, axis=None, kind="stable"):
       point, center = divmod(int(flat), k)
       if labels[point] < 0 and room[center] > 0:
         labels[point] = center
         room[center] -= 1
+        placed += 1
+        if placed == n:  # the farther pairs can change nothing
+          break
     for c in range(k):
       members = vectors[labels == c]
       if len(members):
