@@ -113,11 +113,17 @@ def _kmeans(vectors: np.ndarray, k: int, rng, iterations: int = 20):
   for _ in range(iterations):
     d2 = ((vectors[:, None, :] - centers[None]) ** 2).sum(-1)
     labels = d2.argmin(1)
-    for c in range(k):
-      members = vectors[labels == c]
-      if len(members):
-        centers[c] = members.mean(0)
+    _move_centers(vectors, labels, centers)
   return labels
+
+
+def _move_centers(vectors, labels, centers) -> None:
+  """Lloyd's update, in place: each centre to its members' mean (a centre
+  without members stays)."""
+  for c in range(len(centers)):
+    members = vectors[labels == c]
+    if len(members):
+      centers[c] = members.mean(0)
 
 
 def _balanced_kmeans(vectors: np.ndarray, k: int, rng, iterations: int = 20):
@@ -147,10 +153,7 @@ def _balanced_kmeans(vectors: np.ndarray, k: int, rng, iterations: int = 20):
         placed += 1
         if placed == n:  # the farther pairs can change nothing
           break
-    for c in range(k):
-      members = vectors[labels == c]
-      if len(members):
-        centers[c] = members.mean(0)
+    _move_centers(vectors, labels, centers)
   return labels
 
 

@@ -44,7 +44,7 @@ from ilm_jax.convert.frozen_llm import load_stage2_llm
 from ilm_jax.data import load_split
 from ilm_jax.data import prompts as P
 from ilm_jax.data.global_batches import on_first_host
-from ilm_jax.data.indexing import make_index
+from ilm_jax.data.indexing import ItemIndex, make_index
 from ilm_jax.data.stage2.batches import BucketBatches
 from ilm_jax.data.stage2.encoding import (
   EntityCoding,
@@ -185,6 +185,18 @@ def coding_of(c, encoder: SoftTokenEncoder) -> EntityCoding:
   )
 
 
+def item_index(config, split, table) -> ItemIndex:
+  """The identifiers of a run's items, from its config (a saved config
+  without ``dataset.balanced_tree`` had the plain tree) and CF table."""
+  return make_index(
+    split,
+    config.dataset.indexing,
+    config.seed,
+    np.asarray(table.items),
+    config.dataset.get("balanced_tree", False),
+  )
+
+
 def build_trie(prompt_encoder: PromptEncoder, vocab_size: int):
   sequences = [
     prompt_encoder.answer_tokens(s)
@@ -305,13 +317,7 @@ def run(
   out_dir.mkdir(parents=True, exist_ok=True)
   split = load_split(config.dataset)
   table = cf_table(config, workdir, split)
-  index = make_index(
-    split,
-    config.dataset.indexing,
-    config.seed,
-    np.asarray(table.items),
-    config.dataset.get("balanced_tree", False),
-  )
+  index = item_index(config, split, table)
   mesh = make_mesh(tuple(config.mesh.shape))
   # A converted checkpoint is restored straight into its shards on the mesh.
   llm_config, llm_params, tokenizer = load_stage2_llm(

@@ -24,7 +24,6 @@ from ilm_jax.cf.table import CFTable, load_cf_table
 from ilm_jax.checkpoint import manager as ckpt
 from ilm_jax.convert.frozen_llm import load_stage2_llm
 from ilm_jax.data import load_split
-from ilm_jax.data.indexing import make_index
 from ilm_jax.data.split import LeaveOneOutSplit
 from ilm_jax.data.stage2.encoding import PromptEncoder
 from ilm_jax.eval.trained_ilm import TrainedIlm
@@ -155,13 +154,7 @@ def restore(workdir, stage_dir: str = stage2.STAGE_DIR) -> Restored:
     word_embedding_rms(Decoder(llm_config), llm_params),
   )
   _check_params(nn.unbox(boxed), saved_params, str(checkpoints))
-  index = make_index(
-    split,
-    config.dataset.indexing,
-    config.seed,
-    np.asarray(table.items),
-    config.dataset.get("balanced_tree", False),
-  )
+  index = stage2.item_index(config, split, table)
   prompt_encoder = PromptEncoder(
     tokenizer,
     index,
