@@ -59,27 +59,48 @@ def test_stage1_provenance_follows_the_cf_table_and_recipe(tmp_path):
   assert stage1._provenance(config, tmp_path)["stage1"]["batch_size"] == 64
 
 
-def test_runs_recorded_before_balanced_trees_resume_on_the_plain_tree(tmp_path):
+def test_runs_recorded_before_a_field_existed_resume_on_its_old_value(tmp_path):
   workdir = _workdir(tmp_path)
   params = {"adapter": {"kernel": np.ones((2, 3), np.float32)}}
   config = get_config("ml-latest-small")
   config.dataset.indexing = "collaborative"
   config.dataset.balanced_tree = False
-  plain = provenance.normalised(stage2._provenance(config, workdir, params))
-  # What such a run recorded: its dataset config had no such field.
-  assert "balanced_tree" not in plain["dataset"]
+  current = provenance.normalised(stage2._provenance(config, workdir, params))
+  # What a run from before both fields recorded: neither was in its config.
+  old = {**current, "dataset": dict(current["dataset"])}
+  old["stage2"] = dict(current["stage2"])
+  del old["dataset"]["balanced_tree"], old["stage2"]["llm_activations"]
+  assert provenance.differences(old, current) == []
+  # Under values that train otherwise than such runs did, it stops.
   config.dataset.balanced_tree = True
-  balanced = provenance.normalised(stage2._provenance(config, workdir, params))
-  assert provenance.differences(plain, balanced) == [
-    "dataset.balanced_tree: '<absent>' -> True"
+  config.stage2.llm_activations = "bfloat16"
+  assert provenance.differences(
+    old, provenance.normalised(stage2._provenance(config, workdir, params))
+  ) == [
+    "dataset.balanced_tree: False -> True",
+    "stage2.llm_activations: 'auto' -> 'bfloat16'",
   ]
-  # Without collaborative identifiers, or in stages that name no items,
-  # the field changes nothing.
-  config.dataset.indexing = "random"
-  assert provenance.normalised(
-    stage2._provenance(config, workdir, params)
-  ) == provenance.normalised(
-    {**plain, "dataset": {**plain["dataset"], "indexing": "random"}}
+  # A new field nobody registered is named, never assumed harmless.
+  assert provenance.differences({"a": 1}, {"a": 1, "b": 2}) == [
+    "b: '<absent>' -> 2"
+  ]
+
+
+def test_a_field_a_stage_no_longer_records_is_no_difference(tmp_path):
+  config = get_config("ml-latest-small")
+  config.dataset.indexing = "collaborative"
+  config.dataset.balanced_tree = True
+  # Stages that name no items leave the tree's shape out ...
+  now = provenance.normalised(stage1._provenance(config, _workdir(tmp_path)))
+  assert "balanced_tree" not in now["dataset"]
+  assert "balanced_tree" in provenance.dataset_fields(
+    config.dataset.to_dict(), identifiers=True
   )
-  fields = provenance.dataset_fields(config.dataset.to_dict())
-  assert "balanced_tree" not in fields
+  # ... and resume runs that recorded it while they still did.
+  recorded = {**now, "dataset": {**now["dataset"], "balanced_tree": True}}
+  assert provenance.differences(recorded, now) == []
+  # Random identifiers do not read it either.
+  config.dataset.indexing = "random"
+  assert "balanced_tree" not in provenance.dataset_fields(
+    config.dataset.to_dict(), identifiers=True
+  )

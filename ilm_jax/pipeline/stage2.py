@@ -279,10 +279,6 @@ def _provenance(config, workdir, initial_params) -> dict:
     for k, v in c.to_dict().items()
     if k not in (*_EVALUATION_ONLY, *_EXECUTION_ONLY, "train", "rerank")
   }
-  if recipe.get("llm_activations") == "auto":
-    # Follows llm_dtype, already recorded (and workdirs written before the
-    # field existed resume).
-    del recipe["llm_activations"]
   recipe["rerank"] = {
     k: v
     for k, v in c.rerank.to_dict().items()

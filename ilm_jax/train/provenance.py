@@ -10,6 +10,12 @@ naming every changed field, unless the loop config asks to start afresh.
 Fields that only say how long or how visibly to train (``num_steps``, so a
 finished run can be extended, and the logging / checkpoint cadence) are not
 part of it.
+
+The record written now is what the check compares against: a field the
+stage records no longer (it stopped reading it) is not a difference, and a
+field added to the config after a run was recorded is compared with the
+value that reproduces how runs trained before it existed
+(``ADDED_FIELDS``), so adding a field does not strand every older workdir.
 """
 
 from __future__ import annotations
@@ -32,6 +38,16 @@ BOOKKEEPING = (
   "keep_checkpoints",
   "progress_bar",
 )
+
+
+# Flat provenance key -> the value under which runs recorded before the field
+# existed trained. A new config field that changes training gets an entry
+# here when it is added, with the value that keeps the old behaviour.
+ADDED_FIELDS: dict[str, Any] = {
+  "dataset.balanced_tree": False,
+  "stage2.llm_activations": "auto",
+}
+ABSENT = "<absent>"
 
 
 class ProvenanceError(RuntimeError):
@@ -67,14 +83,11 @@ def dataset_fields(dataset: Mapping, identifiers: bool = False) -> dict:
   """The dataset config's fields a stage's state depends on.
 
   ``balanced_tree`` shapes only collaborative identifiers, which only stage
-  2 uses (``identifiers``); there it is kept only where it departs from the
-  plain k-means tree that every run recorded before the field had, so those
-  runs resume.
+  2 uses (``identifiers``); other stages leave it out.
   """
   out = dict(dataset)
-  balanced = out.pop("balanced_tree", False)
-  if identifiers and out.get("indexing") == "collaborative" and balanced:
-    out["balanced_tree"] = True
+  if not (identifiers and out.get("indexing") == "collaborative"):
+    out.pop("balanced_tree", None)
   return out
 
 
@@ -90,13 +103,16 @@ def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def differences(saved: Mapping, current: Mapping) -> list[str]:
-  """``"field: saved -> current"`` for every field that differs."""
+  """``"field: saved -> current"`` for every field of ``current`` whose
+  saved value differs (a field the saved record lacks counts as its
+  ``ADDED_FIELDS`` value, else as absent)."""
   a, b = _flat(saved), _flat(current)
-  return [
-    f"{key}: {a.get(key, '<absent>')!r} -> {b.get(key, '<absent>')!r}"
-    for key in sorted(set(a) | set(b))
-    if a.get(key) != b.get(key)
-  ]
+  out = []
+  for key in sorted(b):
+    before = a.get(key, ADDED_FIELDS.get(key, ABSENT))
+    if before != b[key]:
+      out.append(f"{key}: {before!r} -> {b[key]!r}")
+  return out
 
 
 def normalised(value: Any) -> Any:
