@@ -277,6 +277,10 @@ def stage2_config() -> ml_collections.ConfigDict:
   # num_beams unseen items, as the full-ranking baselines' lists do (False:
   # seen items take beams and are dropped afterwards, as before this field).
   c.eval.exclude_seen = True
+  # Each search step scores the digits the trie allows by a softmax over
+  # them alone (True) or by the LLM's log-probabilities over its whole
+  # vocabulary (False, the usual constrained beam search).
+  c.eval.trie_softmax = False
   c.eval.max_users = -1  # held-out users evaluated (-1 = all)
   c.eval.batch_size = 32  # prompts per beam-search call
   c.eval.max_text_prompts = 200  # items / users per text task (-1 = all)

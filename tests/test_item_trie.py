@@ -135,6 +135,55 @@ def test_constrained_beams_equal_exhaustive_top_k(tiny, forced):
     )
 
 
+def _exhaustive_over_trie(decoder, params, prompt, seqs):
+  """Summed log-probability of every identifier sequence after prompt, each
+  step's softmax taken over the tokens that continue some identifier."""
+  length = len(prompt) + max(len(s) for s in seqs)
+  tokens = np.zeros((len(seqs), length), np.int32)
+  for r, seq in enumerate(seqs):
+    tokens[r, : len(prompt) + len(seq)] = prompt + seq
+  logits = np.asarray(jax.jit(decoder.apply)({"params": params}, tokens).logits)
+  scores = []
+  for r, seq in enumerate(seqs):
+    total = 0.0
+    for t, token in enumerate(seq):
+      allowed = sorted({s[t] for s in seqs if len(s) > t and s[:t] == seq[:t]})
+      row = logits[r, len(prompt) - 1 + t, allowed]
+      total += float(jax.nn.log_softmax(row)[allowed.index(token)])
+    scores.append(total)
+  return np.asarray(scores)
+
+
+@pytest.mark.parametrize("forced", [False, True], ids=["stepped", "forced"])
+def test_trie_softmax_beams_are_a_distribution_over_the_catalogue(tiny, forced):
+  decoder, params = tiny
+  rng = np.random.default_rng(3)
+  codes = rng.choice(np.arange(10, 10000), 8, replace=False)
+  seqs = _sequences([f"item_{c}" for c in codes])
+  trie = build_item_trie(seqs, 128)
+  prompt = TOK.encode("User 7 watched item_12, item_345.\nAnswer:")
+  search = dict(
+    num_beams=10,
+    max_new_tokens=trie.max_length,
+    allowed_fn=allowed_by_trie,
+    constraint_data=trie.constraint_data,
+    forced_tokens=trie.forced_prefix if forced else (),
+  )
+  tokens = jnp.asarray([prompt], jnp.int32)
+  beams = beam_search(decoder, params, tokens, renormalize=True, **search)
+  ranked = ranked_items(trie, np.asarray(beams.tokens))[0]
+  exact = _exhaustive_over_trie(decoder, params, prompt, seqs)
+  order = np.argsort(-exact)
+  assert list(ranked[:8]) == list(order)
+  scores = np.asarray(beams.scores)[0, :8]
+  np.testing.assert_allclose(scores, exact[order], rtol=1e-4, atol=1e-4)
+  # Every step normalised over the trie: the eight items' probabilities
+  # sum to one, where the whole-vocabulary scores leave mass outside.
+  np.testing.assert_allclose(jax.nn.logsumexp(scores), 0.0, atol=1e-4)
+  plain = beam_search(decoder, params, tokens, **search)
+  assert float(jax.nn.logsumexp(np.asarray(plain.scores)[0, :8])) < -0.1
+
+
 def test_constrained_beams_only_spell_valid_identifiers(tiny):
   decoder, params = tiny
   codes = np.arange(1001, 1301)  # more identifiers than beams

@@ -60,10 +60,18 @@ class Beams:
   lengths: jax.Array
 
 
-def _apply_constraint(logprobs, allowed):
+def _apply_constraint(logprobs, allowed, renormalize=False):
+  """``logprobs`` float32[..., V] under the constraint ``allowed``; with
+  ``renormalize``, as a distribution over the allowed tokens only (rows
+  that allow none stay at -inf)."""
   if allowed.dtype == jnp.bool_:
-    return jnp.where(allowed, logprobs, -jnp.inf)
-  return logprobs + allowed.astype(logprobs.dtype)
+    logprobs = jnp.where(allowed, logprobs, -jnp.inf)
+  else:
+    logprobs = logprobs + allowed.astype(logprobs.dtype)
+  if not renormalize:
+    return logprobs
+  total = jax.nn.logsumexp(logprobs, axis=-1, keepdims=True)
+  return jnp.where(jnp.isfinite(total), logprobs - total, -jnp.inf)
 
 
 def _select_rows(cache: KVCache, rows: jax.Array) -> KVCache:
@@ -150,6 +158,7 @@ def _with_forced(
     "length_penalty",
     "forced_tokens",
     "forced_in_padding",
+    "renormalize",
   ),
 )
 def _beam_search(
@@ -168,6 +177,7 @@ def _beam_search(
   length_penalty,
   forced_tokens,
   forced_in_padding,
+  renormalize,
 ):
   prompt = prompt_tokens if prompt_tokens is not None else prompt_embeddings
   batch, length = prompt.shape[:2]
@@ -206,6 +216,7 @@ def _beam_search(
       lp = _apply_constraint(
         lp[:, None],
         allowed_fn(tokens[:, :1], jnp.asarray(i, jnp.int32), constraint_data),
+        renormalize,
       )[:, 0]
     forced_score = forced_score + lp[:, token]
     tokens = tokens.at[:, :, i].set(token)
@@ -244,7 +255,9 @@ def _beam_search(
     logprobs = jax.nn.log_softmax(s["logits"], axis=-1)
     if allowed_fn is not None:
       logprobs = _apply_constraint(
-        logprobs, allowed_fn(s["tokens"], s["step"], constraint_data)
+        logprobs,
+        allowed_fn(s["tokens"], s["step"], constraint_data),
+        renormalize,
       )
     # A finished beam has exactly one continuation, padding, at no cost.
     finished_row = jnp.where(jnp.arange(vocab) == pad_id, 0.0, -jnp.inf)
@@ -328,6 +341,7 @@ def beam_search(
   eos_ids: Sequence[int] | None = None,
   pad_id: int | None = None,
   forced_tokens: Sequence[int] = (),
+  renormalize: bool = False,
 ) -> Beams:
   """The ``num_beams`` best continuations of each prompt.
 
@@ -351,6 +365,10 @@ def beam_search(
       ``ItemTrie.forced_prefix``), fed once per prompt; no end tokens. Give
       them only where the constraint leaves no other choice: then the
       result equals the search without them, fewer steps of W beams.
+    renormalize: score each step by a softmax over the tokens the
+      constraint allows (the model's distribution given that it names an
+      allowed sequence) instead of over the whole vocabulary, so mass the
+      model puts outside the constraint no longer penalises a prefix.
 
   Returns:
     Beams (tokens int32[B, W, N], scores float32[B, W], lengths int32[B, W]),
@@ -383,4 +401,5 @@ def beam_search(
     length_penalty=float(length_penalty),
     forced_tokens=forced_tokens,
     forced_in_padding=_has_room(prompt_mask, len(forced_tokens)),
+    renormalize=bool(renormalize),
   )

@@ -171,6 +171,7 @@ def item_beams(
   buckets,
   num_beams: int = DEFAULT_BEAMS,
   exclude=None,
+  renormalize: bool = False,
 ):
   """Yields (prompt indices, Beams) of prompt batches, constrained by
   ``trie`` (``rank_items``' search; the Beams hold padded rows too).
@@ -214,6 +215,7 @@ def item_beams(
         allowed_fn=allowed_by_trie,
         constraint_data=constraint,
         forced_tokens=forced,
+        renormalize=renormalize,
       ),
     )
 
@@ -231,6 +233,7 @@ def rank_items(
   buckets,
   num_beams: int = DEFAULT_BEAMS,
   exclude=None,
+  renormalize: bool = False,
 ) -> np.ndarray:
   """Ranked item lists of prompts by constrained beam search.
 
@@ -248,6 +251,8 @@ def rank_items(
     exclude: optional, per prompt, items the search may not spell (the
       user's seen items: then every list holds W unseen items, as a full
       ranking that removes seen items does).
+    renormalize: each step's scores are a softmax over the digits the trie
+      allows, not the whole vocabulary (``beam_search``).
 
   Returns:
     int32[N, W] item indices best first, -1 where a beam spelled no new item.
@@ -265,6 +270,7 @@ def rank_items(
     buckets=buckets,
     num_beams=num_beams,
     exclude=exclude,
+    renormalize=renormalize,
   ):
     ranked = ranked_items(trie, np.asarray(beams.tokens))
     out[chunk] = ranked[: len(chunk)]

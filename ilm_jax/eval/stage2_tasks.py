@@ -71,18 +71,22 @@ def _generate(c, split, ilm, evaluation, users, held_out, items, seed):
   )
   start = time.time()
   exclude_seen = bool(c.eval.get("exclude_seen", False))
+  trie_softmax = bool(c.eval.get("trie_softmax", False))
   ranked = generative.rank_items(
     *ilm.inputs,
     prompts,
     ilm.trie,
     num_beams=c.eval.num_beams,
     exclude=seen_items if exclude_seen else None,
+    renormalize=trie_softmax,
     **common,
   )
   metrics = generative.list_metrics(ranked, targets, seen_items)
   metrics["seconds"] = time.time() - start
   metrics["users"] = len(users)
-  entry = evaluation.entry(metrics=metrics, exclude_seen=exclude_seen)
+  entry = evaluation.entry(
+    metrics=metrics, exclude_seen=exclude_seen, trie_softmax=trie_softmax
+  )
   index = ilm.prompt_encoder.item_index
   entry["identifiers"] = identifier_agreement.summary(
     ranked,
