@@ -241,6 +241,7 @@ def test_run_end_to_end_on_tiny_llm(tmp_path, variant):
     # The search skips what the user has seen: no list names a history
     # item, so dropping seen items afterwards changes nothing.
     assert entry["exclude_seen"] is True
+    assert entry["trie_softmax"] is False  # how the beams were scored
     assert not any(
       set(e["generated"]) & set(e["history"]) for e in found["examples"]
     )
