@@ -242,6 +242,11 @@ def test_run_end_to_end_on_tiny_llm(tmp_path, variant):
     # item, so dropping seen items afterwards changes nothing.
     assert entry["exclude_seen"] is True
     assert entry["trie_softmax"] is False  # how the beams were scored
+    # Per-user ranks of the same users give back the metrics (for paired
+    # comparisons between runs).
+    ranks = np.asarray(entry["user_ranks"]["filtered"])
+    assert len(entry["user_ranks"]["users"]) == len(ranks) == 4
+    assert np.mean(ranks < 10) == pytest.approx(metrics["filtered/HR@10"])
     assert not any(
       set(e["generated"]) & set(e["history"]) for e in found["examples"]
     )

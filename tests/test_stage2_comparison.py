@@ -151,6 +151,36 @@ def test_summary_row_picks_the_requested_split_and_templates():
   }
 
 
+def test_generation_pairs_compare_neighbours_user_by_user():
+  def ranked(users, ranks):
+    return {
+      "evaluations": _entries(
+        (
+          "generate:sequential:test:unseen",
+          {},
+          {"user_ranks": {"users": users, "filtered": ranks}},
+        )
+      )
+    }
+
+  miss = 10**6
+  results = {
+    "ilm": ranked([0, 1, 2, 3], [0, 1, 2, 3]),  # every user hit in the top 5
+    "ilm-rand": ranked([0, 1, 2, 3], [0, 1, miss, miss]),
+    "mlp": ranked([0, 1, 2, 3], [0, 1, miss, miss]),
+    "text": ranked([0, 1, 2, 4], [miss] * 4),  # other users: not paired
+  }
+  pairs = C.generation_pairs(results, "test", "unseen")
+  assert list(pairs) == ["ilm - ilm-rand", "ilm-rand - mlp"]
+  # Per-user HR@10 gains 0, 0, 1, 1: mean .5, SE std(ddof=1) / 2 = .2887.
+  assert pairs["ilm - ilm-rand"]["HR@10"] == "+0.5000 ± 0.2887 (within 2 SE)"
+  assert pairs["ilm-rand - mlp"]["HR@10"] == "+0.0000 ± 0.0000 (within 2 SE)"
+  assert set(pairs["ilm - ilm-rand"]) == set(C.RANKING_KEYS)
+  # Results from before ranks were recorded are left out, not an error.
+  older = {"ilm": {"evaluations": {}}, "mlp": results["mlp"]}
+  assert C.generation_pairs(older, "test", "unseen") == {}
+
+
 def test_compare_rejects_a_setting_no_evaluation_declares(tmp_path):
   config = _config()  # the validation split, held-out templates
   with pytest.raises(ValueError, match="split 'test' is in no stage2.eval"):
@@ -195,6 +225,9 @@ def test_compare_writes_table_json_and_plot(tmp_path):
   assert saved["rows"] == out["rows"]
   table = (tmp_path / C.TABLE_FILE).read_text()
   assert "| ilm-rand |" in table and "| text |" in table
+  # Generation paired over the same users, neighbour by neighbour.
+  assert list(saved["generation_pairs"]) == ["ilm-rand - text"]
+  assert "| ilm-rand - text |" in table
   # the chosen (split, templates) first, then every other evaluated one
   assert table.index(", unseen templates") < table.index(", seen templates")
   assert (tmp_path / C.PLOT_FILE).stat().st_size > 0

@@ -25,6 +25,7 @@ from ilm_jax.data.stage2.sampling import (
 )
 from ilm_jax.eval import evaluations as E
 from ilm_jax.eval import generative, identifier_agreement, retrieval
+from ilm_jax.eval import metrics as M
 from ilm_jax.eval.evaluations import Evaluation
 from ilm_jax.eval.trained_ilm import TrainedIlm
 
@@ -87,6 +88,14 @@ def _generate(c, split, ilm, evaluation, users, held_out, items, seed):
   entry = evaluation.entry(
     metrics=metrics, exclude_seen=exclude_seen, trie_softmax=trie_softmax
   )
+  # Per-user ranks (the filtered lists' MISS when absent), so two runs
+  # evaluated on the same users compare paired (metrics.paired_comparison).
+  entry["user_ranks"] = {
+    "users": [int(u) for u in users],
+    "filtered": M.ranks_from_lists(
+      generative.filter_seen(ranked, seen_items), targets
+    ).tolist(),
+  }
   index = ilm.prompt_encoder.item_index
   entry["identifiers"] = identifier_agreement.summary(
     ranked,

@@ -20,6 +20,7 @@ import ml_collections
 from ilm_jax import files
 from ilm_jax.data import prompts as P
 from ilm_jax.eval import evaluations as E
+from ilm_jax.eval import metrics as M
 from ilm_jax.eval.metrics import SE_SUFFIX
 from ilm_jax.eval.report import bar_plot, markdown_table
 from ilm_jax.pipeline import run as pipeline
@@ -184,6 +185,44 @@ def rerank_rows(
   return rows
 
 
+def generation_pairs(
+  results: dict[str, dict], split: str, templates: str
+) -> dict[str, dict[str, str]]:
+  """Paired differences of generation between neighbouring variants.
+
+  The paper's claim is an order (ILM > ILM-rand > MLP > text-only), so each
+  variant is compared with the next one in ``results``' order, user by user
+  on the filtered lists (``metrics.paired_comparison``): a paired SE is the
+  honest yardstick when both ran on the same users, and is usually smaller
+  than the two rows' SEs combined.
+
+  Args:
+    results: variant name -> ``stage2.run`` results, in the order claimed.
+    split, templates: which sequential ``generate`` evaluation.
+
+  Returns:
+    {"a - b": {"HR@5": "+0.0123 ± 0.0045 (above)", ...}} for each neighbouring
+    pair whose entries carry per-user ranks of the same users (results from
+    before ranks were recorded, or from other user samples, are skipped).
+  """
+  ranked = []
+  for name, res in results.items():
+    entry = E.find_entry(res, E.GENERATE, P.SEQUENTIAL, split, templates)
+    if entry is not None and "user_ranks" in entry:
+      ranked.append((name, entry["user_ranks"]))
+  rows = {}
+  for (a, ranks_a), (b, ranks_b) in zip(ranked, ranked[1:]):
+    if ranks_a["users"] != ranks_b["users"]:
+      continue
+    comparison = M.paired_comparison(ranks_a["filtered"], ranks_b["filtered"])
+    rows[f"{a} - {b}"] = {
+      key: f"{c['diff']:+.4f} ± {c['se']:.4f} ({c['verdict']})"
+      for key, c in comparison.items()
+      if key in RANKING_KEYS
+    }
+  return rows
+
+
 def _train_stage1_runs(config, workdir, variants) -> dict[str, float]:
   """Stage-1 runs the variants start from: the shared one (full loss mix)
   and one per variant with its own (loss ablations, query sweep). Returns
@@ -343,6 +382,17 @@ def compare(
         f"{budget['batch_size']})",
       ),
     )
+  pairs = generation_pairs(results, split, templates)
+  if pairs:
+    tables.insert(
+      len(by_retriever) + 1,
+      markdown_table(
+        pairs,
+        f"{config.dataset.name}: generation, each variant minus the next "
+        f"(paired over the same users), {split}, {templates} templates",
+      ),
+    )
+  out["generation_pairs"] = pairs
   out["rerank_rows"] = by_retriever.get(r.retriever, {})
   out["rerank_rows_by_retriever"] = by_retriever
   files.write_json(workdir / RESULTS_FILE, out, default=str)
