@@ -420,6 +420,9 @@ def accel_budget(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   s2.train.warmup_steps = 100
   s2.train.checkpoint_every = 500
   s2.evaluations = TEST_EVALUATIONS
+  # Scoring each search step over the digits the trie allows lifted HR@10
+  # of all four variants by .015-.018 on ML-100K (README, generation).
+  s2.eval.trie_softmax = True
   return c
 
 

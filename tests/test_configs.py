@@ -59,6 +59,7 @@ def test_budgets_are_ordered_by_size():
   assert accel.qformer.to_dict() == full.qformer.to_dict()
   assert accel.dataset.max_users == -1
   assert accel.dataset.indexing == "collaborative"
+  assert accel.stage2.eval.trie_softmax and not cpu.stage2.eval.trie_softmax
   assert (
     full.stage1.train.num_steps
     > cpu.stage1.train.num_steps
