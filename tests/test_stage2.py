@@ -186,6 +186,7 @@ def test_run_end_to_end_on_tiny_llm(tmp_path, variant):
   _write_cf_table(config, tmp_path)
   results = stage2.run(config, tmp_path)
   assert results["variant"] == variant and results["steps"] == 3
+  assert results["start_step"] == 0  # trained from scratch in this call
   # The mixture trained: every configured task (text-only prompts have no
   # soft tokens to identify), adding up to the examples; ranking tasks at
   # least half of them.
@@ -288,6 +289,7 @@ def test_run_end_to_end_on_tiny_llm(tmp_path, variant):
   again = stage2.run(config, tmp_path)
   again_seq = again["evaluations"]["generate:sequential:valid:unseen"]
   assert again_seq["metrics"]["valid_rate"] == 1.0
+  assert again["start_step"] == 3  # resumed at its last step: no training
   assert records.stat().st_mtime_ns == written
 
 

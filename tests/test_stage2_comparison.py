@@ -145,6 +145,13 @@ def test_summary_row_picks_the_requested_split_and_templates():
     "train s": 12.0,
   }
   assert C.summary_row(results, "test", "unseen", "unfiltered")["HR@5"] == 0.5
+  # A run resumed at step 300 (e.g. only to evaluate again) trained for
+  # part of its seconds or none: no training time is claimed for it.
+  resumed = dict(results, start_step=300)
+  assert "train s" not in C.summary_row(resumed, "test", "unseen")
+  assert C.summary_row(dict(results, start_step=0), "test", "unseen")[
+    "train s"
+  ] == pytest.approx(12.0)
   assert C.summary_row(results, "valid", "seen") == {
     "SC description": 0.9,
     "train s": 12.0,

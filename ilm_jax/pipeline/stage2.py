@@ -411,6 +411,8 @@ def run(
     "steps": int(c.train.num_steps),
     "prep_seconds": prep_seconds,
     "train_seconds": train_seconds,
+    # > 0 when resumed: train_seconds then covers only the steps after it.
+    "start_step": int(result.start_step),
     "train": result.metrics,
     # Declared order; a text evaluation without prompts is absent.
     "evaluations": {

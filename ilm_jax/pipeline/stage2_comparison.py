@@ -113,7 +113,8 @@ def summary_row(
     {"HR@5", ..., "NDCG@10"} of sequential recommendation (generative
     decoding), "retrieval HR@10" / "retrieval NDCG@10" when the retrieval
     head was trained, "SC description", "SC profile", "title accuracy",
-    "train s" (whichever are present); each metric but "train s" with its
+    "train s" (whichever are present; "train s" only for a run trained
+    from step 0 in one call); each metric but "train s" with its
     standard error under ``name + "_se"`` (as ``stage2_report`` gives it).
   """
   row = {}
@@ -133,7 +134,9 @@ def summary_row(
     _copy_with_se(
       row, "title accuracy", text_row(desc["metrics"]), "title_accuracy"
     )
-  if "train_seconds" in results:
+  # A resumed run's seconds cover only part of its training (none at all
+  # when it resumed at its last step only to evaluate): left out.
+  if "train_seconds" in results and not results.get("start_step"):
     row["train s"] = results["train_seconds"]
   return row
 
