@@ -26,7 +26,7 @@ from ilm_jax.eval.report import bar_plot, markdown_table
 from ilm_jax.pipeline import run as pipeline
 from ilm_jax.pipeline import stage1, stage2
 from ilm_jax.pipeline.baselines import summary_rows
-from ilm_jax.pipeline.stage2_report import text_row
+from ilm_jax.pipeline.stage2_report import paired_cell, text_row
 
 # Variant name -> config.stage2 overrides.
 VARIANTS: dict[str, dict] = {
@@ -173,10 +173,7 @@ def rerank_rows(
       _copy_with_se(row, m, result["ilm"], m)
     row["users"] = result["ilm"].get("users")
     for null in ("retriever", "shuffled"):
-      c = result[f"vs_{null}"]["HR@10"]
-      row[f"HR@10 vs {null}"] = (
-        f"{c['diff']:+.4f} ± {c['se']:.4f} ({c['verdict']})"
-      )
+      row[f"HR@10 vs {null}"] = paired_cell(result[f"vs_{null}"]["HR@10"])
     rows[f"{name} (re-ranks)"] = row
     if not nulls:
       for null, label in (
@@ -219,7 +216,7 @@ def generation_pairs(
       continue
     comparison = M.paired_comparison(ranks_a["filtered"], ranks_b["filtered"])
     rows[f"{a} - {b}"] = {
-      key: f"{c['diff']:+.4f} ± {c['se']:.4f} ({c['verdict']})"
+      key: paired_cell(c)
       for key, c in comparison.items()
       if key in RANKING_KEYS
     }

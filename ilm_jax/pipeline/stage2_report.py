@@ -151,8 +151,9 @@ def text_rows(results: dict) -> dict[str, dict[str, float]]:
   }
 
 
-def _verdict(comparison: dict, metric: str) -> str:
-  c = comparison[metric]
+def paired_cell(c: dict) -> str:
+  """One metric of ``metrics.paired_comparison`` as "+0.0123 ± 0.0045
+  (above)"."""
   return f"{c['diff']:+.4f} ± {c['se']:.4f} ({c['verdict']})"
 
 
@@ -178,7 +179,7 @@ def rerank_rows(results: dict) -> dict[str, dict]:
       if name == "ilm":
         for null in ("retriever", "shuffled"):
           if f"vs_{null}" in result:
-            row[f"HR@10 vs {null}"] = _verdict(result[f"vs_{null}"], "HR@10")
+            row[f"HR@10 vs {null}"] = paired_cell(result[f"vs_{null}"]["HR@10"])
       rows[f"{key}: {label}"] = row
   return rows
 
