@@ -257,6 +257,10 @@ def stage2_config() -> ml_collections.ConfigDict:
   # the prompts, so short identifier answers count as much as long text;
   # "token" averages all answer tokens of a batch.
   c.answer_weighting = "example"
+  # Identifier answers: cross-entropy over the tokens the item trie allows
+  # after each prefix (the distribution ``eval.trie_softmax`` ranks by)
+  # instead of over the whole vocabulary; text answers are unchanged.
+  c.trie_loss = False
   c.rerank = rerank_config()
   # What is evaluated: "kind:task:split:templates" entries
   # (ilm_jax.eval.evaluations); results and reports keep this order.

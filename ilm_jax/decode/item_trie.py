@@ -55,13 +55,31 @@ class ItemTrie:
     return self.transitions, self.column_of_token
 
   @property
+  def alphabet(self) -> np.ndarray:
+    """int32[A] the vocabulary id of each alphabet column."""
+    tokens = np.flatnonzero(
+      self.column_of_token < self.transitions.shape[1] - 1
+    )
+    out = np.zeros(self.transitions.shape[1] - 1, np.int32)
+    out[self.column_of_token[tokens]] = tokens
+    return out
+
+  @property
+  def loss_data(self) -> dict[str, np.ndarray]:
+    """The arrays ``objectives.trie_loss`` reads (a frozen pytree)."""
+    return {
+      "transitions": self.transitions,
+      "column_of_token": self.column_of_token,
+      "item_at_node": self.item_at_node,
+      "alphabet": self.alphabet,
+    }
+
+  @property
   def forced_prefix(self) -> tuple[int, ...]:
     """Tokens every identifier starts with (e.g. ``item`` ``_``): the chain
     of nodes from the root with a single child and no item ending there.
     Beam search feeds them once per prompt (``forced_tokens``)."""
-    token_of_column = np.zeros(self.transitions.shape[1], np.int64)
-    alphabet = np.flatnonzero(self.column_of_token < len(token_of_column) - 1)
-    token_of_column[self.column_of_token[alphabet]] = alphabet
+    token_of_column = self.alphabet
     out, node = [], 0
     while True:
       children = np.flatnonzero(self.transitions[node] >= 0)

@@ -38,6 +38,7 @@ from ilm_jax.models.retrieval_head import (
 )
 from ilm_jax.models.slots import SOFT_PROMPT
 from ilm_jax.objectives.answer_loss import mean_answer_nll
+from ilm_jax.objectives.trie_loss import answer_token_nll
 
 VARIANTS = ("ilm", "mlp", "text")
 
@@ -338,14 +339,17 @@ class ItemLanguageModel:
 
     Args:
       encoder_params: trainable params.
-      frozen: {"llm": decoder params, "cf": float32[rows, d] CF table}.
+      frozen: {"llm": decoder params, "cf": float32[rows, d] CF table}, and
+        with ``stage2.trie_loss`` "trie" (``ItemTrie.loss_data``): identifier
+        answers are then scored over the trie's allowed tokens
+        (``objectives.trie_loss``).
       batch: a collated training batch (``data.stage2.collate.collate``).
       rng: unused (no dropout); kept for the loop's loss signature.
 
     Returns:
-      (scalar loss, {"token_accuracy", "answer_tokens"}, plus with the
-      retrieval head "generative_loss", "retrieval_loss",
-      "retrieval_accuracy", "retrieval_rows").
+      (scalar loss, {"token_accuracy", "answer_tokens"}, "trie_answers"
+      with a trie, plus with the retrieval head "generative_loss",
+      "retrieval_loss", "retrieval_accuracy", "retrieval_rows").
     """
     del rng
     cand_at = batch["cand_logits_at"]
@@ -360,17 +364,20 @@ class ItemLanguageModel:
         [batch["target_positions"], cand_at.reshape(b, n * m)], axis=1
       ),
     )
-    logprobs = jax.nn.log_softmax(out.logits[:, :p], axis=-1)
-    target = batch["target_tokens"]
-    nll = -jnp.take_along_axis(logprobs, target[..., None], axis=-1)[..., 0]
+    trie = frozen.get("trie")
+    nll, correct, on_trie = answer_token_nll(
+      out.logits[:, :p], batch["target_tokens"], batch["target_mask"], trie
+    )
     mask = batch["target_mask"].astype(jnp.float32)
     count = jnp.maximum(mask.sum(), 1.0)
-    correct = (jnp.argmax(logprobs, axis=-1) == target).astype(jnp.float32)
     metrics = {
       "token_accuracy": (correct * mask).sum() / count,
       "token_accuracy_weight": mask.sum(),
       "answer_tokens": mask.sum(),
     }
+    if trie is not None:
+      # Rows whose answer was scored over the trie's allowed tokens only.
+      metrics["trie_answers"] = on_trie.sum().astype(jnp.float32)
     loss = mean_answer_nll(nll, mask, self.answer_weighting)
     # Re-ranking rows: softmax over the candidates' answer log-likelihoods,
     # the held-out item's candidate the class (rows without one add 0).

@@ -368,6 +368,11 @@ def run(
   )
   frozen = {"llm": llm_params, "cf": np.asarray(table.embeddings)}
   frozen_specs = {"llm": llm_specs, "cf": PartitionSpec(None, None)}
+  if c.get("trie_loss", False):
+    frozen["trie"] = trie.loss_data
+    frozen_specs["trie"] = jax.tree.map(
+      lambda a: PartitionSpec(*(None,) * a.ndim), trie.loss_data
+    )
   start = time.time()
   result = loop.train(
     model.loss,

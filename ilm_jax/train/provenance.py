@@ -46,6 +46,7 @@ BOOKKEEPING = (
 ADDED_FIELDS: dict[str, Any] = {
   "dataset.balanced_tree": False,
   "stage2.llm_activations": "auto",
+  "stage2.trie_loss": False,
 }
 ABSENT = "<absent>"
 
