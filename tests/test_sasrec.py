@@ -19,6 +19,7 @@ from ilm_jax.eval import full_ranking
 from ilm_jax.experiment_config import base_config, loop_config
 from ilm_jax.models import sasrec as M
 from ilm_jax.pipeline import sasrec as P
+from ilm_jax.pipeline.baselines import read_user_ranks
 from ilm_jax.sasrec_config import sasrec_config
 from ilm_jax.train import loop
 
@@ -198,6 +199,12 @@ def test_train_and_evaluate_end_to_end_and_resume(tmp_path):
       assert values["users"] == 40
       assert all(np.isfinite(v) for v in values.values())
   assert (tmp_path / "straight" / "eval" / "sasrec.md").exists()
+  # Per-user filtered ranks beside the metrics, for paired comparisons.
+  ranks = read_user_ranks(tmp_path / "straight", [P.MODEL_NAME])[P.MODEL_NAME]
+  for split_name in ("valid", "test"):
+    assert ranks[split_name]["users"] == list(range(40))
+    hits = np.mean(np.asarray(ranks[split_name]["filtered"]) < 10)
+    assert hits == pytest.approx(metrics[split_name]["filtered"]["HR@10"])
   # An interrupted run: the same workdir with only the step-3 checkpoint
   # (training stopped after step 3) resumes and ends where the
   # uninterrupted run did.

@@ -188,6 +188,35 @@ def test_generation_pairs_compare_neighbours_user_by_user():
   assert C.generation_pairs(older, "test", "unseen") == {}
 
 
+def test_baseline_pairs_compare_generation_with_full_rankings_per_user():
+  results = {
+    "ilm": {
+      "evaluations": _entries(
+        (
+          "generate:sequential:test:unseen",
+          {},
+          # Users 3 and 1 in the order the evaluation listed them.
+          {"user_ranks": {"users": [3, 1], "filtered": [0, 10**6]}},
+        )
+      )
+    },
+    "text": {"evaluations": {}},  # no ranks recorded: left out
+  }
+  baselines = {
+    "popularity": {
+      "test": {"users": [0, 1, 2, 3], "filtered": [0, 4, 0, 50]},
+      "valid": {"users": [0, 1, 2, 3], "filtered": [0, 0, 0, 0]},
+    },
+    "als": {"valid": {"users": [0, 1, 2, 3], "filtered": [0, 0, 0, 0]}},
+  }
+  pairs = C.baseline_pairs(results, baselines, "test", "unseen")
+  assert list(pairs) == ["ilm - popularity"]  # ALS has no test ranks
+  # User 3: ILM hits at rank 0, popularity misses (50): gain +1; user 1:
+  # ILM misses, popularity hits at rank 4: -1. Mean 0, SE sqrt(2) / sqrt(2).
+  assert pairs["ilm - popularity"]["HR@10"] == "+0.0000 ± 1.0000 (within 2 SE)"
+  assert set(pairs["ilm - popularity"]) == set(C.RANKING_KEYS)
+
+
 def test_compare_rejects_a_setting_no_evaluation_declares(tmp_path):
   config = _config()  # the validation split, held-out templates
   with pytest.raises(ValueError, match="split 'test' is in no stage2.eval"):
@@ -235,6 +264,11 @@ def test_compare_writes_table_json_and_plot(tmp_path):
   # Generation paired over the same users, neighbour by neighbour.
   assert list(saved["generation_pairs"]) == ["ilm-rand - text"]
   assert "| ilm-rand - text |" in table
+  # ... and against each full-ranking baseline, from its per-user ranks.
+  assert list(saved["baseline_pairs"]) == [
+    f"{v} - {b}" for v in ("ilm-rand", "text") for b in ("popularity", "als")
+  ]
+  assert "| text - als |" in table
   # the chosen (split, templates) first, then every other evaluated one
   assert table.index(", unseen templates") < table.index(", seen templates")
   assert (tmp_path / C.PLOT_FILE).stat().st_size > 0

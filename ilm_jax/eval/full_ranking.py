@@ -108,6 +108,42 @@ def evaluate_scorer(
   return metrics_from_ranks(ranks, ks)
 
 
+def evaluate_modes(
+  score_fn: Callable[[np.ndarray], jax.Array],
+  targets: np.ndarray,
+  num_items: int,
+  seen: Sequence[np.ndarray],
+  modes: Sequence[str],
+  ks: Sequence[int] = DEFAULT_KS,
+  batch_size: int = DEFAULT_BATCH,
+) -> tuple[dict[str, dict[str, float]], dict[str, np.ndarray]]:
+  """A scorer's metrics and per-user ranks in each ranking mode.
+
+  Args:
+    score_fn, targets, num_items, ks, batch_size: as ``evaluate_scorer``.
+    seen: per user, the items the "filtered" mode drops.
+    modes: "unfiltered" and/or "filtered".
+
+  Returns:
+    ({mode: {metric: value}}, {mode: int64[N] 0-based ranks of users
+    0..N-1}); the ranks let another model's list be compared user by user
+    (``metrics.paired_comparison``).
+  """
+  users = np.arange(len(targets), dtype=np.int32)
+  metrics, ranks = {}, {}
+  for mode in modes:
+    ranks[mode] = rank_targets(
+      score_fn,
+      users,
+      targets,
+      num_items,
+      seen if mode == "filtered" else None,
+      batch_size,
+    )
+    metrics[mode] = metrics_from_ranks(ranks[mode], ks)
+  return metrics, ranks
+
+
 def dot_product_scorer(user_vectors, item_vectors):
   """score_fn for factor models: float32[B, I] = U[users] @ V^T."""
   user_vectors = jnp.asarray(user_vectors)

@@ -15,6 +15,7 @@ from ilm_jax.pipeline.cf import cf_table
 
 EVAL_DIR = "eval"
 MODES = ("unfiltered", "filtered")
+USER_RANKS_PREFIX = "user_ranks_"
 
 
 def run_baselines(
@@ -34,22 +35,59 @@ def run_baselines(
     "als": full_ranking.dot_product_scorer(table.users, table.items),
   }
   results: dict = {name: {} for name in scorers}
+  ranks: dict = {name: {} for name in scorers}
   for split_name in config.eval.splits:
     targets = split.targets(split_name)
     seen = split.seen_items(split_name)
     for name, score_fn in scorers.items():
-      results[name][split_name] = {}
-      for mode in MODES:
-        results[name][split_name][mode] = full_ranking.evaluate_scorer(
-          score_fn,
-          targets,
-          split.num_items,
-          seen=seen if mode == "filtered" else None,
-          ks=tuple(config.eval.ks),
-          batch_size=config.eval.batch_size,
-        )
+      results[name][split_name], by_mode = full_ranking.evaluate_modes(
+        score_fn,
+        targets,
+        split.num_items,
+        seen,
+        MODES,
+        ks=tuple(config.eval.ks),
+        batch_size=config.eval.batch_size,
+      )
+      ranks[name][split_name] = by_mode["filtered"]
   write_results(results, workdir / EVAL_DIR, "baselines", config)
+  for name, by_split in ranks.items():
+    write_user_ranks(workdir / EVAL_DIR, name, by_split)
   return results
+
+
+def write_user_ranks(out: pathlib.Path, model: str, ranks: dict) -> None:
+  """Writes ``user_ranks_<model>.json``: per split, the filtered full
+  ranking's 0-based rank of every user's held-out item, in the layout of a
+  stage-2 ``generate`` entry's ``user_ranks`` ({"users", "filtered"}), so
+  a generated list can be compared with the baseline user by user.
+
+  Args:
+    out: the eval directory.
+    model: the baseline's name.
+    ranks: {split: int[N] ranks of users 0..N-1}.
+  """
+  files.write_json(
+    out / f"{USER_RANKS_PREFIX}{model}.json",
+    {
+      split_name: {
+        "users": list(range(len(r))),
+        "filtered": [int(x) for x in r],
+      }
+      for split_name, r in ranks.items()
+    },
+  )
+
+
+def read_user_ranks(workdir, models) -> dict:
+  """{model: {split: {"users", "filtered"}}} of the ``models`` whose
+  ``write_user_ranks`` file is in ``workdir/eval`` (others are left out)."""
+  out = {}
+  for model in models:
+    path = files.path(workdir) / EVAL_DIR / f"{USER_RANKS_PREFIX}{model}.json"
+    if path.exists():
+      out[model] = files.read_json(path)
+  return out
 
 
 def baseline_table(

@@ -33,7 +33,12 @@ from ilm_jax.data import sasrec as sasrec_data
 from ilm_jax.data.split import LeaveOneOutSplit
 from ilm_jax.eval import full_ranking
 from ilm_jax.models import sasrec as sasrec_model
-from ilm_jax.pipeline.baselines import EVAL_DIR, MODES, write_results
+from ilm_jax.pipeline.baselines import (
+  EVAL_DIR,
+  MODES,
+  write_results,
+  write_user_ranks,
+)
 from ilm_jax.sharding import mesh as mesh_lib
 from ilm_jax.train import loop, provenance
 
@@ -180,6 +185,7 @@ def evaluate(
   ks,
   batch_size: int,
   modes=MODES,
+  ranks: dict | None = None,
 ) -> dict:
   """Full-catalogue ranking of every user's held-out item.
 
@@ -192,6 +198,8 @@ def evaluate(
     batch_size: users per ranking batch.
     modes: "unfiltered" and/or "filtered" (the user's earlier items
       removed from the ranking).
+    ranks: a dict that receives {split: int64[N] filtered ranks of users
+      0..N-1} (None: not kept).
 
   Returns:
     {split: {mode: {metric: value}}}, standard errors included.
@@ -202,19 +210,17 @@ def evaluate(
     histories = sasrec_data.evaluation_histories(
       split, split_name, model.config.max_len
     )
-    score_fn = scorer(model, params, histories)
-    seen = split.seen_items(split_name)
-    out[split_name] = {
-      mode: full_ranking.evaluate_scorer(
-        score_fn,
-        split.targets(split_name),
-        split.num_items,
-        seen=seen if mode == "filtered" else None,
-        ks=tuple(ks),
-        batch_size=int(batch_size),
-      )
-      for mode in modes
-    }
+    out[split_name], by_mode = full_ranking.evaluate_modes(
+      scorer(model, params, histories),
+      split.targets(split_name),
+      split.num_items,
+      split.seen_items(split_name),
+      modes,
+      ks=tuple(ks),
+      batch_size=int(batch_size),
+    )
+    if ranks is not None and "filtered" in by_mode:
+      ranks[split_name] = by_mode["filtered"]
   return out
 
 
@@ -307,6 +313,7 @@ def run_sasrec(
     config, scfg, split, workdir / STAGE_DIR
   )
   logging.info("sasrec: trained, %s", train_metrics)
+  ranks = {}
   results = {
     MODEL_NAME: evaluate(
       model,
@@ -315,9 +322,11 @@ def run_sasrec(
       tuple(config.eval.splits),
       tuple(config.eval.ks),
       config.eval.batch_size,
+      ranks=ranks,
     )
   }
   write_results(results, workdir / EVAL_DIR, RESULTS_NAME, config)
+  write_user_ranks(workdir / EVAL_DIR, MODEL_NAME, ranks)
   return results
 
 
