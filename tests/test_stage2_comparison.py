@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from conftest import REPO_ROOT
 
@@ -186,6 +187,41 @@ def test_generation_pairs_compare_neighbours_user_by_user():
   # Results from before ranks were recorded are left out, not an error.
   older = {"ilm": {"evaluations": {}}, "mlp": results["mlp"]}
   assert C.generation_pairs(older, "test", "unseen") == {}
+
+
+def test_pairs_of_other_generated_tasks_are_labelled_by_task():
+  def entry(task, ranks):
+    return (
+      f"generate:{task}:test:unseen",
+      {"filtered/HR@10": float(np.mean(np.asarray(ranks) < 10))},
+      {"user_ranks": {"users": [0, 1], "filtered": ranks}},
+    )
+
+  results = {
+    "ilm": {
+      "evaluations": _entries(
+        entry("sequential", [0, 0]), entry("straightforward", [0, 20])
+      )
+    },
+    "mlp": {"evaluations": _entries(entry("sequential", [0, 20]))},
+    "text": {"evaluations": _entries(entry("straightforward", [20, 20]))},
+  }
+  tasks = ("sequential", "straightforward")
+  pairs = C.generation_pairs(results, "test", "unseen", tasks)
+  # Neighbours among the variants that ran each task.
+  assert list(pairs) == ["ilm - mlp", "ilm - text, straightforward"]
+  assert pairs["ilm - text, straightforward"]["HR@10"].startswith("+0.5000")
+  baselines = {"popularity": {"test": {"users": [0, 1], "filtered": [0, 0]}}}
+  against = C.baseline_pairs(results, baselines, "test", "unseen", tasks)
+  assert list(against) == [
+    "ilm - popularity",
+    "mlp - popularity",
+    "ilm - popularity, straightforward",
+    "text - popularity, straightforward",
+  ]
+  # The summary row carries the other task's headline figures.
+  row = C.summary_row(results["ilm"], "test", "unseen")
+  assert row["straightforward HR@10"] == pytest.approx(0.5)
 
 
 def test_baseline_pairs_compare_generation_with_full_rankings_per_user():

@@ -111,10 +111,12 @@ def summary_row(
 
   Returns:
     {"HR@5", ..., "NDCG@10"} of sequential recommendation (generative
-    decoding), "retrieval HR@10" / "retrieval NDCG@10" when the retrieval
-    head was trained, "SC description", "SC profile", "title accuracy",
-    "train s" (whichever are present; "train s" only for a run trained
-    from step 0 in one call); each metric but "train s" with its
+    decoding), "<task> HR@10" / "<task> NDCG@10" of the other generated
+    item tasks (straightforward, conversational), "retrieval HR@10" /
+    "retrieval NDCG@10" when the retrieval head was trained, "SC
+    description", "SC profile", "title accuracy", "train s" (whichever are
+    present; "train s" only for a run trained from step 0 in one call);
+    each metric but "train s" with its
     standard error under ``name + "_se"`` (as ``stage2_report`` gives it).
   """
   row = {}
@@ -125,6 +127,14 @@ def summary_row(
     _copy_with_se(
       row, f"retrieval {key}", seq.get("retrieval", {}), f"{mode}/{key}"
     )
+  for task in P.ITEM_TASKS[1:]:
+    # E.g. straightforward recommendation: the user alone, no history, so
+    # only what the user's soft tokens carry can beat popularity.
+    other = E.find_entry(results, E.GENERATE, task, split, templates) or {}
+    for key in ("HR@10", "NDCG@10"):
+      _copy_with_se(
+        row, f"{task} {key}", other.get("metrics", {}), f"{mode}/{key}"
+      )
   for task in E.TEXT_TASKS:
     text = E.find_entry(results, E.TEXT, task, E.NO_SPLIT, templates)
     if text is not None:
@@ -185,8 +195,26 @@ def rerank_rows(
   return rows
 
 
+def _generated_ranks(results, split, templates, tasks):
+  """[(row suffix, [(variant, user_ranks)])] per generate task, the
+  variants whose entry of that task carries per-user ranks. Sequential
+  rows have no suffix, other tasks ", <task>"."""
+  out = []
+  for task in tasks:
+    ranked = []
+    for name, res in results.items():
+      entry = E.find_entry(res, E.GENERATE, task, split, templates)
+      if entry is not None and "user_ranks" in entry:
+        ranked.append((name, entry["user_ranks"]))
+    out.append(("" if task == P.SEQUENTIAL else f", {task}", ranked))
+  return out
+
+
 def generation_pairs(
-  results: dict[str, dict], split: str, templates: str
+  results: dict[str, dict],
+  split: str,
+  templates: str,
+  tasks=(P.SEQUENTIAL,),
 ) -> dict[str, dict[str, str]]:
   """Paired differences of generation between neighbouring variants.
 
@@ -198,28 +226,26 @@ def generation_pairs(
 
   Args:
     results: variant name -> ``stage2.run`` results, in the order claimed.
-    split, templates: which sequential ``generate`` evaluation.
+    split, templates: which ``generate`` evaluations.
+    tasks: their item tasks (sequential rows first, unlabelled; the others
+      end in ", <task>").
 
   Returns:
     {"a - b": {"HR@5": "+0.0123 ± 0.0045 (above)", ...}} for each neighbouring
     pair whose entries carry per-user ranks of the same users (results from
     before ranks were recorded, or from other user samples, are skipped).
   """
-  ranked = []
-  for name, res in results.items():
-    entry = E.find_entry(res, E.GENERATE, P.SEQUENTIAL, split, templates)
-    if entry is not None and "user_ranks" in entry:
-      ranked.append((name, entry["user_ranks"]))
   rows = {}
-  for (a, ranks_a), (b, ranks_b) in zip(ranked, ranked[1:]):
-    if ranks_a["users"] != ranks_b["users"]:
-      continue
-    comparison = M.paired_comparison(ranks_a["filtered"], ranks_b["filtered"])
-    rows[f"{a} - {b}"] = {
-      key: paired_cell(c)
-      for key, c in comparison.items()
-      if key in RANKING_KEYS
-    }
+  for suffix, ranked in _generated_ranks(results, split, templates, tasks):
+    for (a, ranks_a), (b, ranks_b) in zip(ranked, ranked[1:]):
+      if ranks_a["users"] != ranks_b["users"]:
+        continue
+      comparison = M.paired_comparison(ranks_a["filtered"], ranks_b["filtered"])
+      rows[f"{a} - {b}{suffix}"] = {
+        key: paired_cell(c)
+        for key, c in comparison.items()
+        if key in RANKING_KEYS
+      }
   return rows
 
 
@@ -228,6 +254,7 @@ def baseline_pairs(
   baseline_ranks: dict[str, dict],
   split: str,
   templates: str,
+  tasks=(P.SEQUENTIAL,),
 ) -> dict[str, dict[str, str]]:
   """Paired differences of each variant's generation against the
   full-ranking baselines (popularity, ALS, SASRec).
@@ -241,32 +268,32 @@ def baseline_pairs(
     results: variant name -> ``stage2.run`` results.
     baseline_ranks: ``baselines.read_user_ranks``: model -> {split: {"users",
       "filtered"}} over every user of the split.
-    split, templates: which sequential ``generate`` evaluation.
+    split, templates: which ``generate`` evaluations.
+    tasks: their item tasks, as ``generation_pairs``.
 
   Returns:
     {"variant - model": {"HR@5": "+0.0123 ± 0.0045 (above)", ...}} for each
     variant with per-user ranks and each baseline ranked on ``split``.
   """
   rows = {}
-  for name, res in results.items():
-    entry = E.find_entry(res, E.GENERATE, P.SEQUENTIAL, split, templates)
-    if entry is None or "user_ranks" not in entry:
-      continue
-    users = entry["user_ranks"]["users"]
-    for model, by_split in baseline_ranks.items():
-      if split not in by_split:
-        continue
-      theirs = dict(zip(by_split[split]["users"], by_split[split]["filtered"]))
-      if not all(u in theirs for u in users):
-        continue
-      comparison = M.paired_comparison(
-        entry["user_ranks"]["filtered"], [theirs[u] for u in users]
-      )
-      rows[f"{name} - {model}"] = {
-        key: paired_cell(c)
-        for key, c in comparison.items()
-        if key in RANKING_KEYS
-      }
+  for suffix, ranked in _generated_ranks(results, split, templates, tasks):
+    for name, ranks in ranked:
+      for model, by_split in baseline_ranks.items():
+        if split not in by_split:
+          continue
+        theirs = dict(
+          zip(by_split[split]["users"], by_split[split]["filtered"])
+        )
+        if not all(u in theirs for u in ranks["users"]):
+          continue
+        comparison = M.paired_comparison(
+          ranks["filtered"], [theirs[u] for u in ranks["users"]]
+        )
+        rows[f"{name} - {model}{suffix}"] = {
+          key: paired_cell(c)
+          for key, c in comparison.items()
+          if key in RANKING_KEYS
+        }
   return rows
 
 
@@ -429,7 +456,7 @@ def compare(
         f"{budget['batch_size']})",
       ),
     )
-  pairs = generation_pairs(results, split, templates)
+  pairs = generation_pairs(results, split, templates, P.ITEM_TASKS)
   if pairs:
     tables.insert(
       len(by_retriever) + 1,
@@ -445,6 +472,7 @@ def compare(
     read_user_ranks(workdir, config.eval.baselines),
     split,
     templates,
+    P.ITEM_TASKS,
   )
   if against:
     tables.insert(
