@@ -80,6 +80,7 @@ def test_tiny_cpu_form_writes_the_report(tmp_path):
   assert run["budget"]["steps"] == 2
   assert {"text", "als (all users)", "sasrec (all users)"} <= set(run["rows"])
   assert "HR@10" in run["rows"]["text"]
+  assert "straightforward HR@10" in run["rows"]["text"]
   markdown = (tmp_path / "accelerator_run.md").read_text()
   assert "# Accelerator run" in markdown and "| text |" in markdown
   assert (tmp_path / "default" / "stage2_text" / "results.json").exists()

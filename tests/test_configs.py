@@ -119,7 +119,14 @@ SMALL_EVALUATIONS = (
     ("full", FULL_EVALUATIONS),
     ("cpu", (*SMALL_EVALUATIONS, "rerank:rerank:test:unseen:sasrec")),
     ("small", SMALL_EVALUATIONS),
-    ("accel", (*SMALL_EVALUATIONS, "rerank:rerank:test:unseen:sasrec")),
+    (
+      "accel",
+      (
+        *SMALL_EVALUATIONS,
+        "rerank:rerank:test:unseen:sasrec",
+        "generate:straightforward:test:unseen",
+      ),
+    ),
   ],
 )
 def test_declared_evaluations_of_each_budget(budget, want):
