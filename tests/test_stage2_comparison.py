@@ -116,6 +116,7 @@ def _entries(*declared):
 def test_summary_row_picks_the_requested_split_and_templates():
   results = {
     "train_seconds": 12.0,
+    "start_step": 0,
     "evaluations": _entries(
       (
         "generate:sequential:test:unseen",
@@ -153,6 +154,10 @@ def test_summary_row_picks_the_requested_split_and_templates():
   assert C.summary_row(dict(results, start_step=0), "test", "unseen")[
     "train s"
   ] == pytest.approx(12.0)
+  # Results written before start_step was recorded cannot tell training
+  # from a re-evaluation at the last step: no seconds claimed either.
+  legacy = {k: v for k, v in results.items() if k != "start_step"}
+  assert "train s" not in C.summary_row(legacy, "test", "unseen")
   assert C.summary_row(results, "valid", "seen") == {
     "SC description": 0.9,
     "train s": 12.0,
@@ -325,6 +330,7 @@ def test_report_only_rebuilds_the_table_from_saved_results(
   config = _config()
   saved = {
     "train_seconds": 3.0,
+    "start_step": 0,
     "evaluations": _entries(
       ("generate:sequential:valid:unseen", {"filtered/HR@10": 0.25})
     ),

@@ -115,7 +115,8 @@ def summary_row(
     item tasks (straightforward, conversational), "retrieval HR@10" /
     "retrieval NDCG@10" when the retrieval head was trained, "SC
     description", "SC profile", "title accuracy", "train s" (whichever are
-    present; "train s" only for a run trained from step 0 in one call);
+    present; "train s" only for a run that recorded training from step 0
+    in one call);
     each metric but "train s" with its
     standard error under ``name + "_se"`` (as ``stage2_report`` gives it).
   """
@@ -145,8 +146,10 @@ def summary_row(
       row, "title accuracy", text_row(desc["metrics"]), "title_accuracy"
     )
   # A resumed run's seconds cover only part of its training (none at all
-  # when it resumed at its last step only to evaluate): left out.
-  if "train_seconds" in results and not results.get("start_step"):
+  # when it resumed at its last step only to evaluate): left out; so are
+  # those of results written before ``start_step`` was recorded, which
+  # cannot tell a training run from a re-evaluation.
+  if "train_seconds" in results and results.get("start_step") == 0:
     row["train s"] = results["train_seconds"]
   return row
 
