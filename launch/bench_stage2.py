@@ -489,10 +489,18 @@ class _Built:
 def _build(config) -> _Built:
   c = config.stage2
   split = load_split(config.dataset)
-  index = make_index(split, config.dataset.indexing, config.seed)
-  llm_config, llm_params, tokenizer = load_stage2_llm(c.llm, config.seed)
   rows = split.num_users + split.num_items
   cf = np.random.default_rng(0).normal(size=(rows, config.cf.dim))
+  # Collaborative identifiers cluster the random table's item rows: codes of
+  # the recipe's length and branching, which is all a speed benchmark needs.
+  index = make_index(
+    split,
+    config.dataset.indexing,
+    config.seed,
+    cf[split.num_users :],
+    config.dataset.get("balanced_tree", False),
+  )
+  llm_config, llm_params, tokenizer = load_stage2_llm(c.llm, config.seed)
   model, boxed, _ = stage2.build_model(
     config, "/nonexistent", split.num_users, config.cf.dim, llm_config
   )

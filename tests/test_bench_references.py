@@ -221,7 +221,8 @@ def test_matmul_peak_is_measured_on_this_device():
 
 
 def test_generate_mode_compares_beam_search_with_transformers(tmp_path):
-  """``bench_stage2.py --generate`` end to end on the tiny random LLM: both
+  """``bench_stage2.py --generate`` end to end on the tiny random LLM, with
+  the accelerator recipe's collaborative identifiers (balanced tree): both
   searches ran, and returned the same top item for every prompt."""
   out = subprocess.run(
     [
@@ -229,6 +230,7 @@ def test_generate_mode_compares_beam_search_with_transformers(tmp_path):
       str(REPO_ROOT / "launch" / "bench_stage2.py"),
       "--config=configs/default.py:small",
       "--config.stage2.llm=tiny",
+      "--config.dataset.indexing=collaborative",
       "--config.stage2.eval.batch_size=4",
       "--config.stage2.eval.num_beams=3",
       "--generate",
