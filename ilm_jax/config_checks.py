@@ -120,6 +120,7 @@ _RULES = {
   "stage2.soft_prompt": NON_NEGATIVE_INT,
   "stage2.shared_prompt": NON_NEGATIVE_INT,
   "stage2.list_tokens": NON_NEGATIVE_INT,
+  "stage2.grounding_tokens": _one_of("entity", "list"),
   "stage2.answer_weighting": _one_of("token", "example"),
   "stage2.retrieval_weight": NON_NEGATIVE,
   "stage2.rerank.num_candidates": _int_at_least(2),

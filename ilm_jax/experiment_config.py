@@ -253,6 +253,10 @@ def stage2_config() -> ml_collections.ConfigDict:
   # mean-pooled into this many (0 = all K), so long lists stay short (a
   # re-ranking prompt of 20 history items and 20 candidates fits 512).
   c.list_tokens = 2
+  # The ``identify`` task shows its item by the entity's full soft tokens
+  # ("entity") or by the pooled ones history and candidate items get
+  # ("list"), grounding identifiers in what list prompts show.
+  c.grounding_tokens = "entity"
   # Generative loss: "example" averages each prompt's answer tokens, then
   # the prompts, so short identifier answers count as much as long text;
   # "token" averages all answer tokens of a batch.

@@ -61,6 +61,50 @@ def test_identify_shows_soft_tokens_and_asks_for_the_identifier(
     assert enc.target_item == item and enc.target_row == row
 
 
+def test_identify_can_show_the_pooled_tokens_a_history_item_gets(toy_split):
+  index = random_indexing(toy_split.num_items, seed=3)
+  by_item = _grounding(toy_split, index, P.IDENTIFY)
+  item = sorted(by_item)[0]
+  row = toy_split.num_users + item
+  history = P.render(
+    P.templates(P.SEQUENTIAL, seen=True)[0],
+    user=0,
+    history=[item],
+    answer=index.identifier(item),
+  )
+
+  def slots(enc):
+    return enc.slot_query[enc.slot_entity == row].tolist()
+
+  pooled = _encoder(toy_split, index, list_tokens=2, grounding_tokens="list")
+  listed = slots(pooled.encode(history, with_answer=True))
+  assert listed == [K, K + 1]  # the two pooled tokens of a list member
+  assert slots(pooled.encode(by_item[item], with_answer=True)) == listed
+  # The default keeps the entity's K tokens; so does "list" when lists are
+  # not pooled.
+  full = _encoder(toy_split, index, list_tokens=2)
+  assert slots(full.encode(by_item[item], with_answer=True)) == list(range(K))
+  unpooled = _encoder(toy_split, index, grounding_tokens="list")
+  assert slots(unpooled.encode(by_item[item], with_answer=True)) == list(
+    range(K)
+  )
+  with pytest.raises(ValueError, match="grounding_tokens"):
+    EntityCoding(K, grounding_tokens="pooled")
+
+
+def test_the_stage2_config_chooses_the_grounding_tokens():
+  import types
+
+  from ilm_jax.experiment_config import stage2_config
+
+  c = stage2_config()
+  encoder = types.SimpleNamespace(tokens_per_entity=K, soft_prompt=0)
+  assert stage2.coding_of(c, encoder).grounding_tokens == "entity"
+  c.grounding_tokens = "list"
+  coding = stage2.coding_of(c, encoder)
+  assert coding.grounding_tokens == "list" and coding.pooled
+
+
 def test_name_shows_the_identifier_and_asks_for_the_title(toy_split):
   index = random_indexing(toy_split.num_items, seed=3)
   encoder = _encoder(toy_split, index)

@@ -182,6 +182,7 @@ def coding_of(c, encoder: SoftTokenEncoder) -> EntityCoding:
     soft_prompt=encoder.soft_prompt,
     list_tokens=c.list_tokens,
     candidate_labels=c.rerank.labels,
+    grounding_tokens=c.get("grounding_tokens", "entity"),
   )
 
 

@@ -417,6 +417,7 @@ def compare(
     "tasks": list(c.tasks),
     "evaluations": list(c.evaluations),
     "list_tokens": int(c.list_tokens),
+    "grounding_tokens": c.get("grounding_tokens", "entity"),
     "rerank": c.rerank.to_dict(),
   }
   out = {"rows": rows, "results": results, "seconds": seconds, "budget": budget}

@@ -47,6 +47,7 @@ ADDED_FIELDS: dict[str, Any] = {
   "dataset.balanced_tree": False,
   "stage2.llm_activations": "auto",
   "stage2.trie_loss": False,
+  "stage2.grounding_tokens": "entity",
 }
 ABSENT = "<absent>"
 

@@ -21,6 +21,10 @@ from ilm_jax.models.slots import SOFT_PROMPT, WORD
 PROMPT_SUFFIX = "\nAnswer:"
 USER_PREFIX = "user_"
 CANDIDATE_LABELS = ("identifiers", "letters")
+# Soft tokens of the item an identifier-grounding prompt shows: the entity's
+# full S ("entity") or the pooled ones a history or candidate item gets
+# ("list"), so the identifier is tied to the tokens prompts list items by.
+GROUNDING_TOKENS = ("entity", "list")
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
@@ -41,6 +45,9 @@ class EntityCoding:
     candidate_labels: how a re-ranking prompt names its candidates and how
       the answer names the choice: "identifiers" (the item's identifier,
       ``item_1234``) or "letters" (its place in the list: A, B, ...).
+    grounding_tokens: the soft tokens of an item shown by them alone (the
+      ``identify`` task): "entity" (all S) or "list" (the pooled tokens of
+      a list member; all S when lists are not pooled).
   """
 
   soft_tokens: int
@@ -48,6 +55,7 @@ class EntityCoding:
   soft_prompt: int = 0
   list_tokens: int = 0
   candidate_labels: str = "identifiers"
+  grounding_tokens: str = "entity"
 
   def __post_init__(self):
     if min(self.soft_tokens, self.soft_prompt, self.list_tokens) < 0:
@@ -63,6 +71,10 @@ class EntityCoding:
       raise ValueError(
         f"candidate_labels {self.candidate_labels!r} not in {CANDIDATE_LABELS}"
       )
+    if self.grounding_tokens not in GROUNDING_TOKENS:
+      raise ValueError(
+        f"grounding_tokens {self.grounding_tokens!r} not in {GROUNDING_TOKENS}"
+      )
 
   @property
   def pooled(self) -> bool:
@@ -73,7 +85,10 @@ class EntityCoding:
     """(first soft-token index, count) of an entity segment of ``kind``."""
     if kind == P.ITEM_NAMED:  # the identifier alone
       return 0, 0
-    if kind in P.LIST_KINDS and self.pooled:
+    listed = kind in P.LIST_KINDS or (
+      kind == P.ITEM_SOFT and self.grounding_tokens == "list"
+    )
+    if listed and self.pooled:
       return self.soft_tokens, self.list_tokens
     return 0, self.soft_tokens
 
