@@ -57,6 +57,29 @@ def test_recommend_gives_k_distinct_unseen_items_the_same_twice(
   assert first[0].source == mode
 
 
+@pytest.mark.parametrize("trie_softmax", [False, True])
+def test_generate_searches_as_the_workdir_was_evaluated(
+  recommender, monkeypatch, trie_softmax
+):
+  from ilm_jax.eval import generative
+
+  calls = []
+  search = generative.rank_items
+
+  def spy(*args, **kwargs):
+    calls.append(kwargs["renormalize"])
+    return search(*args, **kwargs)
+
+  monkeypatch.setattr(generative, "rank_items", spy)
+  eval_config = recommender._c.eval
+  monkeypatch.setitem(eval_config, "trie_softmax", trie_softmax)
+  recs = recommender.recommend(
+    history=_popular_titles(recommender, 2), k=4, mode="generate"
+  )
+  assert calls == [trie_softmax]
+  assert len({r.item for r in recs}) == 4
+
+
 def test_known_user_never_gets_what_they_had_and_disliked_items_stay_out(
   recommender,
 ):

@@ -358,6 +358,8 @@ class Recommender:
       batch_size=1,
       buckets=tuple(self._c.length_buckets),
       num_beams=max(k, int(self._c.eval.num_beams)),
+      # The search the workdir was evaluated with (``eval.trie_softmax``).
+      renormalize=bool(self._c.eval.get("trie_softmax", False)),
     )[0]
     out, taken = [], set(person.exclude.tolist())
     for rank, item in enumerate(ranked):
