@@ -161,8 +161,13 @@ def rerank_config() -> ml_collections.ConfigDict:
   c.num_candidates = 20  # N retrieved items the LLM re-ranks
   # Evaluation lists: "als" (the CF table's dot product) or
   # "retrieval_head" (needs stage2.retrieval_weight > 0; its query reads a
-  # sequential prompt). Training lists always come from the inner ALS.
+  # sequential prompt).
   c.retriever = "als"
+  # Inner retrievers whose lists train (``rerank.stage``): "als", and
+  # "sasrec" (an inner SASRec, trained in <workdir>/sasrec_inner, so an ILM
+  # that re-ranks SASRec's candidates also trains on lists shaped like
+  # them); examples_per_task is shared evenly between them.
+  c.train_retrievers = ("als",)
   c.order = "retriever"  # candidates shown "retriever" order | "shuffled"
   # Candidate names in prompts and answers: "identifiers" (item_1234) or
   # "letters" (A, B, ...: one token each, as LlamaRec).

@@ -181,8 +181,10 @@ def _write_cf_table(config, workdir):
 def test_run_end_to_end_on_tiny_llm(tmp_path, variant):
   config = stage2_config(variant=variant)
   if variant == "ilm":
-    # Re-ranking SASRec's candidates too (SASRec trained on the way).
+    # Re-ranking SASRec's candidates too (SASRec trained on the way), and
+    # training on an inner SASRec's lists beside the inner ALS's.
     config.stage2.evaluations += ("rerank:rerank:valid:unseen:sasrec",)
+    config.stage2.rerank.train_retrievers = ("als", "sasrec")
   _write_cf_table(config, tmp_path)
   results = stage2.run(config, tmp_path)
   assert results["variant"] == variant and results["steps"] == 3
@@ -214,6 +216,14 @@ def test_run_end_to_end_on_tiny_llm(tmp_path, variant):
     assert (tmp_path / "sasrec" / "checkpoints").is_dir()
     assert (
       "top 10 of sasrec" in (tmp_path / "stage2" / "results.md").read_text()
+    )
+    training = results["rerank_training"]
+    assert training["lists_sasrec"]["examples"] == training["positions"]
+    assert training["lists"]["examples"] == training["positions"]
+    assert (tmp_path / "sasrec_inner" / "checkpoints").is_dir()
+    assert (
+      "training lists (inner SASRec)"
+      in (tmp_path / "stage2" / "results.md").read_text()
     )
   assert evaluations["rerank:rerank:valid:unseen"]["split"] == "valid"
   for task in P.ITEM_TASKS:

@@ -229,8 +229,12 @@ def train_sasrec(
   scfg: ml_collections.ConfigDict,
   split: LeaveOneOutSplit,
   out: pathlib.Path,
+  extra_provenance: dict | None = None,
 ) -> tuple[sasrec_model.SASRec, dict, dict]:
   """Trains (or resumes) SASRec in ``out``.
+
+  ``extra_provenance``: what else the state depends on (e.g. the cut of an
+  inner split, ``rerank.inner_sasrec``), recorded beside the data and recipe.
 
   Returns:
     (model, trained host params, final train metrics and validation).
@@ -272,7 +276,7 @@ def train_sasrec(
     run_config=json.loads(config.to_json_best_effort()),
     eval_fn=eval_fn,
     desc="sasrec",
-    provenance=_provenance(config, scfg),
+    provenance={**_provenance(config, scfg), **(extra_provenance or {})},
   )
   return model, jax.device_get(result.state.params), dict(result.metrics)
 

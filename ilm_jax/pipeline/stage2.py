@@ -27,6 +27,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 
@@ -66,6 +67,7 @@ from ilm_jax.models.llm.decoder import Decoder
 from ilm_jax.pipeline import sasrec as sasrec_pipeline
 from ilm_jax.pipeline import stage1, stage2_report
 from ilm_jax.pipeline.cf import CF_DIR, als_config, cf_table
+from ilm_jax.rerank import inner_sasrec
 from ilm_jax.rerank import stage as rerank
 from ilm_jax.sharding.mesh import make_mesh
 from ilm_jax.train import loop, provenance
@@ -266,7 +268,7 @@ def _ranking_repeats(tasks: list[str], fraction: float, seed: int):
 _EVALUATION_ONLY = ("eval", "evaluations")
 # How the step runs, not what it computes (a resumed run may change it).
 _EXECUTION_ONLY = ("remat",)
-# (Training lists always come from the inner ALS, whatever evaluates.)
+# (Training lists come from ``rerank.train_retrievers``, whatever evaluates.)
 _RERANK_EVALUATION_ONLY = ("max_users", "batch_size", "retriever")
 
 
@@ -341,7 +343,17 @@ def run(
   start = time.time()
   ks = tuple(config.eval.ks)
   rerank_train, rerank_stats = rerank.training_prompts(
-    c, split, als_config(config), ks, config.seed, mesh
+    c,
+    split,
+    als_config(config),
+    ks,
+    config.seed,
+    mesh,
+    inner={
+      "sasrec": functools.partial(
+        inner_sasrec.training_lists, config, split, workdir=workdir
+      )
+    },
   )
   mixture = {}
   examples, described = training_examples(

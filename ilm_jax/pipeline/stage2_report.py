@@ -188,9 +188,10 @@ def list_rows(results: dict) -> dict[str, dict]:
   """Where the held-out item sits in candidate lists: the training lists
   (inner retriever, every held-out position) beside each evaluation."""
   rows = {}
-  training = results.get("rerank_training", {}).get("lists")
-  if training:
-    rows["training lists (inner ALS)"] = training
+  training = results.get("rerank_training", {})
+  for key, name in (("lists", "ALS"), ("lists_sasrec", "SASRec")):
+    if training.get(key):
+      rows[f"training lists (inner {name})"] = training[key]
   seen = set()
   for entry in E.result_entries(results, E.RERANK):
     split, result = entry["split"], entry["metrics"]

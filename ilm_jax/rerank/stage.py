@@ -28,6 +28,9 @@ from ilm_jax.rerank import candidates as C
 from ilm_jax.rerank import evaluate as E
 from ilm_jax.rerank.prompts import rerank_prompts, shown_order
 
+# Inner retrievers whose lists can train re-ranking (``candidates``,
+# ``inner_sasrec``).
+TRAIN_RETRIEVERS = ("als", "sasrec")
 # A retriever trained outside stage 2 (SASRec): split name -> score
 # function (int32[B] users -> float32[B, I] scores).
 ScorerFactory = Callable[[str], Callable]
@@ -57,6 +60,16 @@ def check_config(
     )
   if c.rerank.num_candidates < 2:
     raise ValueError("stage2.rerank.num_candidates must be >= 2")
+  names = train_retrievers(c)
+  if (
+    not names
+    or set(names) - set(TRAIN_RETRIEVERS)
+    or len(set(names)) < len(names)
+  ):
+    raise ValueError(
+      f"stage2.rerank.train_retrievers {names!r}: distinct names of "
+      f"{TRAIN_RETRIEVERS}, at least one"
+    )
 
 
 def list_length(c, ks) -> int:
@@ -64,8 +77,32 @@ def list_length(c, ks) -> int:
   return max(int(c.rerank.num_candidates), max(ks))
 
 
-def training_prompts(c, split, als_config, ks, seed, mesh=None):
+# A retriever whose inner lists train re-ranking, besides the inner ALS:
+# (holdout, list length) -> (CandidateLists, info), e.g. a bound
+# ``inner_sasrec.training_lists``.
+InnerLists = Callable[[int, int], tuple[C.CandidateLists, dict]]
+
+
+def train_retrievers(c) -> tuple[str, ...]:
+  """The inner retrievers whose lists train re-ranking (``rerank``
+  ``train_retrievers``; configs from before the field: the inner ALS)."""
+  return tuple(c.rerank.get("train_retrievers", ("als",)))
+
+
+def training_prompts(
+  c,
+  split,
+  als_config,
+  ks,
+  seed,
+  mesh=None,
+  inner: Mapping[str, InnerLists] | None = None,
+):
   """(re-ranking training prompts, their list statistics).
+
+  Each retriever of ``train_retrievers(c)`` lists every held-out position;
+  ``rerank.examples_per_task`` prompts per task are drawn from the lists
+  holding their target, shared evenly between the retrievers.
 
   Args:
     c: ``config.stage2``.
@@ -74,27 +111,48 @@ def training_prompts(c, split, als_config, ks, seed, mesh=None):
     ks: metric cut-offs (the list length covers them).
     seed: seeds sampling, shuffling and templates.
     mesh: optional device mesh for the inner ALS.
+    inner: the other retrievers' inner lists by name (``"sasrec"``).
+
+  Returns:
+    (prompts, {"lists": the inner ALS's rank summary (``rank_summary``),
+    "lists_<name>" for each other retriever, "usable_lists" (lists holding
+    their target, all retrievers), "positions", each retriever's seconds}).
   """
   tasks = [t for t in c.tasks if t in P.RERANK_TASKS]
   if not tasks:
     return [], {}
   r = c.rerank
   n = int(r.num_candidates)
-  lists, info = C.training_lists(
-    split, als_config, int(r.train_holdout), list_length(c, ks), mesh
-  )
-  stats = {"lists": C.rank_summary(lists, n), **info}
-  keep = np.flatnonzero(lists.target_ranks(n) >= 0)
+  holdout, length = int(r.train_holdout), list_length(c, ks)
+  names = train_retrievers(c)
+  stats, by_retriever = {}, []
+  for name in names:
+    if name == "als":
+      lists, info = C.training_lists(split, als_config, holdout, length, mesh)
+    elif inner and name in inner:
+      lists, info = inner[name](holdout, length)
+    else:
+      raise ValueError(
+        f"stage2.rerank.train_retrievers: no inner {name!r} retriever"
+      )
+    stats["lists" if name == "als" else f"lists_{name}"] = C.rank_summary(
+      lists, n
+    )
+    stats.update(info)
+    by_retriever.append((lists, np.flatnonzero(lists.target_ranks(n) >= 0)))
   rng = np.random.default_rng([seed, 5])
   prompts = []
+  per_retriever = -(-int(r.examples_per_task) // len(names))  # ceiling
   for task in tasks:
-    rows = rng.permutation(keep)[: int(r.examples_per_task)]
-    chosen = lists.subset(rows)
-    shown = shown_order(chosen, n, r.order, seed + len(prompts))
-    prompts += rerank_prompts(
-      chosen, shown, task, True, split.catalog, c.max_history, seed, False
-    )
-  stats["usable_lists"] = len(keep)  # lists holding their target
+    for lists, keep in by_retriever:
+      rows = rng.permutation(keep)[:per_retriever]
+      chosen = lists.subset(rows)
+      shown = shown_order(chosen, n, r.order, seed + len(prompts))
+      prompts += rerank_prompts(
+        chosen, shown, task, True, split.catalog, c.max_history, seed, False
+      )
+  # Lists holding their target, summed over the retrievers.
+  stats["usable_lists"] = sum(len(keep) for _, keep in by_retriever)
   return prompts, stats
 
 

@@ -48,6 +48,7 @@ ADDED_FIELDS: dict[str, Any] = {
   "stage2.llm_activations": "auto",
   "stage2.trie_loss": False,
   "stage2.grounding_tokens": "entity",
+  "stage2.rerank.train_retrievers": ["als"],
 }
 ABSENT = "<absent>"
 
