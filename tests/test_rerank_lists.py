@@ -78,6 +78,14 @@ def test_oracle_scores_reach_the_lists_recall_and_beat_both_nulls():
   # HR@10 over a top 10 does not depend on its order
   assert out["vs_retriever"]["HR@10"]["diff"] == 0.0
   assert out["ilm"]["HR@10"] == out["retriever"]["HR@10"]
+  # Each list's rank of its target, kept for paired comparisons of runs.
+  for name in ("ilm", "retriever"):
+    ranks = out["ranks"][name]
+    assert ranks.shape == (200,)
+    assert np.mean(ranks < 1) == pytest.approx(out[name]["HR@1"])
+  np.testing.assert_array_equal(
+    out["ranks"]["retriever"], M.ranks_from_lists(lists.ranked, lists.targets)
+  )
 
 
 def _toy_split():

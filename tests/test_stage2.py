@@ -279,6 +279,12 @@ def test_run_end_to_end_on_tiny_llm(tmp_path, variant):
       assert 0.0 <= rr[name]["HR@10"] <= 1.0 and rr[name]["HR@10_se"] >= 0
     assert rr["vs_shuffled"]["HR@10"]["verdict"] in (M.ABOVE, M.BELOW, M.WITHIN)
     assert rr["order"] == "retriever" and rr["labels"] == "letters"
+    # Per-user ranks give back the metrics (paired comparisons of runs).
+    kept = evaluations[f"rerank:{task}:valid:unseen"]["user_ranks"]
+    assert len(kept["users"]) == 6
+    for name in ("ilm", "retriever"):
+      hits = np.mean(np.asarray(kept[name]) < 10)
+      assert hits == pytest.approx(rr[name]["HR@10"])
   assert results["rerank_training"]["positions"] > 0
   assert (
     "re-ranking retrieved candidates"

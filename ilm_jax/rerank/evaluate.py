@@ -91,7 +91,8 @@ def evaluate_lists(
   Returns:
     {"ilm": {metric: value, metric_se: SE, ...}, "retriever": {...},
     "shuffled": {...}, "vs_retriever": paired comparison, "vs_shuffled":
-    paired comparison} (``metrics.paired_comparison``).
+    paired comparison} (``metrics.paired_comparison``), and "ranks":
+    {"ilm", "retriever"}: int64[R] each list's rank of its target.
   """
   n = shown.shape[1]
   lists_by_name = {
@@ -106,6 +107,7 @@ def evaluate_lists(
   out = {name: M.metrics_from_ranks(r, ks) for name, r in ranks.items()}
   for null in NULLS:
     out[f"vs_{null}"] = M.paired_comparison(ranks["ilm"], ranks[null], ks)
+  out["ranks"] = {name: ranks[name] for name in ("ilm", "retriever")}
   return out
 
 

@@ -278,6 +278,7 @@ def evaluate(
         ks=ks,
         seed=seed,
       )
+      ranks = result.pop("ranks")
       result["popularity"] = M.metrics_from_ranks(pop_ranks[split_name], ks)
       result["lists"] = C.rank_summary(lists, n)
       result.update(
@@ -286,5 +287,13 @@ def evaluate(
         num_candidates=n,
         retrieved_by=retriever,
       )
-      out[evaluation.name] = evaluation.entry(metrics=result)
+      # Per-user ranks (MISS past the list), so two runs evaluated on the
+      # same users compare paired, as generate entries do.
+      out[evaluation.name] = evaluation.entry(
+        metrics=result,
+        user_ranks={
+          "users": [int(u) for u in users],
+          **{name: v.tolist() for name, v in ranks.items()},
+        },
+      )
   return {e.name: out[e.name] for e in reranks}
