@@ -19,6 +19,9 @@ def test_variant_config_changes_stage2_fields_only():
   assert (rand.stage2.variant, rand.stage2.init) == ("ilm", "random")
   assert C.variant_config(base, "text").stage2.variant == "text"
   assert C.variant_config(base, "ilm+retrieval").stage2.retrieval_weight > 0
+  assert C.variant_config(base, "ilm-full-tokens").stage2.list_tokens == 0
+  pooled = C.variant_config(base, "ilm-pooled-grounding").stage2
+  assert pooled.grounding_tokens == "list" and pooled.init == "stage1"
   assert base.stage2.init == "stage1"  # the original is untouched
   assert rand.cf.to_dict() == base.cf.to_dict()
   assert rand.stage2.train.num_steps == base.stage2.train.num_steps

@@ -41,6 +41,15 @@ VARIANTS: dict[str, dict] = {
   },
   # Beyond the paper: a shared soft prompt beside the entity tokens.
   "ilm+prompt": {"variant": "ilm", "init": "stage1", "shared_prompt": 8},
+  # History and candidate items by all K soft tokens instead of pooled ones
+  # (the tokens ``identify`` grounds), and ``identify`` on the pooled tokens
+  # lists show (README: generation from soft tokens only, ML-100K).
+  "ilm-full-tokens": {"variant": "ilm", "init": "stage1", "list_tokens": 0},
+  "ilm-pooled-grounding": {
+    "variant": "ilm",
+    "init": "stage1",
+    "grounding_tokens": "list",
+  },
 }
 # Stage-1 loss ablations (the paper's table): ILM whose Q-Former had only
 # these stage-1 objectives, each trained once into workdir/stage1_<losses>.
