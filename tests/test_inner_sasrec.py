@@ -7,30 +7,18 @@ import pytest
 
 from ilm_jax.data import load_split
 from ilm_jax.data import prompts as P
-from ilm_jax.experiment_config import base_config, loop_config
 from ilm_jax.pipeline import sasrec as sasrec_stage
 from ilm_jax.rerank import candidates as C
 from ilm_jax.rerank import inner_sasrec
 from ilm_jax.rerank import stage as rerank
-from ilm_jax.sasrec_config import sasrec_config
 from ilm_jax.train.provenance import ProvenanceError
+from tests.tiny import sasrec_tiny_config
 
 HOLDOUT, LENGTH = 3, 12
 
 
 def _config():
-  config = base_config()
-  config.dataset.max_users = 40
-  config.eval.batch_size = 32
-  scfg = sasrec_config(loop_config())
-  scfg.dim = 16
-  scfg.max_len = 20
-  scfg.batch_size = 16
-  scfg.train.num_steps = 4
-  scfg.train.warmup_steps = 2
-  scfg.train.log_every = 2
-  scfg.train.checkpoint_every = 4
-  scfg.train.progress_bar = False
+  config, scfg = sasrec_tiny_config(num_steps=4, checkpoint_every=4)
   config.sasrec = scfg
   return config
 

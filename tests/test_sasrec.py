@@ -16,12 +16,11 @@ from ilm_jax.data.sasrec import (
 )
 from ilm_jax.data.split import LeaveOneOutSplit
 from ilm_jax.eval import full_ranking
-from ilm_jax.experiment_config import base_config, loop_config
 from ilm_jax.models import sasrec as M
 from ilm_jax.pipeline import sasrec as P
 from ilm_jax.pipeline.baselines import read_user_ranks
-from ilm_jax.sasrec_config import sasrec_config
 from ilm_jax.train import loop
+from tests.tiny import sasrec_tiny_config
 
 NUM_USERS, NUM_ITEMS, MAX_LEN = 16, 40, 8
 
@@ -173,24 +172,8 @@ def test_unknown_loss_is_named():
     P.loss_function(tiny_model(), "hinge")
 
 
-def _tiny_config():
-  config = base_config()
-  config.dataset.max_users = 40
-  config.eval.batch_size = 32
-  scfg = sasrec_config(loop_config())
-  scfg.dim = 16
-  scfg.max_len = 20
-  scfg.batch_size = 16
-  scfg.train.num_steps = 6
-  scfg.train.warmup_steps = 2
-  scfg.train.log_every = 2
-  scfg.train.checkpoint_every = 3
-  scfg.train.progress_bar = False
-  return config, scfg
-
-
 def test_train_and_evaluate_end_to_end_and_resume(tmp_path):
-  config, scfg = _tiny_config()
+  config, scfg = sasrec_tiny_config()
   results = P.run_sasrec(config, tmp_path / "straight", scfg)
   metrics = results[P.MODEL_NAME]
   for split_name in ("valid", "test"):

@@ -15,9 +15,10 @@ import pytest
 
 from ilm_jax.convert import bert as convert_bert
 from ilm_jax.data import prompts as P
-from ilm_jax.experiment_config import base_config, small_budget
+from ilm_jax.experiment_config import base_config, loop_config, small_budget
 from ilm_jax.models.bert import BertConfig
 from ilm_jax.models.qformer import QFormerConfig
+from ilm_jax.sasrec_config import sasrec_config
 
 # A soft-token encoder's shape for model-level tests (no data behind it).
 NUM_USERS, NUM_ITEMS, CF_DIM = 5, 9, 8
@@ -173,3 +174,21 @@ def spy_on_training_inputs(monkeypatch) -> dict:
   monkeypatch.setattr(loop.Trainer, "place_batch", spy_batch)
   monkeypatch.setattr(loop.Trainer, "place_frozen", spy_frozen)
   return seen
+
+
+def sasrec_tiny_config(num_steps: int = 6, checkpoint_every: int = 3):
+  """(experiment config of 40 latest-small users, a SASRec section of a few
+  seconds' training): the SASRec tests' shapes."""
+  config = base_config()
+  config.dataset.max_users = 40
+  config.eval.batch_size = 32
+  scfg = sasrec_config(loop_config())
+  scfg.dim = 16
+  scfg.max_len = 20
+  scfg.batch_size = 16
+  scfg.train.num_steps = num_steps
+  scfg.train.warmup_steps = 2
+  scfg.train.log_every = 2
+  scfg.train.checkpoint_every = checkpoint_every
+  scfg.train.progress_bar = False
+  return config, scfg
