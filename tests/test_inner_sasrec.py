@@ -100,15 +100,11 @@ def test_training_prompts_share_the_examples_between_retrievers(
     def lists(holdout, length):
       assert (holdout, length) == (HOLDOUT, 10)
       _, _, held = C.inner_split(split, holdout)
-      users = np.asarray([u for u, _ in held], np.int32)
-      targets = np.asarray(
-        [split.train_sequences[u][t] for u, t in held], np.int32
-      )
+      users, hist, targets = C.held_examples(split, held)
       ranked = np.stack(
         [np.roll(np.arange(length, dtype=np.int32) + 5000, shift)] * len(held)
       )
       ranked[:, shift] = targets  # every list holds its target at `shift`
-      hist = [split.train_sequences[u][:t] for u, t in held]
       return C.CandidateLists(users, hist, targets, ranked), {
         f"inner_{name}_seconds": 1.0,
         "positions": len(held),

@@ -150,6 +150,15 @@ def inner_split(split: LeaveOneOutSplit, holdout: int):
   return np.concatenate(users), np.concatenate(items), held
 
 
+def held_examples(split: LeaveOneOutSplit, held):
+  """(int32[R] users, R histories, int32[R] targets) of held-out (user,
+  position) pairs: the sequence before each position and the item there."""
+  users = np.asarray([u for u, _ in held], np.int32)
+  histories = [split.train_sequences[u][:t] for u, t in held]
+  targets = np.asarray([split.train_sequences[u][t] for u, t in held], np.int32)
+  return users, histories, targets
+
+
 def training_lists(
   split: LeaveOneOutSplit,
   als: ALSConfig,
@@ -174,9 +183,7 @@ def training_lists(
     users, items, split.num_users, split.num_items, als, mesh=mesh
   )
   score_fn = dot_product_scorer(table.users, table.items)
-  ex_users = np.asarray([u for u, _ in held], np.int32)
-  histories = [split.train_sequences[u][:t] for u, t in held]
-  targets = np.asarray([split.train_sequences[u][t] for u, t in held], np.int32)
+  ex_users, histories, targets = held_examples(split, held)
   ranked = top_items(score_fn, ex_users, histories, length, split.num_items)
   lists = CandidateLists(ex_users, histories, targets, ranked)
   return lists, {"inner_als_seconds": info["seconds"], "positions": len(held)}

@@ -26,7 +26,12 @@ import numpy as np
 from ilm_jax.data import sasrec as sasrec_data
 from ilm_jax.data.split import LeaveOneOutSplit
 from ilm_jax.pipeline import sasrec as sasrec_stage
-from ilm_jax.rerank.candidates import CandidateLists, inner_split, top_items
+from ilm_jax.rerank.candidates import (
+  CandidateLists,
+  held_examples,
+  inner_split,
+  top_items,
+)
 
 STAGE_DIR = "sasrec_inner"
 
@@ -89,9 +94,7 @@ def training_lists(
     pathlib.Path(workdir) / STAGE_DIR,
     extra_provenance={"inner_holdout": int(holdout)},
   )
-  users = np.asarray([u for u, _ in held], np.int32)
-  histories = [split.train_sequences[u][:t] for u, t in held]
-  targets = np.asarray([split.train_sequences[u][t] for u, t in held], np.int32)
+  users, histories, targets = held_examples(split, held)
   # The scorer reads row r of these for "user" r: here one row per example.
   read = sasrec_data.right_aligned(histories, int(model.config.max_len))
   ranked = top_items(
