@@ -14,6 +14,7 @@ from absl import app, flags
 
 from ilm_jax import files
 from ilm_jax.eval import paired_runs
+from ilm_jax.pipeline.stage2_report import paired_cell
 
 _A = flags.DEFINE_string("a", None, "Run A's results.json.", required=True)
 _B = flags.DEFINE_string("b", None, "Run B's results.json.", required=True)
@@ -42,7 +43,7 @@ def main(argv):
   print(f"{_EVALUATION.value}: A - B over {out['users']} users (paired)")
   for key, c in out.items():
     if key != "users":
-      print(f"  {key}: {c['diff']:+.4f} ± {c['se']:.4f} ({c['verdict']})")
+      print(f"  {key}: {paired_cell(c)}")
   if _OUT.value:
     files.write_json(
       _OUT.value,
