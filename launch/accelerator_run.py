@@ -140,6 +140,7 @@ def main(argv):
       "budget": out["budget"],
       "rows": out["rows"],
       "rerank_rows": out["rerank_rows_by_retriever"],
+      "stage1": out["stage1_rows"],
     }
     table = out["table"]  # compare.md, which only process 0 wrote
     parts = ", ".join(f"{k} {v:.0f} s" for k, v in out["seconds"].items())

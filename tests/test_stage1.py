@@ -172,11 +172,54 @@ def test_run_resumes_after_interruption(tmp_path, monkeypatch):
   assert result["objectives"] == "itc,itm,itg,ii,ui"
   assert np.isfinite(result["loss"])
   assert list((out / "tensorboard").iterdir())
+  # The summary a stage-2 comparison prints: the run's first and last
+  # evaluations.
+  summary = stage1.retrieval_summary(out, 10)
+  assert summary["step"] == 4
+  assert summary["item-text R@10, start"] == result["start/i2t_recall_at_10"]
+  assert summary["item-text R@10, trained"] == result["i2t_recall_at_10"]
+  assert (
+    summary["user-item held-out R@10, trained"]
+    == (result["ui_heldout_recall_at_10"])
+  )
 
   qformer, params, info = stage1.load_stage1_qformer(out)
   assert qformer.num_queries == 2 and qformer.cf_dim == 8
   assert params["query_tokens"].shape == (2, 16)
   assert info["max_text_length"] == 12
+
+
+def test_retrieval_summary_reads_the_first_and_last_evaluation(tmp_path):
+  def write(evals):
+    (tmp_path / "metrics.json").write_text(
+      json.dumps({"train": [], "eval": evals, "final": {}})
+    )
+
+  assert stage1.retrieval_summary(tmp_path, 10) is None  # no run
+  start = {
+    "step": 0,
+    "i2t_recall_at_10": 0.01,
+    "ii_heldout_recall_at_10": 0.02,
+    "item_chance_at_10": 0.005,
+  }
+  write([start])
+  assert stage1.retrieval_summary(tmp_path, 10) is None  # never trained
+  later = {**start, "i2t_recall_at_10": 0.4, "ii_heldout_recall_at_10": 0.05}
+  write(
+    [
+      {**later, "step": 600},
+      start,
+      {**later, "step": 300, "i2t_recall_at_10": 0.2},
+    ]
+  )
+  assert stage1.retrieval_summary(tmp_path, 10) == {
+    "step": 600,
+    "item-text R@10, start": 0.01,
+    "item-text R@10, trained": 0.4,
+    "item-item held-out R@10, start": 0.02,
+    "item-item held-out R@10, trained": 0.05,
+    "chance R@10": 0.005,
+  }  # no user-item pairs evaluated: no user-item columns
 
 
 def test_cf_table_mismatch_is_named(tmp_path):

@@ -71,6 +71,24 @@ def test_compare_trains_each_ablation_its_own_stage1(tmp_path, monkeypatch):
   ]
 
 
+def test_stage1_rows_summarise_the_runs_the_variants_start_from(tmp_path):
+  evals = [
+    {"step": 0, "i2t_recall_at_10": 0.0, "item_chance_at_10": 0.1},
+    {"step": 5, "i2t_recall_at_10": 0.5, "item_chance_at_10": 0.1},
+  ]
+  for name in ("stage1", "stage1_it", "stage1_k16"):
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "metrics.json").write_text(
+      json.dumps({"train": [], "eval": evals, "final": {}})
+    )
+  # ILM-rand, MLP and text start from no stage 1; ilm-k1's run is missing.
+  variants = ("ilm", "ilm-rand", "mlp", "text", "ilm-it", "ilm-k1", "ilm")
+  rows = C.stage1_rows(_config(), tmp_path, variants)
+  assert list(rows) == ["stage1", "stage1_it"]
+  assert rows["stage1_it"]["item-text R@10, trained"] == 0.5
+  assert C.stage1_rows(_config(), tmp_path, ("ilm-rand", "text")) == {}
+
+
 def test_query_sweep_variants_train_their_own_stage1_of_k_queries(
   tmp_path, monkeypatch
 ):

@@ -263,6 +263,52 @@ def run(
   return final
 
 
+# Retrieval metrics a summary reports: key prefix -> column label.
+_RETRIEVAL_COLUMNS = (
+  ("i2t_recall", "item-text R@{k}"),
+  ("ii_heldout_recall", "item-item held-out R@{k}"),
+  ("ui_heldout_recall", "user-item held-out R@{k}"),
+)
+
+
+def retrieval_summary(run_dir: str | pathlib.Path, k: int) -> dict | None:
+  """A finished stage-1 run's retrieval before and after training.
+
+  Read from ``run_dir/metrics.json`` (its first and last evaluations), so it
+  serves runs trained by another process as well. Whether stage 1 aligned
+  the Q-Former at all is what a stage-2 comparison of ILM against ILM-rand
+  has to be read against.
+
+  Args:
+    run_dir: a stage-1 run's directory (``workdir/stage1`` or an ablation's).
+    k: the recall cut-off (``stage1.eval.k``).
+
+  Returns:
+    {"step": last evaluated step, "<label>, start": value before training,
+    "<label>, trained": value after, "chance R@k": k / items}, labels
+    from ``_RETRIEVAL_COLUMNS`` (those the run evaluated); None when the run
+    has no evaluation after step 0.
+  """
+  path = files.path(run_dir) / "metrics.json"
+  if not path.exists():
+    return None
+  evals = sorted(files.read_json(path).get("eval", []), key=lambda e: e["step"])
+  if len(evals) < 2 or evals[0]["step"] != 0:
+    return None
+  start, end = evals[0], evals[-1]
+  out = {"step": int(end["step"])}
+  for prefix, label in _RETRIEVAL_COLUMNS:
+    key = f"{prefix}_at_{k}"
+    if key in end:
+      name = label.format(k=k)
+      out[f"{name}, start"] = float(start.get(key, float("nan")))
+      out[f"{name}, trained"] = float(end[key])
+  chance = end.get(f"item_chance_at_{k}")
+  if chance is not None:
+    out[f"chance R@{k}"] = float(chance)
+  return out
+
+
 def _provenance(config, workdir: pathlib.Path) -> dict:
   """What a stage-1 state depends on: its data, Q-Former shape, objectives,
   optimiser settings and the CF table it read (by content)."""

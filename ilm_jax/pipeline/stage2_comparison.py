@@ -329,6 +329,25 @@ def _train_stage1_runs(config, workdir, variants) -> dict[str, float]:
   return seconds
 
 
+def stage1_rows(config, workdir, variants) -> dict[str, dict]:
+  """Retrieval before and after each stage-1 run the variants start from
+  (``stage1.retrieval_summary``), keyed by its directory; runs not found or
+  not evaluated are left out."""
+  dirs = dict.fromkeys(
+    variant_config(config, n).stage2.stage1_dir
+    for n in variants
+    if VARIANTS[n].get("init") == "stage1"
+  )
+  rows = {}
+  for name in dirs:
+    summary = stage1.retrieval_summary(
+      files.path(workdir) / name, int(config.stage1.eval.k)
+    )
+    if summary is not None:
+      rows[name] = summary
+  return rows
+
+
 def compare(
   config: ml_collections.ConfigDict,
   workdir,
@@ -353,7 +372,8 @@ def compare(
   Returns:
     {"rows": {model: metrics}, "rerank_rows": {model: metrics},
     "results": {variant: stage-2 results}, "seconds": {stage or variant:
-    wall seconds}, "budget": {...}, "table": the markdown of compare.md}.
+    wall seconds}, "budget": {...}, "stage1_rows": {stage-1 directory:
+    retrieval before and after}, "table": the markdown of compare.md}.
   """
   workdir = files.path(workdir)
   for name in variants:
@@ -480,6 +500,17 @@ def compare(
       ),
     )
   out["generation_pairs"] = pairs
+  # What the ILM variants' Q-Formers learnt in stage 1: ILM against ILM-rand
+  # only tests stage 1 where it aligned anything.
+  out["stage1_rows"] = stage1_rows(config, workdir, variants)
+  if out["stage1_rows"]:
+    tables.append(
+      markdown_table(
+        out["stage1_rows"],
+        f"{config.dataset.name}: stage-1 runs the variants start from, "
+        "retrieval before and after training",
+      )
+    )
   against = baseline_pairs(
     results,
     read_user_ranks(workdir, config.eval.baselines),
