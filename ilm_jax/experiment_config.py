@@ -145,9 +145,13 @@ def stage1_config() -> ml_collections.ConfigDict:
   )  # per-objective weight in the summed loss
   c.batch_size = 32  # global rows per objective (in-batch negatives)
   c.train = loop_config()
-  c.train.num_steps = 300
-  c.train.learning_rate = 1e-4  # BLIP-2's peak AdamW rate
-  c.train.warmup_steps = 30
+  # On ML-100K with every MiniLM layer, 300 steps at 3e-4 take item-text
+  # recall@10 from .0074 to .985 (.493 at step 150; README, generation);
+  # BLIP-2's 1e-4 is a rate for 250k steps. 600 leave room for catalogues
+  # of 3-4k items (latest-small, ML-1M) at 32 rows a step.
+  c.train.num_steps = 600
+  c.train.learning_rate = 3e-4
+  c.train.warmup_steps = 50
   c.eval = ml_collections.ConfigDict()
   c.eval.k = 10  # recall@k cut-off of the retrieval evaluation
   c.eval.candidates = 100  # held-out accuracy: top-1 among this many items
@@ -422,13 +426,13 @@ def accel_budget(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   datasets meant to fit about 8 minutes on one H200 (an estimate, not yet
   timed on one: the run prints its wall times). The full model shapes and
   data (every user), the frozen LLM in bfloat16 (``llm_dtype`` "auto"),
-  collaborative identifiers, 1,000 stage-2 steps of 32 prompts; evaluated
+  collaborative identifiers, the default stage 1 (600 steps of 32 rows,
+  measured to align item text), 1,000 stage-2 steps of 32 prompts; evaluated
   on the test split with held-out templates, generation over the whole
   catalogue for every user (sequential and straightforward), re-ranking of
   ALS's and SASRec's candidates.
   """
   c.dataset.indexing = "collaborative"
-  c.stage1.train.num_steps = 300
   s2 = c.stage2
   s2.train.num_steps = 1000
   s2.train.warmup_steps = 100

@@ -60,6 +60,8 @@ def test_budgets_are_ordered_by_size():
   assert accel.dataset.max_users == -1
   assert accel.dataset.indexing == "collaborative"
   assert accel.stage2.eval.trie_softmax and not cpu.stage2.eval.trie_softmax
+  # Stage 1 at the default recipe, which aligns item text on ML-100K.
+  assert accel.stage1.to_dict() == full.stage1.to_dict()
   assert (
     full.stage1.train.num_steps
     > cpu.stage1.train.num_steps
