@@ -44,7 +44,7 @@ from ilm_jax.objectives import mix as mix_lib
 from ilm_jax.pipeline.cf import CF_DIR, cf_table
 from ilm_jax.sharding import mesh as mesh_lib
 from ilm_jax.train import loop, provenance
-from ilm_jax.train.summaries import MetricsLog
+from ilm_jax.train.summaries import METRICS_FILE, MetricsLog
 
 STAGE_DIR = "stage1"
 MODEL_FILE = "qformer.json"
@@ -289,7 +289,7 @@ def retrieval_summary(run_dir: str | pathlib.Path, k: int) -> dict | None:
     from ``_RETRIEVAL_COLUMNS`` (those the run evaluated); None when the run
     has no evaluation after step 0.
   """
-  path = files.path(run_dir) / "metrics.json"
+  path = files.path(run_dir) / METRICS_FILE
   if not path.exists():
     return None
   evals = sorted(files.read_json(path).get("eval", []), key=lambda e: e["step"])
