@@ -56,6 +56,23 @@ def test_examples_use_training_interactions_only():
   assert ex.heldout_ui.tolist() == [[0, 3], [1, 1], [2, 5]]
   trained = set(map(tuple, ex.ii_pairs.tolist()))
   assert not trained & set(map(tuple, ex.heldout_ii.tolist()))
+  # Filtered ranking leaves out each pair's user's training items.
+  seen = [sorted(s.tolist()) for s in ex.heldout_ii_seen]
+  assert seen == [[0, 1, 2], [2, 5], [0, 4]]
+  assert [sorted(s.tolist()) for s in ex.heldout_ui_seen] == seen
+
+
+def test_a_repeated_item_stays_rankable_when_it_is_the_target():
+  # Trained on 0, 1; validation item 0 again (a re-watch), test item 2.
+  catalog = ds.Catalog(np.array(["a", "b", "c"]), np.array(["u"]), {})
+  split = leave_one_out(
+    ds.Dataset("toy", catalog, [np.array([0, 1, 0, 2], np.int32)])
+  )
+  ex = build_stage1_examples(split)
+  assert ex.heldout_ii.tolist() == [[1, 0]]
+  assert [s.tolist() for s in ex.heldout_ii_seen] == [[1]]
+  # (user, 0) is a training pair: no held-out user-item pair.
+  assert len(ex.heldout_ui) == 0 and ex.heldout_ui_seen == ()
 
 
 def test_items_without_text_train_through_ii_ui(tmp_path):
@@ -182,6 +199,14 @@ def test_run_resumes_after_interruption(tmp_path, monkeypatch):
     summary["user-item held-out R@10, trained"]
     == (result["ui_heldout_recall_at_10"])
   )
+  for name in ("ii", "ui"):
+    filtered = result[f"{name}_heldout_filtered_recall_at_10"]
+    # Leaving a user's items out can only lift the target.
+    assert result[f"{name}_heldout_recall_at_10"] <= filtered <= 1.0
+  assert (
+    summary["item-item held-out R@10, filtered, trained"]
+    == (result["ii_heldout_filtered_recall_at_10"])
+  )
 
   qformer, params, info = stage1.load_stage1_qformer(out)
   assert qformer.num_queries == 2 and qformer.cf_dim == 8
@@ -254,6 +279,39 @@ def test_retrieval_metrics_match_brute_force():
   ranks = [(pair[q] > pair[q, t]).sum() for q, t in enumerate(targets)]
   recall, _ = heldout_retrieval(queries, targets, items, 10, 10, 0)
   assert recall == pytest.approx(np.mean(np.array(ranks) < 10))
+
+
+def test_filtered_recall_leaves_out_each_users_training_items():
+  from ilm_jax.eval.stage1_retrieval import filtered_recall
+
+  r = np.random.default_rng(2)
+  unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
+  items = unit(r.normal(size=(20, 2, 4))).astype(np.float32)
+  queries = unit(r.normal(size=(5, 2, 4))).astype(np.float32)
+  targets = np.array([0, 4, 8, 12, 16])
+  pair = np.einsum("qke,ile->qikl", queries, items).max((2, 3))
+  # Each query's seen items: the three items scoring above its target.
+  seen = []
+  for q, t in enumerate(targets):
+    above = np.flatnonzero(pair[q] > pair[q, t])
+    seen.append(above[:3].astype(np.int32))
+  ranks = np.array(
+    [(pair[q] > pair[q, t]).sum() - len(seen[q]) for q, t in enumerate(targets)]
+  )
+  for k in (1, 3):
+    want = np.mean(ranks < k)
+    assert filtered_recall(queries, targets, items, k, seen) == pytest.approx(
+      want
+    )
+  unfiltered = np.mean(ranks + np.array([len(x) for x in seen]) < 3)
+  assert filtered_recall(queries, targets, items, 3, None) == pytest.approx(
+    unfiltered
+  )
+  # Leaving nothing out is the unfiltered ranking.
+  empty = [np.zeros(0, np.int32)] * 5
+  assert filtered_recall(queries, targets, items, 3, empty) == pytest.approx(
+    unfiltered
+  )
 
 
 def test_heldout_accuracy_on_a_catalogue_smaller_than_the_candidates():

@@ -36,6 +36,10 @@ class Stage1Examples:
     ui_pairs: int32[Nui, 2] (user, item) training interactions.
     heldout_ii: int32[Hii, 2] (last training item, validation item).
     heldout_ui: int32[Hui, 2] (user, validation item).
+    heldout_ii_seen: Hii arrays int32[*]: the items of the user each
+      held-out item-item pair comes from that filtered ranking leaves out
+      (the user's training items other than the target).
+    heldout_ui_seen: the same for each held-out user-item pair.
   """
 
   text_items: np.ndarray
@@ -44,6 +48,8 @@ class Stage1Examples:
   ui_pairs: np.ndarray
   heldout_ii: np.ndarray
   heldout_ui: np.ndarray
+  heldout_ii_seen: tuple[np.ndarray, ...] = ()
+  heldout_ui_seen: tuple[np.ndarray, ...] = ()
 
   @property
   def has_text(self) -> bool:
@@ -76,13 +82,18 @@ def build_stage1_examples(split: LeaveOneOutSplit) -> Stage1Examples:
   trained_ii = set(map(tuple, ii_pairs.tolist()))
   trained_ui = set(map(tuple, ui_pairs.tolist()))
   heldout_ii, heldout_ui = [], []
+  ii_seen, ui_seen = [], []
   for u, seq in enumerate(split.train_sequences):
     valid = int(split.valid_items[u])
+    # A repeat consumption's target stays rankable.
+    seen = np.setdiff1d(np.asarray(seq, np.int32), [valid])
     if len(seq) and (int(seq[-1]), valid) not in trained_ii:
       if int(seq[-1]) != valid:
         heldout_ii.append((int(seq[-1]), valid))
+        ii_seen.append(seen)
     if (u, valid) not in trained_ui:
       heldout_ui.append((u, valid))
+      ui_seen.append(seen)
   return Stage1Examples(
     text_items=text_items,
     texts=np.array([texts[i] for i in text_items], dtype=object),
@@ -90,6 +101,8 @@ def build_stage1_examples(split: LeaveOneOutSplit) -> Stage1Examples:
     ui_pairs=ui_pairs,
     heldout_ii=_pairs(heldout_ii),
     heldout_ui=_pairs(heldout_ui),
+    heldout_ii_seen=tuple(ii_seen),
+    heldout_ui_seen=tuple(ui_seen),
   )
 
 

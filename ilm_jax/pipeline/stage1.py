@@ -268,6 +268,8 @@ _RETRIEVAL_COLUMNS = (
   ("i2t_recall", "item-text R@{k}"),
   ("ii_heldout_recall", "item-item held-out R@{k}"),
   ("ui_heldout_recall", "user-item held-out R@{k}"),
+  ("ii_heldout_filtered_recall", "item-item held-out R@{k}, filtered"),
+  ("ui_heldout_filtered_recall", "user-item held-out R@{k}, filtered"),
 )
 
 
