@@ -104,3 +104,44 @@ def test_a_field_a_stage_no_longer_records_is_no_difference(tmp_path):
   assert "balanced_tree" not in provenance.dataset_fields(
     config.dataset.to_dict(), identifiers=True
   )
+
+
+def test_stage2_lists_from_an_inner_sasrec_record_its_recipe_and_steps(
+  tmp_path,
+):
+  workdir = _workdir(tmp_path)
+  params = {"adapter": {"kernel": np.ones((2, 3), np.float32)}}
+  config = get_config("ml-latest-small")
+  # Lists from the inner ALS alone: SASRec's settings train nothing here.
+  als_only = stage2._provenance(config, workdir, params)
+  assert provenance.INNER_SASREC not in als_only
+  config.sasrec.dim = 16
+  assert stage2._provenance(config, workdir, params) == als_only
+
+  config.stage2.rerank.train_retrievers = ("als", "sasrec")
+  base = provenance.normalised(stage2._provenance(config, workdir, params))
+  assert base[provenance.INNER_SASREC]["dim"] == 16
+  # More SASRec steps change the lists (SASRec's own record lets a finished
+  # run grow); so does its recipe. Its logging pace does not.
+  config.sasrec.train.log_every = 7
+  assert provenance.normalised(stage2._provenance(config, workdir, params)) == (
+    base
+  )
+  steps = int(config.sasrec.train.num_steps)
+  config.sasrec.train.num_steps = steps + 300
+  config.sasrec.dim = 32
+  assert provenance.differences(
+    base, provenance.normalised(stage2._provenance(config, workdir, params))
+  ) == [
+    "inner_sasrec.dim: 16 -> 32",
+    f"inner_sasrec.num_steps: {steps} -> {steps + 300}",
+  ]
+  # A run recorded before the section existed resumes as before; a record
+  # holding the section is compared field by field.
+  older = {k: v for k, v in base.items() if k != provenance.INNER_SASREC}
+  current = provenance.normalised(stage2._provenance(config, workdir, params))
+  assert provenance.differences(older, current) == []
+  partial = {**older, provenance.INNER_SASREC: {"dim": 32}}
+  assert f"inner_sasrec.num_steps: '<absent>' -> {steps + 300}" in (
+    provenance.differences(partial, current)
+  )

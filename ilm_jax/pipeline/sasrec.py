@@ -281,14 +281,20 @@ def train_sasrec(
   return model, jax.device_get(result.state.params), dict(result.metrics)
 
 
+def recipe(scfg: ml_collections.ConfigDict) -> dict:
+  """A SASRec config's fields that shape training (its shape, loss and
+  optimiser; the loop's pace left out)."""
+  fields = {k: v for k, v in scfg.to_dict().items() if k != "train"}
+  return {**fields, "train": provenance.without_bookkeeping(scfg.train)}
+
+
 def _provenance(
   config: ml_collections.ConfigDict, scfg: ml_collections.ConfigDict
 ) -> dict:
   """What a SASRec state depends on: its data, shape, loss and optimiser."""
-  fields = {k: v for k, v in scfg.to_dict().items() if k != "train"}
   return {
     "dataset": provenance.dataset_fields(config.dataset.to_dict()),
-    "sasrec": {**fields, "train": provenance.without_bookkeeping(scfg.train)},
+    "sasrec": recipe(scfg),
   }
 
 

@@ -288,7 +288,7 @@ def _provenance(config, workdir, initial_params) -> dict:
     if k not in _RERANK_EVALUATION_ONLY
   }
   recipe["train"] = provenance.without_bookkeeping(c.train)
-  return {
+  out = {
     "dataset": provenance.dataset_fields(
       config.dataset.to_dict(), identifiers=True
     ),
@@ -298,6 +298,15 @@ def _provenance(config, workdir, initial_params) -> dict:
     ),
     "initial_params": provenance.tree_digest(initial_params),
   }
+  if "sasrec" in c.rerank.train_retrievers:
+    # Training lists come from the inner SASRec, whose own record guards its
+    # recipe but lets its num_steps grow (a finished run extended): here
+    # the step count changes the lists, so it is compared too.
+    out[provenance.INNER_SASREC] = {
+      **sasrec_pipeline.recipe(config.sasrec),
+      "num_steps": int(config.sasrec.train.num_steps),
+    }
+  return out
 
 
 def run(

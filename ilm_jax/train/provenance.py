@@ -51,6 +51,11 @@ ADDED_FIELDS: dict[str, Any] = {
   "stage2.rerank.train_retrievers": ["als"],
 }
 ABSENT = "<absent>"
+# Sections a stage began recording after runs existed, whose values such runs
+# cannot tell (stage 2's inner SASRec recipe): a record holding none of a
+# section's fields is not compared on them, one holding any is.
+INNER_SASREC = "inner_sasrec"
+ADDED_SECTIONS = (INNER_SASREC,)
 
 
 class ProvenanceError(RuntimeError):
@@ -108,10 +113,18 @@ def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
 def differences(saved: Mapping, current: Mapping) -> list[str]:
   """``"field: saved -> current"`` for every field of ``current`` whose
   saved value differs (a field the saved record lacks counts as its
-  ``ADDED_FIELDS`` value, else as absent)."""
+  ``ADDED_FIELDS`` value, else as absent; an ``ADDED_SECTIONS`` section
+  the saved record lacks entirely is not compared)."""
   a, b = _flat(saved), _flat(current)
+  unrecorded = {
+    section
+    for section in ADDED_SECTIONS
+    if not any(k.startswith(f"{section}.") for k in a)
+  }
   out = []
   for key in sorted(b):
+    if key.split(".", 1)[0] in unrecorded:
+      continue
     before = a.get(key, ADDED_FIELDS.get(key, ABSENT))
     if before != b[key]:
       out.append(f"{key}: {before!r} -> {b[key]!r}")
