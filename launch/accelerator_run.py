@@ -102,6 +102,8 @@ def hardware() -> dict:
 def main(argv):
   console.start(argv, _CACHE.value, _HOST_MEMORY.value)
   unknown = set(_DATASETS.value) - set(DATASETS)
+  if not _DATASETS.value:
+    raise app.UsageError(f"--datasets: name at least one of {list(DATASETS)}")
   if unknown:
     raise app.UsageError(
       f"unknown datasets {sorted(unknown)}; {list(DATASETS)}"
@@ -148,24 +150,36 @@ def main(argv):
       f"## {config.dataset.name}\n\nwall time {seconds:.0f} s ({parts})\n\n"
       + table
     )
-  report["seconds"] = time.time() - start
+    # Written after every dataset, so a run stopped by a time limit keeps
+    # the tables of the datasets it finished.
+    report["seconds"] = time.time() - start
+    markdown = write_report(report, sections, len(configs))
+  if distributed.is_primary():  # one copy of the report, not one per host
+    print(markdown)
+
+
+def write_report(report: dict, sections: list[str], total: int) -> str:
+  """Writes accelerator_run.md / .json for the datasets done so far (of
+  ``total``); returns the markdown."""
   hw = report["hardware"]
+  done = len(report["datasets"])
   header = (
     "# Accelerator run\n\n"
     f"{hw['devices']} x {hw['device_kind']} ({hw['platform']}), "
     f"{hw['processes']} process(es), jax {hw['jax']}; budget "
-    f"`:{_BUDGET.value}`, variants {', '.join(variants)}; total wall time "
-    f"{report['seconds']:.0f} s.\n"
+    f"`:{report['budget']}`, variants {', '.join(report['variants'])}; "
+    f"wall time {report['seconds']:.0f} s"
+    + (f" ({done} of {total} datasets so far)" if done < total else "")
+    + ".\n"
   )
-  if _OVERRIDE.value:
-    header += f"\nOverrides: {' '.join(_OVERRIDE.value)}\n"
+  if report["overrides"]:
+    header += f"\nOverrides: {' '.join(report['overrides'])}\n"
   markdown = "\n\n".join([header, *sections])
   files.write_text(os.path.join(_WORKDIR.value, "accelerator_run.md"), markdown)
   files.write_json(
     os.path.join(_WORKDIR.value, "accelerator_run.json"), report, default=str
   )
-  if distributed.is_primary():  # one copy of the report, not one per host
-    print(markdown)
+  return markdown
 
 
 if __name__ == "__main__":

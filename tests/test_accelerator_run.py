@@ -1,6 +1,7 @@
 """The accelerator run's script, end to end in a tiny CPU form."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -33,12 +34,13 @@ TINY = (
 )
 
 
-def _run(*args):
+def _run(*args, env=None):
   return subprocess.run(
     [sys.executable, "launch/accelerator_run.py", *args],
     cwd=REPO_ROOT,
     capture_output=True,
     text=True,
+    env=env,
   )
 
 
@@ -62,14 +64,20 @@ def test_help_and_bad_override():
 
 @pytest.mark.slow
 def test_tiny_cpu_form_writes_the_report(tmp_path):
+  # The second dataset's files are missing (an empty data root): the run
+  # stops there, with the first dataset's report already written.
+  empty = tmp_path / "no_data"
+  empty.mkdir()
   out = _run(
-    "--datasets=default",
+    "--datasets=default,ml100k",
     "--variants=text",
     f"--workdir={tmp_path}",
     *(f"--override={o}" for o in TINY),
+    env={**os.environ, "ILM_DATA_ROOT": str(empty)},
   )
-  assert out.returncode == 0, out.stderr[-3000:]
+  assert out.returncode != 0 and "ml-100k" in out.stderr, out.stderr[-3000:]
   report = json.loads((tmp_path / "accelerator_run.json").read_text())
+  assert list(report["datasets"]) == ["default"]
   assert report["hardware"]["platform"] == "cpu"
   assert report["budget"] == "accel" and report["variants"] == ["text"]
   run = report["datasets"]["default"]
@@ -83,4 +91,5 @@ def test_tiny_cpu_form_writes_the_report(tmp_path):
   assert "straightforward HR@10" in run["rows"]["text"]
   markdown = (tmp_path / "accelerator_run.md").read_text()
   assert "# Accelerator run" in markdown and "| text |" in markdown
+  assert "(1 of 2 datasets so far)" in markdown
   assert (tmp_path / "default" / "stage2_text" / "results.json").exists()
