@@ -29,7 +29,6 @@ Examples:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import pathlib
@@ -39,6 +38,8 @@ import sys
 import tempfile
 
 from absl import app, flags
+
+from ilm_jax import files
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 MIB = 1 << 20
@@ -253,14 +254,6 @@ def plan_parts(sizes: dict[str, int], part_bytes: int) -> list[list[Piece]]:
   return parts
 
 
-def _sha256(path: pathlib.Path) -> str:
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(MIB), b""):
-      digest.update(block)
-  return digest.hexdigest()
-
-
 def write_parts(staging: pathlib.Path, out: pathlib.Path, part_bytes: int):
   """Every file under ``staging`` into ``out/part-NN`` folders, with the
   manifest (sha256 and size of each whole file) and install.sh in part 00.
@@ -268,10 +261,10 @@ def write_parts(staging: pathlib.Path, out: pathlib.Path, part_bytes: int):
   Returns:
     [(part folder, bytes it holds)].
   """
-  files = sorted(p for p in staging.rglob("*") if p.is_file())
-  sizes = {str(p.relative_to(staging)): p.stat().st_size for p in files}
+  found = sorted(p for p in staging.rglob("*") if p.is_file())
+  sizes = {str(p.relative_to(staging)): p.stat().st_size for p in found}
   manifest = {
-    rel: {"sha256": _sha256(staging / rel), "bytes": size}
+    rel: {"sha256": files.sha256(staging / rel), "bytes": size}
     for rel, size in sizes.items()
   }
   plan = plan_parts(sizes, part_bytes)

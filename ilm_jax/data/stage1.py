@@ -48,8 +48,8 @@ class Stage1Examples:
   ui_pairs: np.ndarray
   heldout_ii: np.ndarray
   heldout_ui: np.ndarray
-  heldout_ii_seen: tuple[np.ndarray, ...] = ()
-  heldout_ui_seen: tuple[np.ndarray, ...] = ()
+  heldout_ii_seen: tuple[np.ndarray, ...]
+  heldout_ui_seen: tuple[np.ndarray, ...]
 
   @property
   def has_text(self) -> bool:

@@ -157,9 +157,8 @@ def evaluate(
   Returns:
     {"i2t_recall_at_k", "ii_heldout_recall_at_k", "ii_heldout_acc",
     "ui_heldout_recall_at_k", "ui_heldout_acc", "i2t_chance_at_k",
-    "item_chance_at_k"} (text metrics only when items have text), and
-    "ii_heldout_filtered_recall_at_k", "ui_heldout_filtered_recall_at_k"
-    where ``examples`` lists the users' training items.
+    "ii_heldout_filtered_recall_at_k", "ui_heldout_filtered_recall_at_k",
+    "item_chance_at_k"} (text metrics only when items have text).
   """
   num_items = cf_table.shape[0] - num_users
   item_feats = encode_entities(
@@ -198,8 +197,7 @@ def evaluate(
     )
     out[f"{name}_heldout_recall_at_{k}"] = recall
     out[f"{name}_heldout_acc"] = acc
-    if len(seen) == len(pairs):
-      out[f"{name}_heldout_filtered_recall_at_{k}"] = filtered_recall(
-        queries, pairs[:, 1], item_feats, k, seen
-      )
+    out[f"{name}_heldout_filtered_recall_at_{k}"] = filtered_recall(
+      queries, pairs[:, 1], item_feats, k, seen
+    )
   return out
