@@ -1,15 +1,22 @@
 """Collaborative identifiers: items close in CF space share prefixes."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
+from ilm_jax.convert.gguf_tokenizer import load_gguf_tokenizer
+from ilm_jax.convert.model_packages import smollm2_gguf_path
 from ilm_jax.data import load_split
 from ilm_jax.data.indexing import (
   BRANCHES,
   collaborative_indexing,
   make_index,
 )
+from ilm_jax.data.stage2.encoding import EntityCoding, PromptEncoder
 from ilm_jax.experiment_config import get_config
+from ilm_jax.pipeline import stage2
+from ilm_jax.pipeline.cf import cf_table
 
 
 def _clustered_vectors(seed=0, groups=12, per_group=30, dim=8):
@@ -124,3 +131,50 @@ def test_balanced_tree_keeps_groups_that_fit_its_clusters():
 def test_identical_vectors_get_distinct_balanced_codes():
   codes = collaborative_indexing(np.zeros((37, 4)), balanced=True).codes
   assert len(set(codes.tolist())) == 37
+
+
+def test_pipeline_identifiers_are_trie_valid_and_fitted_on_training_data_only(
+  tmp_path,
+):
+  """The run's identifiers, from its CF table: every one a distinct path of
+  SmolLM2 tokens in the item trie, and the same whatever the held-out items
+  are, while a change of training data changes them."""
+  config = get_config("ml-latest-small", "small")
+  config.dataset.indexing = "collaborative"
+  split = load_split(config.dataset)
+
+  def codes(split, name):
+    table = cf_table(config, tmp_path / name, split)
+    return stage2.item_index(config, split, table)
+
+  index = codes(split, "as_loaded")
+  tokenizer = load_gguf_tokenizer(smollm2_gguf_path())
+  encoder = PromptEncoder(
+    tokenizer,
+    index,
+    split.num_users,
+    EntityCoding(config.qformer.num_queries),
+    config.stage2.max_answer_tokens,
+  )
+  # build_item_trie refuses two items on one token path or one item's path
+  # inside another's, so every identifier is a leaf the search can spell.
+  trie = stage2.build_trie(encoder, tokenizer.vocab_size)
+  for item in (0, 1, split.num_items // 2, split.num_items - 1):
+    path = encoder.answer_tokens(index.identifier(item))
+    assert len(path) < config.stage2.max_answer_tokens  # not cut short
+    assert trie.item_of(path) == item
+
+  rng = np.random.default_rng(0)
+  other_heldout = dataclasses.replace(
+    split,
+    valid_items=rng.permutation(split.valid_items),
+    test_items=rng.integers(0, split.num_items, split.num_users),
+  )
+  np.testing.assert_array_equal(
+    codes(other_heldout, "other_heldout").codes, index.codes
+  )
+  fewer_train = dataclasses.replace(
+    split, train_sequences=[s[:-1] for s in split.train_sequences]
+  )
+  changed = codes(fewer_train, "fewer_train").codes
+  assert not np.array_equal(changed, index.codes)
