@@ -143,11 +143,11 @@ def test_pipeline_identifiers_are_trie_valid_and_fitted_on_training_data_only(
   config.dataset.indexing = "collaborative"
   split = load_split(config.dataset)
 
-  def codes(split, name):
+  def index_of(split, name):
     table = cf_table(config, tmp_path / name, split)
     return stage2.item_index(config, split, table)
 
-  index = codes(split, "as_loaded")
+  index = index_of(split, "as_loaded")
   tokenizer = load_gguf_tokenizer(smollm2_gguf_path())
   encoder = PromptEncoder(
     tokenizer,
@@ -171,10 +171,10 @@ def test_pipeline_identifiers_are_trie_valid_and_fitted_on_training_data_only(
     test_items=rng.integers(0, split.num_items, split.num_users),
   )
   np.testing.assert_array_equal(
-    codes(other_heldout, "other_heldout").codes, index.codes
+    index_of(other_heldout, "other_heldout").codes, index.codes
   )
   fewer_train = dataclasses.replace(
     split, train_sequences=[s[:-1] for s in split.train_sequences]
   )
-  changed = codes(fewer_train, "fewer_train").codes
+  changed = index_of(fewer_train, "fewer_train").codes
   assert not np.array_equal(changed, index.codes)

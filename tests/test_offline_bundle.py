@@ -9,6 +9,7 @@ import zipfile
 import numpy as np
 import pytest
 from conftest import REPO_ROOT
+from packaging.requirements import Requirement
 
 
 def _load():
@@ -183,9 +184,8 @@ def test_a_target_that_has_every_requirement_gets_data_and_installer(
   # No package to resolve or fetch: runs without an index.
   have = tmp_path / "have.txt"
   names = [
-    line.split(">=")[0]
-    for line in (REPO_ROOT / "requirements.txt").read_text().splitlines()
-    if line and not line.startswith("#")
+    Requirement(line).name
+    for line in B.requirement_lines(REPO_ROOT / "requirements.txt")
   ]
   have.write_text("\n".join(names) + "\n")
   root = tmp_path / "data"
